@@ -1,0 +1,99 @@
+//! `commerce.saga.v1.SagaBarrierService`: operators' view of the barrier,
+//! served by every saga participant.
+
+use std::time::Duration;
+
+use commerce_proto::saga::v1 as pb;
+use commerce_proto::saga::v1::saga_barrier_service_server::{
+    SagaBarrierService, SagaBarrierServiceServer,
+};
+use tonic::{Request, Response, Status};
+
+use crate::barrier::{self, BarrierRow};
+use crate::db::Database;
+use crate::error::ServiceError;
+use crate::validate::{SagaId, in_range};
+
+pub struct BarrierAdmin {
+    database: Database,
+}
+
+impl BarrierAdmin {
+    pub const SERVICE_NAME: &'static str =
+        <SagaBarrierServiceServer<BarrierAdmin> as tonic::server::NamedService>::NAME;
+
+    pub fn new(database: Database) -> Self {
+        Self { database }
+    }
+
+    pub fn into_server(self) -> SagaBarrierServiceServer<Self> {
+        SagaBarrierServiceServer::new(self)
+    }
+}
+
+/// Deletes up to `limit` barrier rows older than `age`.
+pub async fn purge_older_than(
+    database: &Database,
+    age: Duration,
+    limit: i64,
+) -> Result<u64, ServiceError> {
+    let age = chrono::Duration::from_std(age)
+        .map_err(|_| ServiceError::invalid("older_than_seconds", "is too large"))?;
+    let cutoff = crate::time::now()
+        .checked_sub_signed(age)
+        .ok_or_else(|| ServiceError::invalid("older_than_seconds", "is too large"))?;
+    let mut conn = database.conn().await?;
+    barrier::purge(&mut conn, cutoff, limit).await
+}
+
+fn to_proto(row: BarrierRow) -> pb::BarrierEntry {
+    let state = if row.is_blocked() {
+        pb::BarrierState::Blocked
+    } else {
+        pb::BarrierState::Applied
+    };
+    pb::BarrierEntry {
+        saga_id: row.saga_id,
+        operation: row.operation,
+        state: state.into(),
+        response_json: row.response_json.unwrap_or_default(),
+        created_at: Some(crate::time::to_proto(row.created_at)),
+    }
+}
+
+#[tonic::async_trait]
+impl SagaBarrierService for BarrierAdmin {
+    async fn list_barriers(
+        &self,
+        request: Request<pb::ListBarriersRequest>,
+    ) -> Result<Response<pb::ListBarriersResponse>, Status> {
+        let saga = SagaId::parse("saga_id", &request.into_inner().saga_id)?;
+        let mut conn = self.database.conn().await?;
+        let rows = barrier::list(&mut conn, &saga).await?;
+        Ok(Response::new(pb::ListBarriersResponse {
+            entries: rows.into_iter().map(to_proto).collect(),
+        }))
+    }
+
+    async fn purge_barriers(
+        &self,
+        request: Request<pb::PurgeBarriersRequest>,
+    ) -> Result<Response<pb::PurgeBarriersResponse>, Status> {
+        let request = request.into_inner();
+        let seconds = in_range(
+            "older_than_seconds",
+            request.older_than_seconds,
+            1,
+            i64::MAX,
+        )?;
+        let limit = match request.limit {
+            0 => 10_000,
+            limit => in_range("limit", i64::from(limit), 1, 100_000)?,
+        };
+        let age = Duration::from_secs(u64::try_from(seconds).unwrap_or(u64::MAX));
+        let purged = purge_older_than(&self.database, age, limit).await?;
+        Ok(Response::new(pb::PurgeBarriersResponse {
+            purged: i64::try_from(purged).unwrap_or(i64::MAX),
+        }))
+    }
+}

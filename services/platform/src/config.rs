@@ -1,0 +1,147 @@
+//! Typed configuration, from flags or environment variables, with loopback
+//! defaults so a developer can start any server with no arguments.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use diesel_migrations::EmbeddedMigrations;
+
+use crate::db::DbSettings;
+use crate::telemetry::LogFormat;
+
+/// What distinguishes one server binary from another.
+#[derive(Clone, Copy)]
+pub struct ServiceSpec {
+    /// Short name, used in logs ("product").
+    pub name: &'static str,
+    pub default_listen: &'static str,
+    pub default_database_url: &'static str,
+    /// The service's own migrations.
+    pub migrations: &'static EmbeddedMigrations,
+    /// Saga participants keep a barrier table, serve its admin RPCs and
+    /// purge its old rows.
+    pub saga_participant: bool,
+}
+
+impl ServiceSpec {
+    /// Migration sets in the order they are applied: the barrier's first.
+    pub fn migration_sets(&self) -> Vec<&'static EmbeddedMigrations> {
+        let mut sets = Vec::new();
+        if self.saga_participant {
+            sets.push(&crate::migrate::BARRIER_MIGRATIONS);
+        }
+        sets.push(self.migrations);
+        sets
+    }
+}
+
+/// Command line of every server: `serve` (the default) or `migrate`.
+#[derive(Debug, clap::Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (after applying pending migrations).
+    Serve,
+    /// Apply pending migrations and exit.
+    Migrate,
+}
+
+/// Flags shared by every server; each can also be set by its variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on [default: the service's loopback port].
+    #[arg(long, env = "LISTEN_ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// MySQL URL of the service's own database [default: local commerce_<service>].
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Largest number of open database connections.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+    /// How long a request waits for a database connection, in milliseconds.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 3_000)]
+    pub db_acquire_timeout_ms: u64,
+    /// How long the server waits for the database at start-up, in seconds.
+    #[arg(long, env = "DB_STARTUP_WAIT_SECS", default_value_t = 30)]
+    pub db_startup_wait_secs: u64,
+    /// Server-side deadline of every request, in milliseconds.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Requests handled at once across all connections; more wait.
+    #[arg(long, env = "CONCURRENCY_LIMIT", default_value_t = 256)]
+    pub concurrency_limit: usize,
+    /// Saga barrier rows older than this are purged, in hours (0: never).
+    #[arg(long, env = "BARRIER_RETENTION_HOURS", default_value_t = 168)]
+    pub barrier_retention_hours: u64,
+    /// Log output.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// Resolved configuration of one server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub service: &'static str,
+    pub listen: SocketAddr,
+    pub database: DbSettings,
+    pub db_startup_wait: Duration,
+    pub request_timeout: Duration,
+    pub concurrency_limit: usize,
+    /// None disables the purge job.
+    pub barrier_retention: Option<Duration>,
+}
+
+impl ServerConfig {
+    pub fn resolve(spec: &ServiceSpec, args: &ServerArgs) -> anyhow::Result<Self> {
+        let listen = match args.listen {
+            Some(listen) => listen,
+            None => spec.default_listen.parse()?,
+        };
+        anyhow::ensure!(args.db_pool_size > 0, "--db-pool-size must be positive");
+        anyhow::ensure!(
+            args.concurrency_limit > 0,
+            "--concurrency-limit must be positive"
+        );
+        Ok(Self {
+            service: spec.name,
+            listen,
+            database: DbSettings {
+                url: args
+                    .database_url
+                    .clone()
+                    .unwrap_or_else(|| spec.default_database_url.to_owned()),
+                max_connections: args.db_pool_size,
+                acquire_timeout: Duration::from_millis(args.db_acquire_timeout_ms),
+            },
+            db_startup_wait: Duration::from_secs(args.db_startup_wait_secs),
+            request_timeout: Duration::from_millis(args.request_timeout_ms),
+            concurrency_limit: args.concurrency_limit,
+            barrier_retention: (args.barrier_retention_hours > 0)
+                .then(|| Duration::from_secs(args.barrier_retention_hours * 3600)),
+        })
+    }
+
+    /// Configuration for tests: an ephemeral loopback port, short waits.
+    pub fn for_tests(service: &'static str, database_url: impl Into<String>) -> Self {
+        Self {
+            service,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database: DbSettings {
+                url: database_url.into(),
+                max_connections: 16,
+                acquire_timeout: Duration::from_secs(2),
+            },
+            db_startup_wait: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            concurrency_limit: 256,
+            barrier_retention: None,
+        }
+    }
+}

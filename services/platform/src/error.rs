@@ -1,0 +1,160 @@
+//! The one error type of every server and its single mapping to
+//! `tonic::Status`, with `google.rpc.ErrorInfo` (and `google.rpc.BadRequest`
+//! for invalid fields) so a REST BFF can translate errors by reason.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `ErrorInfo.domain` of every error this mesh returns.
+pub const ERROR_DOMAIN: &str = "commerce";
+
+/// Reasons shared by all services; each service adds its own.
+pub mod reason {
+    /// A request field failed validation.
+    pub const INVALID_FIELD: &str = "INVALID_FIELD";
+    /// A saga action arrived after that saga's compensation.
+    pub const SAGA_ALREADY_COMPENSATED: &str = "SAGA_ALREADY_COMPENSATED";
+    /// The database could not be reached.
+    pub const DATABASE_UNAVAILABLE: &str = "DATABASE_UNAVAILABLE";
+    /// A transaction lost a lock race; retrying is safe.
+    pub const TRANSACTION_CONFLICT: &str = "TRANSACTION_CONFLICT";
+    /// Something unexpected; details are in the server's log.
+    pub const INTERNAL: &str = "INTERNAL";
+}
+
+/// What went wrong, by intent rather than by source.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A request field is malformed or out of range. `INVALID_ARGUMENT`.
+    #[error("invalid `{field}`: {message}")]
+    InvalidArgument { field: String, message: String },
+    /// The named entity does not exist (or is not the caller's). `NOT_FOUND`.
+    #[error("{entity} {id} not found")]
+    NotFound { entity: &'static str, id: String },
+    /// A unique thing exists already. `ALREADY_EXISTS`.
+    #[error("{message}")]
+    AlreadyExists {
+        reason: &'static str,
+        message: String,
+    },
+    /// A business rule refuses the request. `FAILED_PRECONDITION`.
+    #[error("{message}")]
+    Rejected {
+        reason: &'static str,
+        message: String,
+    },
+    /// A concurrent transaction won a race; the caller may retry. `ABORTED`.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A dependency (the database) cannot be reached now. `UNAVAILABLE`.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an unexpected state. `INTERNAL`.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(entity: &'static str, id: impl ToString) -> Self {
+        Self::NotFound {
+            entity,
+            id: id.to_string(),
+        }
+    }
+
+    pub fn rejected(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::Rejected {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn already_exists(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::AlreadyExists {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal(message.into())
+    }
+
+    /// The machine-readable reason carried in `ErrorInfo`.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::InvalidArgument { .. } => reason::INVALID_FIELD.to_owned(),
+            Self::NotFound { entity, .. } => format!("{}_NOT_FOUND", entity.to_uppercase()),
+            Self::AlreadyExists { reason, .. } | Self::Rejected { reason, .. } => {
+                (*reason).to_owned()
+            }
+            Self::Conflict(_) => reason::TRANSACTION_CONFLICT.to_owned(),
+            Self::Unavailable(_) => reason::DATABASE_UNAVAILABLE.to_owned(),
+            Self::Internal(_) => reason::INTERNAL.to_owned(),
+        }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::NotFound { .. } => Code::NotFound,
+            Self::AlreadyExists { .. } => Code::AlreadyExists,
+            Self::Rejected { .. } => Code::FailedPrecondition,
+            Self::Conflict(_) => Code::Aborted,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Self {
+        let mut metadata = HashMap::new();
+        let mut details = ErrorDetails::new();
+        let message = match &error {
+            ServiceError::InvalidArgument { field, message } => {
+                metadata.insert("field".to_owned(), field.clone());
+                details.add_bad_request_violation(field.clone(), message.clone());
+                error.to_string()
+            }
+            ServiceError::NotFound { entity, id } => {
+                metadata.insert("entity".to_owned(), (*entity).to_owned());
+                metadata.insert("id".to_owned(), id.clone());
+                error.to_string()
+            }
+            ServiceError::Internal(cause) => {
+                // The cause may hold SQL or internals: log it, do not leak it.
+                tracing::error!(%cause, "internal error");
+                "internal error".to_owned()
+            }
+            ServiceError::Unavailable(cause) => {
+                tracing::warn!(%cause, "dependency unavailable");
+                "service temporarily unavailable, retry later".to_owned()
+            }
+            _ => error.to_string(),
+        };
+        details.set_error_info(error.reason(), ERROR_DOMAIN, metadata);
+        Status::with_error_details(error.code(), message, details)
+    }
+}
+
+impl From<diesel::result::Error> for ServiceError {
+    fn from(error: diesel::result::Error) -> Self {
+        crate::db::classify(error)
+    }
+}
+
+impl From<serde_json::Error> for ServiceError {
+    fn from(error: serde_json::Error) -> Self {
+        Self::Internal(format!("stored JSON: {error}"))
+    }
+}

@@ -1,0 +1,25 @@
+//! Shared plumbing of the commerce mesh servers.
+//!
+//! Every participant service (product, point, coupon) and the orchestrator
+//! repeat the same chores: typed configuration, tracing, a MySQL pool with
+//! embedded migrations, the saga barrier, one error type mapped to
+//! `tonic::Status`, and a gRPC server with health, reflection, timeouts,
+//! a concurrency limit and graceful shutdown. They live here, once.
+
+pub mod barrier;
+mod barrier_admin;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod migrate;
+pub mod paging;
+pub mod server;
+pub mod telemetry;
+pub mod time;
+pub mod validate;
+
+pub use config::{ServerArgs, ServerConfig, ServiceSpec};
+pub use db::{Database, DbConn};
+pub use error::ServiceError;
+pub use server::Application;
+pub use validate::{SagaId, UserId};

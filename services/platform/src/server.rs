@@ -1,0 +1,265 @@
+//! Server bootstrap shared by every binary: migrations, pool, gRPC health and
+//! reflection (v1 and v1alpha, for grpcurl 1.8), request timeouts, a global
+//! concurrency limit, request tracing and graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::Service;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, TraceLayer};
+use tracing::Level;
+
+use crate::barrier_admin::BarrierAdmin;
+use crate::config::{Cli, Command, ServerConfig, ServiceSpec};
+use crate::db::Database;
+use crate::migrate;
+
+/// How often the database is probed to keep gRPC health truthful.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A server that is bound and migrated, ready to run.
+pub struct Application {
+    config: ServerConfig,
+    listener: TcpListener,
+    database: Database,
+    routes: RoutesBuilder,
+    service_names: Vec<&'static str>,
+}
+
+impl Application {
+    /// Applies pending migrations, builds the pool and binds the listener
+    /// (port 0 picks a free port; see [`Application::local_addr`]).
+    pub async fn build(spec: &ServiceSpec, config: ServerConfig) -> anyhow::Result<Self> {
+        migrate::run(
+            &config.database.url,
+            &spec.migration_sets(),
+            config.db_startup_wait,
+        )
+        .await?;
+
+        let database = Database::new(&config.database);
+        let listener = TcpListener::bind(config.listen).await?;
+        let mut app = Self {
+            config,
+            listener,
+            database,
+            routes: RoutesBuilder::default(),
+            service_names: Vec::new(),
+        };
+        if spec.saga_participant {
+            let admin = BarrierAdmin::new(app.database.clone()).into_server();
+            app = app.add_service(admin);
+        }
+        Ok(app)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Registers a gRPC service; its name is reported by health checks.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: Service<http::Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let Self {
+            config,
+            listener,
+            database,
+            mut routes,
+            service_names,
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        routes.add_service(health_service);
+        routes.add_service(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()?,
+        );
+        routes.add_service(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1alpha()?,
+        );
+
+        let background = tokio::spawn(background_jobs(
+            database.clone(),
+            health.clone(),
+            service_names.clone(),
+            config
+                .barrier_retention
+                .filter(|_| service_names.contains(&BarrierAdmin::SERVICE_NAME)),
+        ));
+
+        tracing::info!(service = config.service, addr = %listener.local_addr()?, "serving");
+        let served = tonic::transport::Server::builder()
+            .timeout(config.request_timeout)
+            .layer(GlobalConcurrencyLimitLayer::new(config.concurrency_limit))
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+            )
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                shutdown.await;
+                tracing::info!("shutting down, draining in-flight requests");
+                for name in &service_names {
+                    health
+                        .set_service_status(*name, ServingStatus::NotServing)
+                        .await;
+                }
+            })
+            .await;
+        background.abort();
+        served?;
+        tracing::info!(service = config.service, "stopped");
+        Ok(())
+    }
+}
+
+/// Keeps health in step with the database and purges old barrier rows.
+async fn background_jobs(
+    database: Database,
+    health: HealthReporter,
+    service_names: Vec<&'static str>,
+    barrier_retention: Option<Duration>,
+) {
+    let mut probe = tokio::time::interval(HEALTH_PROBE_INTERVAL);
+    let mut last_purge: Option<tokio::time::Instant> = None;
+    let mut serving = None;
+    loop {
+        probe.tick().await;
+        let up = database.ping().await;
+        if serving != Some(up) {
+            let status = if up {
+                ServingStatus::Serving
+            } else {
+                tracing::warn!("database unreachable: reporting NOT_SERVING");
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            for name in &service_names {
+                health.set_service_status(*name, status).await;
+            }
+            serving = Some(up);
+        }
+        if let Some(retention) = barrier_retention
+            && up
+            && last_purge.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600))
+        {
+            last_purge = Some(tokio::time::Instant::now());
+            match crate::barrier_admin::purge_older_than(&database, retention, 10_000).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "purged old saga barrier rows"),
+                Err(error) => tracing::warn!(%error, "purging saga barrier rows failed"),
+            }
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// The `main` of every server binary: parses flags, then serves or migrates.
+pub fn main<F, Fut>(spec: ServiceSpec, build: F) -> ExitCode
+where
+    F: FnOnce(ServerConfig) -> Fut,
+    Fut: Future<Output = anyhow::Result<Application>>,
+{
+    let cli = Cli::parse();
+    crate::telemetry::init(cli.server.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let config = ServerConfig::resolve(&spec, &cli.server)?;
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Migrate => {
+                let applied = migrate::run(
+                    &config.database.url,
+                    &spec.migration_sets(),
+                    config.db_startup_wait,
+                )
+                .await?;
+                tracing::info!(service = spec.name, applied, "migrations up to date");
+                Ok(())
+            }
+            Command::Serve => {
+                build(config)
+                    .await?
+                    .run_until_stopped(shutdown_signal())
+                    .await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(service = spec.name, error = format!("{error:#}"), "fatal");
+            ExitCode::FAILURE
+        }
+    }
+}
