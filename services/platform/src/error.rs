@@ -158,3 +158,62 @@ impl From<serde_json::Error> for ServiceError {
         Self::Internal(format!("stored JSON: {error}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_the_field_in_message_and_details() {
+        let status = Status::from(ServiceError::invalid(
+            "lines[1].quantity",
+            "must be 1..=1000",
+        ));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("lines[1].quantity"));
+        let bad = status.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations[0].field, "lines[1].quantity");
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, reason::INVALID_FIELD);
+        assert_eq!(info.domain, ERROR_DOMAIN);
+    }
+
+    #[test]
+    fn business_rejection_carries_its_reason() {
+        let status = Status::from(ServiceError::rejected("STOCK_INSUFFICIENT", "only 2 left"));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "STOCK_INSUFFICIENT");
+    }
+
+    #[test]
+    fn not_found_reason_is_derived_from_the_entity() {
+        let status = Status::from(ServiceError::not_found("product", 42));
+        assert_eq!(status.code(), Code::NotFound);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "PRODUCT_NOT_FOUND");
+        assert_eq!(info.metadata["id"], "42");
+    }
+
+    #[test]
+    fn internal_details_are_not_leaked() {
+        let status = Status::from(ServiceError::internal("SQL syntax near 'secret'"));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+
+    #[test]
+    fn deadlocks_are_retryable_conflicts() {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let deadlock = Error::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(
+                "Deadlock found when trying to get lock; try restarting transaction".to_owned(),
+            ),
+        );
+        assert!(matches!(
+            ServiceError::from(deadlock),
+            ServiceError::Conflict(_)
+        ));
+    }
+}

@@ -106,6 +106,9 @@ impl Application {
             service_names,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
+        // Every service is known to health checks (and Watch) from the start;
+        // the probe below decides whether it is serving.
+        report_health(&health, &service_names, ServingStatus::NotServing).await;
         routes.add_service(health_service);
         routes.add_service(
             tonic_reflection::server::Builder::configure()
@@ -142,11 +145,7 @@ impl Application {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 shutdown.await;
                 tracing::info!("shutting down, draining in-flight requests");
-                for name in &service_names {
-                    health
-                        .set_service_status(*name, ServingStatus::NotServing)
-                        .await;
-                }
+                report_health(&health, &service_names, ServingStatus::NotServing).await;
             })
             .await;
         background.abort();
@@ -176,10 +175,7 @@ async fn background_jobs(
                 tracing::warn!("database unreachable: reporting NOT_SERVING");
                 ServingStatus::NotServing
             };
-            health.set_service_status("", status).await;
-            for name in &service_names {
-                health.set_service_status(*name, status).await;
-            }
+            report_health(&health, &service_names, status).await;
             serving = Some(up);
         }
         if let Some(retention) = barrier_retention
@@ -193,6 +189,14 @@ async fn background_jobs(
                 Err(error) => tracing::warn!(%error, "purging saga barrier rows failed"),
             }
         }
+    }
+}
+
+/// Sets the overall status ("") and that of every registered service.
+async fn report_health(health: &HealthReporter, service_names: &[&str], status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in service_names {
+        health.set_service_status(*name, status).await;
     }
 }
 

@@ -1,8 +1,6 @@
 //! The saga barrier against a real MariaDB: repeats replay, compensation
 //! first blocks the action, failed actions leave nothing behind.
 
-#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
-
 use commerce_platform::barrier::{self, SagaPair};
 use commerce_platform::error::reason;
 use commerce_platform::migrate;
