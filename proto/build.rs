@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "commerce/point/v1/point.proto",
     "commerce/coupon/v1/coupon.proto",
     "commerce/saga/v1/barrier.proto",
+    "commerce/order/v1/order.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

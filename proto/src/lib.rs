@@ -24,6 +24,12 @@ pub mod coupon {
     }
 }
 
+pub mod order {
+    pub mod v1 {
+        tonic::include_proto!("commerce.order.v1");
+    }
+}
+
 pub mod saga {
     pub mod v1 {
         tonic::include_proto!("commerce.saga.v1");

@@ -35,15 +35,22 @@ impl ServiceSpec {
     }
 }
 
-/// Command line of every server: `serve` (the default) or `migrate`.
+/// Command line of every server: `serve` (the default) or `migrate`, the
+/// shared flags, and the flags `A` of one server.
 #[derive(Debug, clap::Parser)]
 #[command(version, about)]
-pub struct Cli {
+pub struct Cli<A: clap::Args> {
     #[command(flatten)]
     pub server: ServerArgs,
+    #[command(flatten)]
+    pub extra: A,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
+
+/// For servers with no flags of their own.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct NoExtraArgs {}
 
 #[derive(Debug, Clone, Copy, clap::Subcommand)]
 pub enum Command {

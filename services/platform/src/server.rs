@@ -21,7 +21,7 @@ use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 use crate::barrier_admin::BarrierAdmin;
-use crate::config::{Cli, Command, ServerConfig, ServiceSpec};
+use crate::config::{Cli, Command, NoExtraArgs, ServerConfig, ServiceSpec};
 use crate::db::Database;
 use crate::migrate;
 
@@ -35,6 +35,8 @@ pub struct Application {
     database: Database,
     routes: RoutesBuilder,
     service_names: Vec<&'static str>,
+    /// Service-specific jobs, stopped with the server.
+    jobs: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -56,6 +58,7 @@ impl Application {
             database,
             routes: RoutesBuilder::default(),
             service_names: Vec::new(),
+            jobs: Vec::new(),
         };
         if spec.saga_participant {
             let admin = BarrierAdmin::new(app.database.clone()).into_server();
@@ -93,6 +96,13 @@ impl Application {
         self
     }
 
+    /// Runs a job of the service (a recovery loop, a relay) for as long as
+    /// the server runs.
+    pub fn spawn_job(mut self, job: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.jobs.push(tokio::spawn(job));
+        self
+    }
+
     /// Serves until `shutdown` completes, then drains in-flight requests.
     pub async fn run_until_stopped(
         self,
@@ -104,6 +114,7 @@ impl Application {
             database,
             mut routes,
             service_names,
+            jobs,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         // Every service is known to health checks (and Watch) from the start;
@@ -149,6 +160,9 @@ impl Application {
             })
             .await;
         background.abort();
+        for job in jobs {
+            job.abort();
+        }
         served?;
         tracing::info!(service = config.service, "stopped");
         Ok(())
@@ -229,7 +243,22 @@ where
     F: FnOnce(ServerConfig) -> Fut,
     Fut: Future<Output = anyhow::Result<Application>>,
 {
-    let cli = Cli::parse();
+    run_cli::<NoExtraArgs, _, _>(spec, std::env::args_os(), |config, _| build(config))
+}
+
+/// Like [`main`], for a server with flags `A` of its own, from given
+/// arguments (the first is the program name).
+pub fn run_cli<A, F, Fut>(
+    spec: ServiceSpec,
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+    build: F,
+) -> ExitCode
+where
+    A: clap::Args,
+    F: FnOnce(ServerConfig, A) -> Fut,
+    Fut: Future<Output = anyhow::Result<Application>>,
+{
+    let cli = Cli::<A>::parse_from(args);
     crate::telemetry::init(cli.server.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -252,7 +281,7 @@ where
                 Ok(())
             }
             Command::Serve => {
-                build(config)
+                build(config, cli.extra)
                     .await?
                     .run_until_stopped(shutdown_signal())
                     .await

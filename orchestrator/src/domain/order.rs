@@ -1,0 +1,312 @@
+//! Orders: the validated request, pricing and the one state machine.
+
+use std::collections::BTreeMap;
+
+use commerce_platform::UserId;
+use commerce_platform::error::ServiceError;
+use commerce_platform::validate::{id, in_range};
+use serde::{Deserialize, Serialize};
+
+pub const MAX_LINES: usize = 100;
+pub const MAX_QUANTITY: i64 = 1000;
+
+/// Reasons this service gives itself (participants give the others).
+pub mod reason {
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+    pub const ORDER_STATE_CONFLICT: &str = "ORDER_STATE_CONFLICT";
+    /// A forward step kept failing transiently past its retry bound.
+    pub const STEP_RETRIES_EXHAUSTED: &str = "STEP_RETRIES_EXHAUSTED";
+    /// An operator forced the saga to compensate.
+    pub const OPERATOR_ABORTED: &str = "OPERATOR_ABORTED";
+    pub const SAGA_FINISHED: &str = "SAGA_FINISHED";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderState {
+    Pending,
+    Confirmed,
+    Rejected,
+    Cancelling,
+    Cancelled,
+    Shipped,
+    Delivered,
+}
+
+/// What can happen to an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderEvent {
+    Confirm,
+    Reject,
+    BeginCancel,
+    FinishCancel,
+    Ship,
+    Deliver,
+}
+
+impl OrderState {
+    pub const ALL: [OrderState; 7] = [
+        Self::Pending,
+        Self::Confirmed,
+        Self::Rejected,
+        Self::Cancelling,
+        Self::Cancelled,
+        Self::Shipped,
+        Self::Delivered,
+    ];
+
+    /// The stored name; persisted, never rename.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Confirmed => "CONFIRMED",
+            Self::Rejected => "REJECTED",
+            Self::Cancelling => "CANCELLING",
+            Self::Cancelled => "CANCELLED",
+            Self::Shipped => "SHIPPED",
+            Self::Delivered => "DELIVERED",
+        }
+    }
+
+    pub fn parse(stored: &str) -> Result<Self, ServiceError> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == stored)
+            .ok_or_else(|| ServiceError::internal(format!("unknown stored order state {stored}")))
+    }
+
+    /// The order state machine: PENDING -> CONFIRMED | REJECTED;
+    /// CONFIRMED -> CANCELLING -> CANCELLED; CONFIRMED -> SHIPPED -> DELIVERED.
+    pub fn apply(self, event: OrderEvent) -> Result<OrderState, ServiceError> {
+        use OrderEvent as E;
+        use OrderState as S;
+        match (self, event) {
+            (S::Pending, E::Confirm) => Ok(S::Confirmed),
+            (S::Pending, E::Reject) => Ok(S::Rejected),
+            (S::Confirmed, E::BeginCancel) => Ok(S::Cancelling),
+            (S::Cancelling, E::FinishCancel) => Ok(S::Cancelled),
+            (S::Confirmed, E::Ship) => Ok(S::Shipped),
+            (S::Shipped, E::Deliver) => Ok(S::Delivered),
+            (state, event) => Err(ServiceError::rejected(
+                reason::ORDER_STATE_CONFLICT,
+                format!("an order in state {} cannot {event:?}", state.as_str()),
+            )),
+        }
+    }
+
+    pub fn is_terminal_for_placement(self) -> bool {
+        self != Self::Pending
+    }
+}
+
+/// A client key making PlaceOrder idempotent: 1..=128 printable ASCII.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(field: &str, raw: &str) -> Result<Self, ServiceError> {
+        if raw.is_empty() {
+            return Err(ServiceError::invalid(field, "is required"));
+        }
+        if raw.len() > 128 || !raw.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(ServiceError::invalid(
+                field,
+                "must be 1 to 128 printable ASCII characters without spaces",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One requested product and quantity (merged per product).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineRequest {
+    pub product_id: i64,
+    pub quantity: i64,
+}
+
+/// A validated PlaceOrder request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceOrder {
+    pub user: UserId,
+    /// Merged per product, in product-id order.
+    pub lines: Vec<LineRequest>,
+    pub user_coupon_id: Option<i64>,
+    pub idempotency_key: IdempotencyKey,
+}
+
+impl PlaceOrder {
+    pub fn parse(
+        user_id: &str,
+        lines: impl ExactSizeIterator<Item = (i64, i64)>,
+        user_coupon_id: Option<i64>,
+        idempotency_key: &str,
+    ) -> Result<Self, ServiceError> {
+        let user = UserId::parse("user_id", user_id)?;
+        let idempotency_key = IdempotencyKey::parse("idempotency_key", idempotency_key)?;
+        if lines.len() == 0 {
+            return Err(ServiceError::invalid(
+                "lines",
+                "at least one line is required",
+            ));
+        }
+        if lines.len() > MAX_LINES {
+            return Err(ServiceError::invalid(
+                "lines",
+                format!("at most {MAX_LINES} lines"),
+            ));
+        }
+        let mut merged = BTreeMap::<i64, i64>::new();
+        for (i, (product_id, quantity)) in lines.enumerate() {
+            let product_id = id(&format!("lines[{i}].product_id"), product_id)?;
+            let quantity = in_range(&format!("lines[{i}].quantity"), quantity, 1, MAX_QUANTITY)?;
+            *merged.entry(product_id).or_default() += quantity;
+        }
+        let user_coupon_id = user_coupon_id
+            .map(|c| id("user_coupon_id", c))
+            .transpose()?;
+        Ok(Self {
+            user,
+            lines: merged
+                .into_iter()
+                .map(|(product_id, quantity)| LineRequest {
+                    product_id,
+                    quantity,
+                })
+                .collect(),
+            user_coupon_id,
+            idempotency_key,
+        })
+    }
+
+    /// The request as stored for idempotency: a reused key must match it.
+    pub fn fingerprint(&self) -> String {
+        serde_json::json!({
+            "lines": self.lines,
+            "user_coupon_id": self.user_coupon_id,
+        })
+        .to_string()
+    }
+}
+
+/// A reserved line with its snapshot (from the product service).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotLine {
+    pub product_id: i64,
+    pub quantity: i64,
+    pub product_name: String,
+    pub brand_id: i64,
+    pub brand_name: String,
+    pub unit_price: i64,
+}
+
+impl SnapshotLine {
+    pub fn total(&self) -> i64 {
+        self.unit_price.saturating_mul(self.quantity)
+    }
+}
+
+/// What the user pays: subtotal of the snapshots minus the coupon discount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pricing {
+    pub subtotal: i64,
+    pub discount: i64,
+    pub payable: i64,
+}
+
+impl Pricing {
+    pub fn subtotal(lines: &[SnapshotLine]) -> i64 {
+        lines
+            .iter()
+            .map(SnapshotLine::total)
+            .fold(0, i64::saturating_add)
+    }
+
+    /// The discount never exceeds the subtotal (the coupon service ensures
+    /// it; clamped here so the arithmetic can never go negative).
+    pub fn new(subtotal: i64, discount: i64) -> Self {
+        let discount = discount.clamp(0, subtotal);
+        Self {
+            subtotal,
+            discount,
+            payable: subtotal - discount,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_machine_allows_only_the_documented_transitions() {
+        use OrderEvent as E;
+        use OrderState as S;
+        assert_eq!(S::Pending.apply(E::Confirm).unwrap(), S::Confirmed);
+        assert_eq!(S::Pending.apply(E::Reject).unwrap(), S::Rejected);
+        assert_eq!(S::Confirmed.apply(E::BeginCancel).unwrap(), S::Cancelling);
+        assert_eq!(S::Cancelling.apply(E::FinishCancel).unwrap(), S::Cancelled);
+        assert_eq!(S::Confirmed.apply(E::Ship).unwrap(), S::Shipped);
+        assert_eq!(S::Shipped.apply(E::Deliver).unwrap(), S::Delivered);
+        for refused in [
+            (S::Shipped, E::BeginCancel),
+            (S::Delivered, E::BeginCancel),
+            (S::Pending, E::Ship),
+            (S::Rejected, E::Confirm),
+            (S::Cancelled, E::Ship),
+            (S::Confirmed, E::Confirm),
+            (S::Delivered, E::Deliver),
+        ] {
+            assert!(refused.0.apply(refused.1).is_err(), "{refused:?}");
+        }
+        for state in OrderState::ALL {
+            assert_eq!(OrderState::parse(state.as_str()).unwrap(), state);
+        }
+    }
+
+    #[test]
+    fn place_order_validates_and_merges() {
+        let order =
+            PlaceOrder::parse("u1", [(2, 1), (1, 3), (2, 4)].into_iter(), None, "k").unwrap();
+        assert_eq!(
+            order.lines,
+            vec![
+                LineRequest {
+                    product_id: 1,
+                    quantity: 3
+                },
+                LineRequest {
+                    product_id: 2,
+                    quantity: 5
+                }
+            ]
+        );
+        let bad = PlaceOrder::parse("u1", [(1, 1), (2, 0)].into_iter(), None, "k").unwrap_err();
+        assert!(bad.to_string().contains("lines[1].quantity"));
+        assert!(PlaceOrder::parse("u1", std::iter::empty::<(i64, i64)>(), None, "k").is_err());
+        assert!(PlaceOrder::parse("u1", [(1, 1)].into_iter(), None, "").is_err());
+        assert!(PlaceOrder::parse("u1", [(1, 1)].into_iter(), Some(0), "k").is_err());
+        assert!(PlaceOrder::parse("u 1", [(1, 1)].into_iter(), None, "k").is_err());
+        let too_many = (1..=101).map(|p| (p, 1)).collect::<Vec<_>>();
+        assert!(PlaceOrder::parse("u1", too_many.into_iter(), None, "k").is_err());
+    }
+
+    #[test]
+    fn same_request_has_same_fingerprint() {
+        let a = PlaceOrder::parse("u1", [(1, 1), (2, 2)].into_iter(), Some(5), "k").unwrap();
+        let b = PlaceOrder::parse("u1", [(2, 2), (1, 1)].into_iter(), Some(5), "k").unwrap();
+        let c = PlaceOrder::parse("u1", [(2, 2), (1, 1)].into_iter(), None, "k").unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn pricing_never_goes_negative() {
+        let p = Pricing::new(10_000, 3_000);
+        assert_eq!(p.payable, 7_000);
+        assert_eq!(Pricing::new(1_000, 5_000).payable, 0);
+    }
+}

@@ -1,0 +1,580 @@
+//! Saga definitions and the planner. A saga is an ordered list of steps,
+//! each an action and (maybe) its compensation; the append-only step log says
+//! what happened, and [`next_move`] reads it to decide what comes next. The
+//! same function drives a live saga and resumes one after a crash.
+
+use std::time::Duration;
+
+use commerce_platform::error::ServiceError;
+use commerce_platform::{SagaId, UserId};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::order::{LineRequest, Pricing, SnapshotLine};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SagaKind {
+    PlaceOrder,
+    CancelOrder,
+}
+
+impl SagaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PlaceOrder => "PLACE_ORDER",
+            Self::CancelOrder => "CANCEL_ORDER",
+        }
+    }
+
+    pub fn parse(stored: &str) -> Result<Self, ServiceError> {
+        match stored {
+            "PLACE_ORDER" => Ok(Self::PlaceOrder),
+            "CANCEL_ORDER" => Ok(Self::CancelOrder),
+            other => Err(ServiceError::internal(format!("unknown saga kind {other}"))),
+        }
+    }
+}
+
+/// Every step the orchestrator knows. The names are persisted in the step
+/// log: never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    /// Reserve the lines' stock, then quote the coupon on the snapshot prices.
+    ReserveStock,
+    DeductPoints,
+    UseCoupon,
+    /// Confirm the reservation; the order becomes CONFIRMED with the log write.
+    ConfirmOrder,
+    ReleaseStock,
+    RefundPoints,
+    RestoreCoupon,
+    /// Cancellation done; the order becomes CANCELLED with the log write.
+    FinishCancel,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ReserveStock => "reserve_stock",
+            Self::DeductPoints => "deduct_points",
+            Self::UseCoupon => "use_coupon",
+            Self::ConfirmOrder => "confirm_order",
+            Self::ReleaseStock => "release_stock",
+            Self::RefundPoints => "refund_points",
+            Self::RestoreCoupon => "restore_coupon",
+            Self::FinishCancel => "finish_cancel",
+        }
+    }
+
+    /// The step that undoes this one, if any.
+    pub fn compensation(self) -> Option<Step> {
+        match self {
+            Self::ReserveStock => Some(Self::ReleaseStock),
+            Self::DeductPoints => Some(Self::RefundPoints),
+            Self::UseCoupon => Some(Self::RestoreCoupon),
+            _ => None,
+        }
+    }
+}
+
+/// Inputs of a saga, fixed when it is created and stored with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SagaParams {
+    PlaceOrder {
+        order_id: String,
+        user: UserId,
+        lines: Vec<LineRequest>,
+        user_coupon_id: Option<i64>,
+    },
+    CancelOrder {
+        order_id: String,
+        user: UserId,
+        /// The saga that placed the order: its participants' barrier rows
+        /// are keyed by it, so the undo calls carry it.
+        placed_by: SagaId,
+        user_coupon_id: Option<i64>,
+    },
+}
+
+impl SagaParams {
+    pub fn kind(&self) -> SagaKind {
+        match self {
+            Self::PlaceOrder { .. } => SagaKind::PlaceOrder,
+            Self::CancelOrder { .. } => SagaKind::CancelOrder,
+        }
+    }
+
+    pub fn order_id(&self) -> &str {
+        match self {
+            Self::PlaceOrder { order_id, .. } | Self::CancelOrder { order_id, .. } => order_id,
+        }
+    }
+
+    /// The steps of this saga, in order (coupon steps only with a coupon).
+    pub fn steps(&self) -> Vec<Step> {
+        let with_coupon = match self {
+            Self::PlaceOrder { user_coupon_id, .. } | Self::CancelOrder { user_coupon_id, .. } => {
+                user_coupon_id.is_some()
+            }
+        };
+        let all: &[Step] = match self.kind() {
+            SagaKind::PlaceOrder => &[
+                Step::ReserveStock,
+                Step::DeductPoints,
+                Step::UseCoupon,
+                Step::ConfirmOrder,
+            ],
+            SagaKind::CancelOrder => &[
+                Step::ReleaseStock,
+                Step::RefundPoints,
+                Step::RestoreCoupon,
+                Step::FinishCancel,
+            ],
+        };
+        all.iter()
+            .copied()
+            .filter(|s| with_coupon || !matches!(s, Step::UseCoupon | Step::RestoreCoupon))
+            .collect()
+    }
+}
+
+/// What a step returned, kept in the log so later steps (and recovery) can
+/// use it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "output", rename_all = "snake_case")]
+pub enum StepOutput {
+    Reserved {
+        lines: Vec<SnapshotLine>,
+        pricing: Pricing,
+    },
+    PointsDeducted {
+        amount: i64,
+    },
+    CouponUsed {
+        discount: i64,
+    },
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    Forward,
+    Compensate,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Forward => "FORWARD",
+            Self::Compensate => "COMPENSATE",
+        }
+    }
+
+    pub fn parse(stored: &str) -> Result<Self, ServiceError> {
+        match stored {
+            "FORWARD" => Ok(Self::Forward),
+            "COMPENSATE" => Ok(Self::Compensate),
+            other => Err(ServiceError::internal(format!("unknown direction {other}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Written before the participant is called.
+    Started,
+    Succeeded,
+    /// A business rejection (forward only): the saga compensates.
+    Rejected,
+    /// Transient or unknown: the step is tried again.
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "STARTED",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Rejected => "REJECTED",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(stored: &str) -> Result<Self, ServiceError> {
+        match stored {
+            "STARTED" => Ok(Self::Started),
+            "SUCCEEDED" => Ok(Self::Succeeded),
+            "REJECTED" => Ok(Self::Rejected),
+            "FAILED" => Ok(Self::Failed),
+            other => Err(ServiceError::internal(format!("unknown outcome {other}"))),
+        }
+    }
+}
+
+/// One event of the step log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Index into [`SagaParams::steps`].
+    pub step: usize,
+    pub direction: Direction,
+    pub attempt: u32,
+    pub outcome: Outcome,
+    /// The step's output (JSON) when it succeeded.
+    pub output: Option<StepOutput>,
+    /// Rejections: the reason code; failures: code and message.
+    pub error: Option<String>,
+}
+
+/// Where a saga stands, as stored on its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SagaState {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    Stuck,
+}
+
+impl SagaState {
+    pub const ALL: [SagaState; 5] = [
+        Self::Running,
+        Self::Compensating,
+        Self::Completed,
+        Self::Compensated,
+        Self::Stuck,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "RUNNING",
+            Self::Compensating => "COMPENSATING",
+            Self::Completed => "COMPLETED",
+            Self::Compensated => "COMPENSATED",
+            Self::Stuck => "STUCK",
+        }
+    }
+
+    pub fn parse(stored: &str) -> Result<Self, ServiceError> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == stored)
+            .ok_or_else(|| ServiceError::internal(format!("unknown saga state {stored}")))
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Compensated)
+    }
+}
+
+/// What the saga does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    /// Run step `step`, attempt `attempt`; `started` when the log already
+    /// holds its STARTED event (a crash came after it: run it again, the
+    /// participant's barrier makes that harmless).
+    Run {
+        step: usize,
+        direction: Direction,
+        attempt: u32,
+        started: bool,
+    },
+    Completed,
+    Compensated,
+}
+
+impl Move {
+    pub fn state(self) -> SagaState {
+        match self {
+            Self::Run {
+                direction: Direction::Forward,
+                ..
+            } => SagaState::Running,
+            Self::Run { .. } => SagaState::Compensating,
+            Self::Completed => SagaState::Completed,
+            Self::Compensated => SagaState::Compensated,
+        }
+    }
+}
+
+/// Reads the log and decides the next move.
+///
+/// Forward: the first step without a success. Once any forward step is
+/// rejected, every step that was ever started is compensated, last first:
+/// a started action may have applied even if its answer was lost, and a
+/// compensation of one that never applied is a no-op that also blocks a late
+/// arrival of the action at the participant.
+pub fn next_move(steps: &[Step], log: &[LogEntry]) -> Move {
+    let has = |step: usize, direction: Direction, outcome: Outcome| {
+        log.iter()
+            .any(|e| e.step == step && e.direction == direction && e.outcome == outcome)
+    };
+    let run = |step: usize, direction: Direction| {
+        let attempts = log
+            .iter()
+            .filter(|e| e.step == step && e.direction == direction)
+            .map(|e| e.attempt)
+            .max()
+            .unwrap_or(0);
+        let finished = log.iter().any(|e| {
+            e.step == step
+                && e.direction == direction
+                && e.attempt == attempts
+                && e.outcome != Outcome::Started
+        });
+        if attempts > 0 && !finished {
+            Move::Run {
+                step,
+                direction,
+                attempt: attempts,
+                started: true,
+            }
+        } else {
+            Move::Run {
+                step,
+                direction,
+                attempt: attempts + 1,
+                started: false,
+            }
+        }
+    };
+
+    let compensating = log
+        .iter()
+        .any(|e| e.direction == Direction::Forward && e.outcome == Outcome::Rejected);
+    if !compensating {
+        return (0..steps.len())
+            .find(|&s| !has(s, Direction::Forward, Outcome::Succeeded))
+            .map_or(Move::Completed, |s| run(s, Direction::Forward));
+    }
+    (0..steps.len())
+        .rev()
+        .filter(|&s| steps[s].compensation().is_some())
+        .filter(|&s| has(s, Direction::Forward, Outcome::Started))
+        .find(|&s| !has(s, Direction::Compensate, Outcome::Succeeded))
+        .map_or(Move::Compensated, |s| run(s, Direction::Compensate))
+}
+
+/// The output a forward step left in the log.
+pub fn output_of(log: &[LogEntry], step: usize) -> Option<&StepOutput> {
+    log.iter()
+        .find(|e| {
+            e.step == step && e.direction == Direction::Forward && e.outcome == Outcome::Succeeded
+        })
+        .and_then(|e| e.output.as_ref())
+}
+
+/// The rejection that turned the saga around, if any.
+pub fn rejection(log: &[LogEntry]) -> Option<&LogEntry> {
+    log.iter()
+        .find(|e| e.direction == Direction::Forward && e.outcome == Outcome::Rejected)
+}
+
+/// Retry bounds and backoff.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+    /// Attempts of a forward step before the saga compensates.
+    pub forward_attempts: u32,
+    /// Attempts of a step that must succeed (a compensation, a cancel step)
+    /// before the saga is marked STUCK for operators.
+    pub stuck_after: u32,
+    /// How often a STUCK saga is still retried.
+    pub stuck_retry: Duration,
+}
+
+impl RetryPolicy {
+    /// Exponential backoff with full jitter: uniform in [base, base * 2^(n-1)],
+    /// capped.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.max);
+        let low = self.base.min(exp);
+        let spread = exp.saturating_sub(low).as_millis() as u64;
+        low + Duration::from_millis(rand::rng().random_range(0..=spread))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STEPS: [Step; 4] = [
+        Step::ReserveStock,
+        Step::DeductPoints,
+        Step::UseCoupon,
+        Step::ConfirmOrder,
+    ];
+
+    fn entry(step: usize, direction: Direction, attempt: u32, outcome: Outcome) -> LogEntry {
+        LogEntry {
+            step,
+            direction,
+            attempt,
+            outcome,
+            output: None,
+            error: None,
+        }
+    }
+
+    use Direction::{Compensate as C, Forward as F};
+    use Outcome::{Failed, Rejected, Started, Succeeded};
+
+    #[test]
+    fn fresh_saga_starts_with_the_first_step() {
+        assert_eq!(
+            next_move(&STEPS, &[]),
+            Move::Run {
+                step: 0,
+                direction: F,
+                attempt: 1,
+                started: false
+            }
+        );
+    }
+
+    #[test]
+    fn started_without_outcome_is_run_again_as_the_same_attempt() {
+        let log = [
+            entry(0, F, 1, Started),
+            entry(0, F, 1, Succeeded),
+            entry(1, F, 1, Started),
+        ];
+        assert_eq!(
+            next_move(&STEPS, &log),
+            Move::Run {
+                step: 1,
+                direction: F,
+                attempt: 1,
+                started: true
+            }
+        );
+    }
+
+    #[test]
+    fn failed_attempt_is_followed_by_a_new_attempt() {
+        let log = [entry(0, F, 1, Started), entry(0, F, 1, Failed)];
+        assert_eq!(
+            next_move(&STEPS, &log),
+            Move::Run {
+                step: 0,
+                direction: F,
+                attempt: 2,
+                started: false
+            }
+        );
+    }
+
+    #[test]
+    fn all_succeeded_is_completed() {
+        let log: Vec<_> = (0..4)
+            .flat_map(|s| [entry(s, F, 1, Started), entry(s, F, 1, Succeeded)])
+            .collect();
+        assert_eq!(next_move(&STEPS, &log), Move::Completed);
+    }
+
+    #[test]
+    fn rejection_compensates_started_steps_in_reverse() {
+        let mut log = vec![
+            entry(0, F, 1, Started),
+            entry(0, F, 1, Succeeded),
+            entry(1, F, 1, Started),
+            entry(1, F, 1, Succeeded),
+            entry(2, F, 1, Started),
+            entry(2, F, 1, Rejected),
+        ];
+        // The rejected step itself is compensated first (a no-op that blocks
+        // a late duplicate at the participant).
+        assert_eq!(
+            next_move(&STEPS, &log),
+            Move::Run {
+                step: 2,
+                direction: C,
+                attempt: 1,
+                started: false
+            }
+        );
+        log.push(entry(2, C, 1, Started));
+        log.push(entry(2, C, 1, Succeeded));
+        assert_eq!(
+            next_move(&STEPS, &log),
+            Move::Run {
+                step: 1,
+                direction: C,
+                attempt: 1,
+                started: false
+            }
+        );
+        log.push(entry(1, C, 1, Started));
+        log.push(entry(1, C, 1, Failed));
+        assert_eq!(
+            next_move(&STEPS, &log),
+            Move::Run {
+                step: 1,
+                direction: C,
+                attempt: 2,
+                started: false
+            }
+        );
+        log.push(entry(1, C, 2, Started));
+        log.push(entry(1, C, 2, Succeeded));
+        log.push(entry(0, C, 1, Started));
+        log.push(entry(0, C, 1, Succeeded));
+        assert_eq!(next_move(&STEPS, &log), Move::Compensated);
+    }
+
+    #[test]
+    fn steps_never_started_are_not_compensated() {
+        let log = [entry(0, F, 1, Started), entry(0, F, 1, Rejected)];
+        assert_eq!(
+            next_move(&STEPS, &log),
+            Move::Run {
+                step: 0,
+                direction: C,
+                attempt: 1,
+                started: false
+            }
+        );
+        let log = [
+            entry(0, F, 1, Started),
+            entry(0, F, 1, Rejected),
+            entry(0, C, 1, Started),
+            entry(0, C, 1, Succeeded),
+        ];
+        assert_eq!(next_move(&STEPS, &log), Move::Compensated);
+    }
+
+    #[test]
+    fn coupon_steps_only_with_a_coupon() {
+        let user = UserId::parse("user_id", "u").unwrap();
+        let params = |coupon| SagaParams::PlaceOrder {
+            order_id: "o".into(),
+            user: user.clone(),
+            lines: vec![],
+            user_coupon_id: coupon,
+        };
+        assert_eq!(params(None).steps().len(), 3);
+        assert_eq!(params(Some(1)).steps(), STEPS.to_vec());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RetryPolicy {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+            forward_attempts: 5,
+            stuck_after: 5,
+            stuck_retry: Duration::from_secs(60),
+        };
+        for attempt in 1..40 {
+            let d = policy.backoff(attempt);
+            assert!(
+                d >= Duration::from_millis(10) && d <= Duration::from_millis(100),
+                "{d:?}"
+            );
+        }
+    }
+}

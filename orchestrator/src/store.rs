@@ -1,0 +1,912 @@
+//! The orchestrator's storage: orders, sagas and the append-only step log in
+//! its own MySQL database. Every write of saga progress is fenced by the
+//! saga's lease, so an instance that lost its lease cannot overwrite the new
+//! owner's progress.
+
+use chrono::NaiveDateTime;
+use commerce_platform::db::is_unique_violation;
+use commerce_platform::error::ServiceError;
+use commerce_platform::paging::PageRequest;
+use commerce_platform::time::now;
+use commerce_platform::{Database, SagaId, UserId};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+
+use crate::domain::order::{OrderEvent, OrderState, PlaceOrder, Pricing, SnapshotLine, reason};
+use crate::domain::saga::{
+    Direction, LogEntry, Outcome, SagaKind, SagaParams, SagaState, Step, StepOutput,
+};
+
+mod schema {
+    diesel::table! {
+        orders (id) {
+            id -> Char,
+            user_id -> Varchar,
+            idempotency_key -> Varchar,
+            request_json -> Text,
+            state -> Varchar,
+            user_coupon_id -> Nullable<BigInt>,
+            subtotal -> BigInt,
+            discount -> BigInt,
+            points_paid -> BigInt,
+            reason -> Varchar,
+            reason_message -> Varchar,
+            saga_id -> Char,
+            created_at -> Datetime,
+            updated_at -> Datetime,
+        }
+    }
+
+    diesel::table! {
+        order_lines (order_id, product_id) {
+            order_id -> Char,
+            product_id -> BigInt,
+            quantity -> BigInt,
+            product_name -> Nullable<Varchar>,
+            brand_id -> Nullable<BigInt>,
+            brand_name -> Nullable<Varchar>,
+            unit_price -> Nullable<BigInt>,
+        }
+    }
+
+    diesel::table! {
+        sagas (id) {
+            id -> Char,
+            kind -> Varchar,
+            order_id -> Char,
+            state -> Varchar,
+            params_json -> Text,
+            current_step -> Integer,
+            attempts -> Integer,
+            reason -> Varchar,
+            next_attempt_at -> Datetime,
+            lease_owner -> Nullable<Varchar>,
+            lease_expires_at -> Nullable<Datetime>,
+            fence -> BigInt,
+            created_at -> Datetime,
+            updated_at -> Datetime,
+        }
+    }
+
+    diesel::table! {
+        saga_log (seq) {
+            seq -> BigInt,
+            saga_id -> Char,
+            step -> Integer,
+            step_name -> Varchar,
+            direction -> Varchar,
+            attempt -> Integer,
+            outcome -> Varchar,
+            response_json -> Nullable<Text>,
+            error -> Nullable<Varchar>,
+            created_at -> Datetime,
+        }
+    }
+}
+
+use schema::{order_lines, orders, saga_log, sagas};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = orders)]
+pub struct OrderRow {
+    pub id: String,
+    pub user_id: String,
+    pub idempotency_key: String,
+    pub request_json: String,
+    pub state: String,
+    pub user_coupon_id: Option<i64>,
+    pub subtotal: i64,
+    pub discount: i64,
+    pub points_paid: i64,
+    pub reason: String,
+    pub reason_message: String,
+    pub saga_id: String,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = order_lines)]
+pub struct OrderLineRow {
+    pub order_id: String,
+    pub product_id: i64,
+    pub quantity: i64,
+    pub product_name: Option<String>,
+    pub brand_id: Option<i64>,
+    pub brand_name: Option<String>,
+    pub unit_price: Option<i64>,
+}
+
+/// An order with its lines.
+#[derive(Debug, Clone)]
+pub struct OrderRecord {
+    pub order: OrderRow,
+    pub lines: Vec<OrderLineRow>,
+}
+
+impl OrderRecord {
+    pub fn state(&self) -> Result<OrderState, ServiceError> {
+        OrderState::parse(&self.order.state)
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = sagas)]
+pub struct SagaRow {
+    pub id: String,
+    pub kind: String,
+    pub order_id: String,
+    pub state: String,
+    pub params_json: String,
+    pub current_step: i32,
+    pub attempts: i32,
+    pub reason: String,
+    pub next_attempt_at: NaiveDateTime,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<NaiveDateTime>,
+    pub fence: i64,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = saga_log)]
+pub struct LogRow {
+    pub seq: i64,
+    pub saga_id: String,
+    pub step: i32,
+    pub step_name: String,
+    pub direction: String,
+    pub attempt: i32,
+    pub outcome: String,
+    pub response_json: Option<String>,
+    pub error: Option<String>,
+    pub created_at: NaiveDateTime,
+}
+
+/// A saga, its inputs and its log.
+#[derive(Debug, Clone)]
+pub struct SagaRecord {
+    pub row: SagaRow,
+    pub params: SagaParams,
+    pub log: Vec<LogEntry>,
+    pub raw_log: Vec<LogRow>,
+}
+
+/// The right to drive a saga: held by `owner` while `fence` is current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub fence: i64,
+}
+
+/// What placing an order found.
+#[derive(Debug)]
+pub enum Placed {
+    /// A new order; its saga is leased to the caller.
+    Created(OrderRecord, Lease),
+    /// The same user and key placed this order before.
+    Existing(OrderRecord),
+}
+
+/// A change to the order made with a saga write.
+#[derive(Debug, Clone)]
+pub enum OrderChange {
+    /// The stock is reserved: record the snapshot and the amounts.
+    Priced {
+        lines: Vec<SnapshotLine>,
+        pricing: Pricing,
+    },
+    Transition {
+        event: OrderEvent,
+        reason: Option<(String, String)>,
+    },
+}
+
+/// One fenced write of saga progress: log events, the saga row, the order.
+#[derive(Debug, Clone)]
+pub struct SagaWrite {
+    pub entries: Vec<(Step, LogEntry)>,
+    pub state: SagaState,
+    pub current_step: usize,
+    pub attempts: u32,
+    pub reason: Option<String>,
+    pub next_attempt_at: NaiveDateTime,
+    /// Lease renewal; `None` gives the lease up.
+    pub lease_until: Option<NaiveDateTime>,
+    /// Changes to the saga's order, applied in order.
+    pub order: Vec<OrderChange>,
+}
+
+/// A saga to record, leased to its creator.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSaga<'a> {
+    pub id: &'a SagaId,
+    pub params: &'a SagaParams,
+    pub owner: &'a str,
+    pub lease_until: NaiveDateTime,
+}
+
+/// States a saga can still make progress from.
+const UNFINISHED: [&str; 3] = ["RUNNING", "COMPENSATING", "STUCK"];
+
+#[derive(Clone)]
+pub struct OrderStore {
+    db: Database,
+}
+
+impl OrderStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// Records a new order with its saga (leased to `owner`) and the STARTED
+    /// event of its first step, or finds the order the same key placed.
+    pub async fn order_place(
+        &self,
+        order_id: &str,
+        request: &PlaceOrder,
+        saga: &NewSaga<'_>,
+    ) -> Result<Placed, ServiceError> {
+        let NewSaga {
+            id: saga_id,
+            params,
+            owner,
+            lease_until,
+        } = *saga;
+        let first_step = params.steps()[0];
+        let fingerprint = request.fingerprint();
+        let params_json = serde_json::to_string(params)?;
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    let at = now();
+                    let inserted = diesel::insert_into(orders::table)
+                        .values((
+                            orders::id.eq(order_id),
+                            orders::user_id.eq(request.user.as_str()),
+                            orders::idempotency_key.eq(request.idempotency_key.as_str()),
+                            orders::request_json.eq(&fingerprint),
+                            orders::state.eq(OrderState::Pending.as_str()),
+                            orders::user_coupon_id.eq(request.user_coupon_id),
+                            orders::saga_id.eq(saga_id.as_str()),
+                            orders::created_at.eq(at),
+                            orders::updated_at.eq(at),
+                        ))
+                        .execute(c)
+                        .await;
+                    match inserted {
+                        Ok(_) => {}
+                        Err(e) if is_unique_violation(&e) => {
+                            let existing = orders::table
+                                .filter(orders::user_id.eq(request.user.as_str()))
+                                .filter(
+                                    orders::idempotency_key.eq(request.idempotency_key.as_str()),
+                                )
+                                .select(OrderRow::as_select())
+                                .first(c)
+                                .await?;
+                            if existing.request_json != fingerprint {
+                                return Err(ServiceError::already_exists(
+                                    reason::IDEMPOTENCY_KEY_REUSED,
+                                    "this idempotency key was used for a different order",
+                                ));
+                            }
+                            return Ok(Placed::Existing(load_order(c, existing).await?));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    let lines: Vec<OrderLineRow> = request
+                        .lines
+                        .iter()
+                        .map(|l| OrderLineRow {
+                            order_id: order_id.to_owned(),
+                            product_id: l.product_id,
+                            quantity: l.quantity,
+                            product_name: None,
+                            brand_id: None,
+                            brand_name: None,
+                            unit_price: None,
+                        })
+                        .collect();
+                    diesel::insert_into(order_lines::table)
+                        .values(&lines)
+                        .execute(c)
+                        .await?;
+                    let lease =
+                        saga_insert(c, saga_id, params, &params_json, owner, lease_until).await?;
+                    log_insert(
+                        c,
+                        saga_id,
+                        &[(first_step, started(0, Direction::Forward, 1))],
+                    )
+                    .await?;
+                    let order = orders::table
+                        .find(order_id)
+                        .select(OrderRow::as_select())
+                        .first(c)
+                        .await?;
+                    Ok(Placed::Created(OrderRecord { order, lines }, lease))
+                })
+                .await
+            })
+            .await
+    }
+
+    pub async fn order_get(&self, order_id: &str) -> Result<OrderRecord, ServiceError> {
+        let mut conn = self.db.conn().await?;
+        let order = orders::table
+            .find(order_id)
+            .select(OrderRow::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?
+            .ok_or_else(|| ServiceError::not_found("order", order_id))?;
+        load_order(&mut conn, order).await
+    }
+
+    /// A user's orders, newest first, and how many there are.
+    pub async fn orders_list(
+        &self,
+        user: &UserId,
+        page: PageRequest,
+    ) -> Result<(Vec<OrderRecord>, i64), ServiceError> {
+        let mut conn = self.db.conn().await?;
+        let total = orders::table
+            .filter(orders::user_id.eq(user.as_str()))
+            .count()
+            .get_result::<i64>(&mut conn)
+            .await?;
+        let rows = orders::table
+            .filter(orders::user_id.eq(user.as_str()))
+            .order((orders::created_at.desc(), orders::id.desc()))
+            .limit(page.limit())
+            .offset(page.offset())
+            .select(OrderRow::as_select())
+            .load(&mut conn)
+            .await?;
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let mut lines = order_lines::table
+            .filter(order_lines::order_id.eq_any(&ids))
+            .order((order_lines::order_id, order_lines::product_id))
+            .select(OrderLineRow::as_select())
+            .load(&mut conn)
+            .await?;
+        let records = rows
+            .into_iter()
+            .map(|order| {
+                let (mine, rest): (Vec<_>, Vec<_>) =
+                    lines.drain(..).partition(|l| l.order_id == order.id);
+                lines = rest;
+                OrderRecord { order, lines: mine }
+            })
+            .collect();
+        Ok((records, total))
+    }
+
+    /// Applies a fulfilment event (ship, deliver) through the state machine.
+    pub async fn order_transition(
+        &self,
+        order_id: &str,
+        event: OrderEvent,
+    ) -> Result<OrderRecord, ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    let order = order_lock(c, order_id).await?;
+                    let next = OrderState::parse(&order.state)?.apply(event)?;
+                    order_set_state(c, order_id, next, None).await?;
+                    let order = order_lock(c, order_id).await?;
+                    load_order(c, order).await
+                })
+                .await
+            })
+            .await
+    }
+
+    /// Starts cancelling a CONFIRMED order of `user`: the order becomes
+    /// CANCELLING and a cancel saga (leased to `owner`) is recorded. An order
+    /// already cancelling or cancelled is returned as it is (no new saga).
+    pub async fn order_cancel_begin(
+        &self,
+        order_id: &str,
+        user: &UserId,
+        cancel_saga: &SagaId,
+        owner: &str,
+        lease_until: NaiveDateTime,
+    ) -> Result<(OrderRecord, Option<Lease>), ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    let order = order_lock(c, order_id).await?;
+                    if order.user_id != user.as_str() {
+                        return Err(ServiceError::not_found("order", order_id));
+                    }
+                    let state = OrderState::parse(&order.state)?;
+                    if matches!(state, OrderState::Cancelling | OrderState::Cancelled) {
+                        return Ok((load_order(c, order).await?, None));
+                    }
+                    let next = state.apply(OrderEvent::BeginCancel)?;
+                    let params = SagaParams::CancelOrder {
+                        order_id: order_id.to_owned(),
+                        user: user.clone(),
+                        placed_by: SagaId::parse("saga_id", &order.saga_id)?,
+                        user_coupon_id: order.user_coupon_id,
+                    };
+                    let params_json = serde_json::to_string(&params)?;
+                    let lease =
+                        saga_insert(c, cancel_saga, &params, &params_json, owner, lease_until)
+                            .await?;
+                    let first = params.steps()[0];
+                    log_insert(
+                        c,
+                        cancel_saga,
+                        &[(first, started(0, Direction::Forward, 1))],
+                    )
+                    .await?;
+                    order_set_state(c, order_id, next, None).await?;
+                    let order = order_lock(c, order_id).await?;
+                    Ok((load_order(c, order).await?, Some(lease)))
+                })
+                .await
+            })
+            .await
+    }
+
+    pub async fn saga_load(&self, saga_id: &SagaId) -> Result<SagaRecord, ServiceError> {
+        let mut conn = self.db.conn().await?;
+        let row = sagas::table
+            .find(saga_id.as_str())
+            .select(SagaRow::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?
+            .ok_or_else(|| ServiceError::not_found("saga", saga_id))?;
+        let raw_log = saga_log::table
+            .filter(saga_log::saga_id.eq(saga_id.as_str()))
+            .order(saga_log::seq)
+            .select(LogRow::as_select())
+            .load(&mut conn)
+            .await?;
+        let params: SagaParams = serde_json::from_str(&row.params_json)?;
+        let log = raw_log.iter().map(to_entry).collect::<Result<_, _>>()?;
+        Ok(SagaRecord {
+            row,
+            params,
+            log,
+            raw_log,
+        })
+    }
+
+    /// Writes saga progress if `lease` is still current; `Ok(false)` when it
+    /// is not (another instance took the saga over: stop driving it).
+    pub async fn saga_write(
+        &self,
+        saga_id: &SagaId,
+        lease: &Lease,
+        write: &SagaWrite,
+    ) -> Result<bool, ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    let at = now();
+                    let fenced = sagas::table
+                        .filter(sagas::id.eq(saga_id.as_str()))
+                        .filter(sagas::lease_owner.eq(&lease.owner))
+                        .filter(sagas::fence.eq(lease.fence));
+                    let matched = diesel::update(fenced)
+                        .set((
+                            sagas::state.eq(write.state.as_str()),
+                            sagas::current_step.eq(to_i32(write.current_step)),
+                            sagas::attempts.eq(to_i32(write.attempts as usize)),
+                            sagas::next_attempt_at.eq(write.next_attempt_at),
+                            sagas::lease_expires_at.eq(write.lease_until.unwrap_or(at)),
+                            sagas::updated_at.eq(at),
+                        ))
+                        .execute(c)
+                        .await?;
+                    if matched == 0 {
+                        return Ok(false);
+                    }
+                    if let Some(reason) = &write.reason {
+                        diesel::update(sagas::table.find(saga_id.as_str()))
+                            .set(sagas::reason.eq(reason))
+                            .execute(c)
+                            .await?;
+                    }
+                    log_insert(c, saga_id, &write.entries).await?;
+                    if !write.order.is_empty() {
+                        let order_id = sagas::table
+                            .find(saga_id.as_str())
+                            .select(sagas::order_id)
+                            .first::<String>(c)
+                            .await?;
+                        for change in &write.order {
+                            order_apply(c, &order_id, change).await?;
+                        }
+                    }
+                    Ok(true)
+                })
+                .await
+            })
+            .await
+    }
+
+    /// Claims up to `limit` unfinished sagas that are due and whose lease has
+    /// expired (or, with `reclaim_own`, that `owner` held before a restart),
+    /// without waiting on rows other instances are claiming.
+    pub async fn sagas_claim(
+        &self,
+        owner: &str,
+        lease_until: NaiveDateTime,
+        limit: i64,
+        reclaim_own: bool,
+    ) -> Result<Vec<(SagaId, Lease)>, ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    let at = now();
+                    // An owner name is never empty, so "" reclaims nothing.
+                    let own = if reclaim_own { owner } else { "" };
+                    let ids: Vec<String> = sagas::table
+                        .filter(sagas::state.eq_any(UNFINISHED))
+                        .filter(sagas::next_attempt_at.le(at))
+                        .filter(
+                            sagas::lease_expires_at
+                                .is_null()
+                                .or(sagas::lease_expires_at.lt(at))
+                                .or(sagas::lease_owner.eq(own)),
+                        )
+                        .order(sagas::next_attempt_at)
+                        .limit(limit)
+                        .select(sagas::id)
+                        .for_update()
+                        .skip_locked()
+                        .load(c)
+                        .await?;
+                    lease_take(c, &ids, owner, lease_until).await
+                })
+                .await
+            })
+            .await
+    }
+
+    /// Takes one unfinished saga for `owner` at once, whoever holds it, and
+    /// makes it due now (operator's retry); the old holder's writes fail.
+    pub async fn saga_take_over(
+        &self,
+        saga_id: &SagaId,
+        owner: &str,
+        lease_until: NaiveDateTime,
+        force_compensation: bool,
+    ) -> Result<Lease, ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    let row = sagas::table
+                        .find(saga_id.as_str())
+                        .select(SagaRow::as_select())
+                        .for_update()
+                        .first(c)
+                        .await
+                        .optional()?
+                        .ok_or_else(|| ServiceError::not_found("saga", saga_id))?;
+                    if SagaState::parse(&row.state)?.is_finished() {
+                        return Err(ServiceError::rejected(
+                            reason::SAGA_FINISHED,
+                            format!("saga {saga_id} is {}; nothing to do", row.state),
+                        ));
+                    }
+                    if force_compensation {
+                        let params: SagaParams = serde_json::from_str(&row.params_json)?;
+                        if params.kind() == SagaKind::CancelOrder {
+                            return Err(ServiceError::rejected(
+                                reason::SAGA_FINISHED,
+                                "a cancellation saga has nothing to compensate; retry it instead",
+                            ));
+                        }
+                        if row.state == SagaState::Running.as_str() {
+                            let steps = params.steps();
+                            let step = usize::try_from(row.current_step).unwrap_or(0);
+                            let mut entry =
+                                started(step, Direction::Forward, row.attempts.max(1) as u32);
+                            entry.outcome = Outcome::Rejected;
+                            entry.error = Some(reason::OPERATOR_ABORTED.to_owned());
+                            log_insert(c, saga_id, &[(steps[step.min(steps.len() - 1)], entry)])
+                                .await?;
+                            diesel::update(sagas::table.find(saga_id.as_str()))
+                                .set((
+                                    sagas::state.eq(SagaState::Compensating.as_str()),
+                                    sagas::reason.eq(reason::OPERATOR_ABORTED),
+                                ))
+                                .execute(c)
+                                .await?;
+                        }
+                    }
+                    diesel::update(sagas::table.find(saga_id.as_str()))
+                        .set((sagas::next_attempt_at.eq(now()), sagas::attempts.eq(0)))
+                        .execute(c)
+                        .await?;
+                    let mut leases =
+                        lease_take(c, &[saga_id.as_str().to_owned()], owner, lease_until).await?;
+                    leases
+                        .pop()
+                        .map(|(_, lease)| lease)
+                        .ok_or_else(|| ServiceError::internal("saga vanished while taken over"))
+                })
+                .await
+            })
+            .await
+    }
+
+    /// Sagas in `states`, at least `min_age` old, oldest first.
+    pub async fn sagas_list(
+        &self,
+        states: &[SagaState],
+        created_before: NaiveDateTime,
+        page: PageRequest,
+    ) -> Result<Vec<SagaRow>, ServiceError> {
+        let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        let mut conn = self.db.conn().await?;
+        Ok(sagas::table
+            .filter(sagas::state.eq_any(states))
+            .filter(sagas::created_at.le(created_before))
+            .order((sagas::created_at, sagas::id))
+            .limit(page.limit())
+            .offset(page.offset())
+            .select(SagaRow::as_select())
+            .load(&mut conn)
+            .await?)
+    }
+
+    /// Number of sagas per state.
+    pub async fn saga_counts(&self) -> Result<Vec<(SagaState, i64)>, ServiceError> {
+        let mut conn = self.db.conn().await?;
+        let rows: Vec<(String, i64)> = sagas::table
+            .group_by(sagas::state)
+            .select((sagas::state, diesel::dsl::count_star()))
+            .load(&mut conn)
+            .await?;
+        rows.into_iter()
+            .map(|(state, n)| Ok((SagaState::parse(&state)?, n)))
+            .collect()
+    }
+}
+
+fn started(step: usize, direction: Direction, attempt: u32) -> LogEntry {
+    LogEntry {
+        step,
+        direction,
+        attempt,
+        outcome: Outcome::Started,
+        output: None,
+        error: None,
+    }
+}
+
+fn to_i32(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn to_entry(row: &LogRow) -> Result<LogEntry, ServiceError> {
+    Ok(LogEntry {
+        step: usize::try_from(row.step).map_err(|_| ServiceError::internal("negative step"))?,
+        direction: Direction::parse(&row.direction)?,
+        attempt: u32::try_from(row.attempt)
+            .map_err(|_| ServiceError::internal("negative attempt"))?,
+        outcome: Outcome::parse(&row.outcome)?,
+        output: row
+            .response_json
+            .as_deref()
+            .map(serde_json::from_str::<StepOutput>)
+            .transpose()?,
+        error: row.error.clone(),
+    })
+}
+
+async fn saga_insert(
+    c: &mut AsyncMysqlConnection,
+    saga_id: &SagaId,
+    params: &SagaParams,
+    params_json: &str,
+    owner: &str,
+    lease_until: NaiveDateTime,
+) -> Result<Lease, ServiceError> {
+    let at = now();
+    diesel::insert_into(sagas::table)
+        .values((
+            sagas::id.eq(saga_id.as_str()),
+            sagas::kind.eq(params.kind().as_str()),
+            sagas::order_id.eq(params.order_id()),
+            sagas::state.eq(SagaState::Running.as_str()),
+            sagas::params_json.eq(params_json),
+            sagas::attempts.eq(1),
+            sagas::next_attempt_at.eq(at),
+            sagas::lease_owner.eq(owner),
+            sagas::lease_expires_at.eq(lease_until),
+            sagas::fence.eq(1),
+            sagas::created_at.eq(at),
+            sagas::updated_at.eq(at),
+        ))
+        .execute(c)
+        .await?;
+    Ok(Lease {
+        owner: owner.to_owned(),
+        fence: 1,
+    })
+}
+
+/// Appends log events; an event already logged is kept as it was.
+async fn log_insert(
+    c: &mut AsyncMysqlConnection,
+    saga_id: &SagaId,
+    entries: &[(Step, LogEntry)],
+) -> Result<(), ServiceError> {
+    let at = now();
+    for (step, entry) in entries {
+        let response = entry
+            .output
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?;
+        let error = entry
+            .error
+            .as_ref()
+            .map(|e| e.chars().take(1000).collect::<String>());
+        let inserted = diesel::insert_into(saga_log::table)
+            .values((
+                saga_log::saga_id.eq(saga_id.as_str()),
+                saga_log::step.eq(to_i32(entry.step)),
+                saga_log::step_name.eq(step.name()),
+                saga_log::direction.eq(entry.direction.as_str()),
+                saga_log::attempt.eq(to_i32(entry.attempt as usize)),
+                saga_log::outcome.eq(entry.outcome.as_str()),
+                saga_log::response_json.eq(response),
+                saga_log::error.eq(error),
+                saga_log::created_at.eq(at),
+            ))
+            .execute(c)
+            .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+async fn lease_take(
+    c: &mut AsyncMysqlConnection,
+    ids: &[String],
+    owner: &str,
+    lease_until: NaiveDateTime,
+) -> Result<Vec<(SagaId, Lease)>, ServiceError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::update(sagas::table.filter(sagas::id.eq_any(ids)))
+        .set((
+            sagas::lease_owner.eq(owner),
+            sagas::lease_expires_at.eq(lease_until),
+            sagas::fence.eq(sagas::fence + 1),
+        ))
+        .execute(c)
+        .await?;
+    let rows: Vec<(String, i64)> = sagas::table
+        .filter(sagas::id.eq_any(ids))
+        .select((sagas::id, sagas::fence))
+        .load(c)
+        .await?;
+    rows.into_iter()
+        .map(|(id, fence)| {
+            Ok((
+                SagaId::parse("saga_id", &id)?,
+                Lease {
+                    owner: owner.to_owned(),
+                    fence,
+                },
+            ))
+        })
+        .collect()
+}
+
+async fn order_lock(
+    c: &mut AsyncMysqlConnection,
+    order_id: &str,
+) -> Result<OrderRow, ServiceError> {
+    orders::table
+        .find(order_id)
+        .select(OrderRow::as_select())
+        .for_update()
+        .first(c)
+        .await
+        .optional()?
+        .ok_or_else(|| ServiceError::not_found("order", order_id))
+}
+
+async fn load_order(
+    c: &mut AsyncMysqlConnection,
+    order: OrderRow,
+) -> Result<OrderRecord, ServiceError> {
+    let lines = order_lines::table
+        .filter(order_lines::order_id.eq(&order.id))
+        .order(order_lines::product_id)
+        .select(OrderLineRow::as_select())
+        .load(c)
+        .await?;
+    Ok(OrderRecord { order, lines })
+}
+
+async fn order_set_state(
+    c: &mut AsyncMysqlConnection,
+    order_id: &str,
+    state: OrderState,
+    reason: Option<&(String, String)>,
+) -> Result<(), ServiceError> {
+    let at = now();
+    match reason {
+        Some((code, message)) => {
+            diesel::update(orders::table.find(order_id))
+                .set((
+                    orders::state.eq(state.as_str()),
+                    orders::reason.eq(code),
+                    orders::reason_message.eq(message.chars().take(500).collect::<String>()),
+                    orders::updated_at.eq(at),
+                ))
+                .execute(c)
+                .await?
+        }
+        None => {
+            diesel::update(orders::table.find(order_id))
+                .set((orders::state.eq(state.as_str()), orders::updated_at.eq(at)))
+                .execute(c)
+                .await?
+        }
+    };
+    Ok(())
+}
+
+async fn order_apply(
+    c: &mut AsyncMysqlConnection,
+    order_id: &str,
+    change: &OrderChange,
+) -> Result<(), ServiceError> {
+    match change {
+        OrderChange::Priced { lines, pricing } => {
+            for line in lines {
+                diesel::update(order_lines::table.find((order_id, line.product_id)))
+                    .set((
+                        order_lines::quantity.eq(line.quantity),
+                        order_lines::product_name.eq(&line.product_name),
+                        order_lines::brand_id.eq(line.brand_id),
+                        order_lines::brand_name.eq(&line.brand_name),
+                        order_lines::unit_price.eq(line.unit_price),
+                    ))
+                    .execute(c)
+                    .await?;
+            }
+            diesel::update(orders::table.find(order_id))
+                .set((
+                    orders::subtotal.eq(pricing.subtotal),
+                    orders::discount.eq(pricing.discount),
+                    orders::points_paid.eq(pricing.payable),
+                    orders::updated_at.eq(now()),
+                ))
+                .execute(c)
+                .await?;
+        }
+        OrderChange::Transition { event, reason } => {
+            let order = order_lock(c, order_id).await?;
+            let next = OrderState::parse(&order.state)?.apply(*event)?;
+            order_set_state(c, order_id, next, reason.as_ref()).await?;
+        }
+    }
+    Ok(())
+}
