@@ -142,7 +142,9 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             database: DbSettings {
                 url: database_url.into(),
-                max_connections: 16,
+                // Many test servers share one database server (151
+                // connections by default): keep each pool small.
+                max_connections: 6,
                 acquire_timeout: Duration::from_secs(2),
             },
             db_startup_wait: Duration::from_secs(10),

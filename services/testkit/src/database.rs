@@ -2,6 +2,8 @@
 
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
 
+use crate::TcpProxy;
+
 /// Prefix of every test database; `deploy/test.sh` drops leftovers by it.
 pub const TEST_DATABASE_PREFIX: &str = "commerce_t";
 
@@ -38,6 +40,32 @@ impl TestDatabase {
     /// A direct connection, for assertions on stored state.
     pub async fn connect(&self) -> anyhow::Result<AsyncMysqlConnection> {
         Ok(AsyncMysqlConnection::establish(&self.url).await?)
+    }
+
+    /// Starts a [`TcpProxy`] to the database server and returns it with a URL
+    /// that reaches this database through it, so a test can cut the link.
+    ///
+    /// The URL says `prefer_socket=false`: otherwise the MySQL driver, seeing
+    /// a loopback server, moves each connection to the server's Unix socket
+    /// right after the handshake, and cutting the proxy would not cut it.
+    pub async fn through_proxy(&self) -> anyhow::Result<(TcpProxy, String)> {
+        let (credentials, rest) = self
+            .url
+            .rsplit_once('@')
+            .ok_or_else(|| anyhow::anyhow!("database URL without credentials"))?;
+        let (server, database) = rest
+            .split_once('/')
+            .ok_or_else(|| anyhow::anyhow!("database URL without a database"))?;
+        let target = tokio::net::lookup_host(server)
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("cannot resolve {server}"))?;
+        let proxy = TcpProxy::start(target).await?;
+        let url = format!(
+            "{credentials}@{}/{database}?prefer_socket=false",
+            proxy.addr
+        );
+        Ok((proxy, url))
     }
 
     /// Drops the database. Tests call it at the end; a failed test leaves its

@@ -3,15 +3,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 pub struct TcpProxy {
     pub addr: SocketAddr,
     /// `true` while the link is cut.
     cut: Arc<watch::Sender<bool>>,
+    /// Connections being forwarded, and a signal when one ends.
+    open: Arc<(AtomicUsize, Notify)>,
     task: JoinHandle<()>,
 }
 
@@ -21,12 +24,32 @@ impl TcpProxy {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let cut = Arc::new(watch::channel(false).0);
-        let task = tokio::spawn(accept_loop(listener, target, cut.clone()));
-        Ok(Self { addr, cut, task })
+        let open = Arc::new((AtomicUsize::new(0), Notify::new()));
+        let task = tokio::spawn(accept_loop(listener, target, cut.clone(), open.clone()));
+        Ok(Self {
+            addr,
+            cut,
+            open,
+            task,
+        })
     }
 
-    /// Drops every open connection and refuses new ones until [`Self::restore`].
-    pub fn cut(&self) {
+    /// Refuses new connections and drops every open one until
+    /// [`Self::restore`]; returns once they are all closed.
+    pub async fn cut(&self) {
+        let (count, closed) = &*self.open;
+        self.cut_now();
+        loop {
+            let notified = closed.notified();
+            if count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Starts cutting without waiting for open connections to close.
+    pub fn cut_now(&self) {
         self.cut.send_replace(true);
     }
 
@@ -41,22 +64,30 @@ impl Drop for TcpProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, target: SocketAddr, cut: Arc<watch::Sender<bool>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    cut: Arc<watch::Sender<bool>>,
+    open: Arc<(AtomicUsize, Notify)>,
+) {
     while let Ok((inbound, _)) = listener.accept().await {
         if *cut.borrow() {
             drop(inbound);
             continue;
         }
         let mut cut_rx = cut.subscribe();
+        let open = open.clone();
+        open.0.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
-            let Ok(outbound) = TcpStream::connect(target).await else {
-                return;
-            };
-            let (mut inbound, mut outbound) = (inbound, outbound);
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                _ = cut_rx.wait_for(|cut| *cut) => {}
+            if let Ok(mut outbound) = TcpStream::connect(target).await {
+                let mut inbound = inbound;
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cut_rx.wait_for(|cut| *cut) => {}
+                }
             }
+            open.0.fetch_sub(1, Ordering::SeqCst);
+            open.1.notify_waiters();
         });
     }
 }

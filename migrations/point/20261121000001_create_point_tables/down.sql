@@ -1,0 +1,2 @@
+DROP TABLE point_ledger;
+DROP TABLE point_accounts;

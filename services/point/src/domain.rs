@@ -1,0 +1,413 @@
+//! The point rules, free of storage and transport: validated amounts and
+//! keys, balance arithmetic with its limits, ledger kinds, reason codes and
+//! the results of each operation (serialisable, since saga results are
+//! stored by the barrier and replayed to repeats).
+
+use std::fmt;
+
+use chrono::NaiveDateTime;
+use commerce_platform::ServiceError;
+use commerce_platform::validate::in_range;
+use serde::{Deserialize, Serialize};
+
+/// Machine-readable reasons of the point service's business errors.
+pub mod reason {
+    /// A deduction needs more points than the balance holds.
+    pub const POINT_INSUFFICIENT: &str = "POINT_INSUFFICIENT";
+    /// A charge would take the balance above [`super::MAX_BALANCE`].
+    pub const POINT_BALANCE_LIMIT: &str = "POINT_BALANCE_LIMIT";
+    /// A charge key was used before with another amount.
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+}
+
+/// Largest number of points one charge may add.
+pub const MAX_CHARGE: i64 = 10_000_000;
+/// Largest balance a charge may produce. Refunds may exceed it: they restore
+/// a state the account had before.
+pub const MAX_BALANCE: i64 = 1_000_000_000;
+/// Largest number of points one saga may deduct.
+pub const MAX_DEDUCTION: i64 = MAX_BALANCE;
+
+/// Points added by one charge: `1..=MAX_CHARGE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChargeAmount(i64);
+
+impl ChargeAmount {
+    pub fn parse(field: &str, raw: i64) -> Result<Self, ServiceError> {
+        in_range(field, raw, 1, MAX_CHARGE).map(Self)
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// Points taken by one saga: `1..=MAX_DEDUCTION`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeductAmount(i64);
+
+impl DeductAmount {
+    pub fn parse(field: &str, raw: i64) -> Result<Self, ServiceError> {
+        in_range(field, raw, 1, MAX_DEDUCTION).map(Self)
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// A client-chosen charge key: 1..=128 printable ASCII characters, not
+/// starting or ending with a space (the database compares strings with
+/// trailing spaces ignored, so "k" and "k " would be one key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(field: &str, raw: &str) -> Result<Self, ServiceError> {
+        if raw.is_empty() {
+            return Err(ServiceError::invalid(field, "is required"));
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(ServiceError::invalid(
+                field,
+                format!("must be at most {} characters", Self::MAX_LEN),
+            ));
+        }
+        if !raw.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+            return Err(ServiceError::invalid(
+                field,
+                "may only contain printable ASCII characters",
+            ));
+        }
+        if raw.starts_with(' ') || raw.ends_with(' ') {
+            return Err(ServiceError::invalid(
+                field,
+                "must not start or end with a space",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A balance: never negative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Balance(i64);
+
+impl Balance {
+    pub const ZERO: Self = Self(0);
+
+    /// A balance read from storage; a negative one means a broken invariant.
+    pub fn from_stored(raw: i64) -> Result<Self, ServiceError> {
+        if raw < 0 {
+            return Err(ServiceError::internal(format!(
+                "stored balance {raw} is negative"
+            )));
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    /// The balance after a charge, refused above [`MAX_BALANCE`].
+    pub fn charge(self, amount: ChargeAmount) -> Result<Self, ServiceError> {
+        match self.0.checked_add(amount.get()) {
+            Some(after) if after <= MAX_BALANCE => Ok(Self(after)),
+            _ => Err(ServiceError::rejected(
+                reason::POINT_BALANCE_LIMIT,
+                format!(
+                    "charging {} points to a balance of {} would exceed the limit of {MAX_BALANCE}",
+                    amount.get(),
+                    self.0
+                ),
+            )),
+        }
+    }
+
+    /// The balance after a deduction, refused when it would go negative.
+    pub fn deduct(self, amount: DeductAmount) -> Result<Self, ServiceError> {
+        if amount.get() > self.0 {
+            return Err(ServiceError::rejected(
+                reason::POINT_INSUFFICIENT,
+                format!(
+                    "deducting {} points needs more than the balance of {}",
+                    amount.get(),
+                    self.0
+                ),
+            ));
+        }
+        Ok(Self(self.0 - amount.get()))
+    }
+
+    /// The balance after giving back `amount` previously deducted points. No
+    /// cap: it restores a state the account had.
+    pub fn refund(self, amount: i64) -> Result<Self, ServiceError> {
+        if amount <= 0 {
+            return Err(ServiceError::internal(format!(
+                "refund of {amount} points is not positive"
+            )));
+        }
+        self.0
+            .checked_add(amount)
+            .map(Self)
+            .ok_or_else(|| ServiceError::internal("balance overflow on refund"))
+    }
+}
+
+/// What a ledger entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerKind {
+    Charge,
+    Use,
+    Refund,
+}
+
+impl LedgerKind {
+    /// The stored name; persisted, never rename.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Charge => "CHARGE",
+            Self::Use => "USE",
+            Self::Refund => "REFUND",
+        }
+    }
+
+    pub fn from_stored(raw: &str) -> Result<Self, ServiceError> {
+        match raw {
+            "CHARGE" => Ok(Self::Charge),
+            "USE" => Ok(Self::Use),
+            "REFUND" => Ok(Self::Refund),
+            other => Err(ServiceError::internal(format!(
+                "unknown ledger kind {other:?}"
+            ))),
+        }
+    }
+}
+
+/// One change of a balance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub id: i64,
+    pub user_id: String,
+    pub kind: LedgerKind,
+    /// Signed: positive for CHARGE and REFUND, negative for USE.
+    pub amount: i64,
+    pub balance_after: i64,
+    /// The charge's idempotency key, or the saga id.
+    pub reference: String,
+    pub created_at: NaiveDateTime,
+}
+
+/// What a charge did: its ledger entry and the balance right after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeOutcome {
+    pub entry: LedgerEntry,
+    pub balance: i64,
+}
+
+impl ChargeOutcome {
+    /// The outcome of a repeated charge: the first entry, if the request is
+    /// the same; another amount under the same key is refused.
+    pub fn replay(entry: LedgerEntry, amount: ChargeAmount) -> Result<Self, ServiceError> {
+        if entry.kind != LedgerKind::Charge {
+            return Err(ServiceError::internal(format!(
+                "ledger entry {} is not a charge",
+                entry.id
+            )));
+        }
+        if entry.amount != amount.get() {
+            return Err(ServiceError::already_exists(
+                reason::IDEMPOTENCY_KEY_REUSED,
+                format!(
+                    "idempotency key {:?} was used for a charge of {} points, not {}",
+                    entry.reference,
+                    entry.amount,
+                    amount.get()
+                ),
+            ));
+        }
+        Ok(Self {
+            balance: entry.balance_after,
+            entry,
+        })
+    }
+}
+
+/// What a saga's deduction did; stored by the barrier and replayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeductOutcome {
+    pub saga_id: String,
+    pub user_id: String,
+    pub deducted: i64,
+    /// Balance right after the deduction.
+    pub balance: i64,
+}
+
+/// What a saga's refund did; stored by the barrier and replayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundOutcome {
+    pub saga_id: String,
+    /// False when the saga had deducted nothing.
+    pub refunded: bool,
+    pub user_id: String,
+    pub amount: i64,
+    /// Balance right after the refund; 0 when nothing was refunded.
+    pub balance: i64,
+}
+
+impl RefundOutcome {
+    /// The refund of a saga that deducted nothing.
+    pub fn nothing(saga_id: &str) -> Self {
+        Self {
+            saga_id: saga_id.to_owned(),
+            refunded: false,
+            user_id: String::new(),
+            amount: 0,
+            balance: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn reason_of(error: &ServiceError) -> String {
+        error.reason()
+    }
+
+    #[test]
+    fn charge_amount_bounds_name_the_field() {
+        assert_eq!(ChargeAmount::parse("amount", 1).unwrap().get(), 1);
+        assert_eq!(
+            ChargeAmount::parse("amount", MAX_CHARGE).unwrap().get(),
+            MAX_CHARGE
+        );
+        for bad in [0, -1, MAX_CHARGE + 1, i64::MIN, i64::MAX] {
+            let error = ChargeAmount::parse("amount", bad).unwrap_err();
+            assert!(
+                matches!(&error, ServiceError::InvalidArgument { field, .. } if field == "amount")
+            );
+        }
+    }
+
+    #[test]
+    fn deduct_amount_bounds() {
+        assert!(DeductAmount::parse("amount", 1).is_ok());
+        assert!(DeductAmount::parse("amount", MAX_DEDUCTION).is_ok());
+        assert!(DeductAmount::parse("amount", 0).is_err());
+        assert!(DeductAmount::parse("amount", -5).is_err());
+        assert!(DeductAmount::parse("amount", MAX_DEDUCTION + 1).is_err());
+    }
+
+    #[test]
+    fn idempotency_key_rules() {
+        assert!(IdempotencyKey::parse("k", "order-1:retry#2 ok").is_ok());
+        assert!(IdempotencyKey::parse("k", &"x".repeat(128)).is_ok());
+        assert!(IdempotencyKey::parse("k", "").is_err());
+        assert!(IdempotencyKey::parse("k", &"x".repeat(129)).is_err());
+        assert!(IdempotencyKey::parse("k", "tab\there").is_err());
+        assert!(IdempotencyKey::parse("k", "caf\u{e9}").is_err());
+        assert!(IdempotencyKey::parse("k", "trailing ").is_err());
+        assert!(IdempotencyKey::parse("k", " leading").is_err());
+    }
+
+    #[test]
+    fn charge_respects_the_balance_cap() {
+        let amount = ChargeAmount::parse("amount", MAX_CHARGE).unwrap();
+        let near = Balance::from_stored(MAX_BALANCE - MAX_CHARGE).unwrap();
+        assert_eq!(near.charge(amount).unwrap().get(), MAX_BALANCE);
+        let just_over = Balance::from_stored(MAX_BALANCE - MAX_CHARGE + 1).unwrap();
+        let error = just_over.charge(amount).unwrap_err();
+        assert_eq!(reason_of(&error), reason::POINT_BALANCE_LIMIT);
+        let full = Balance::from_stored(MAX_BALANCE).unwrap();
+        let error = full
+            .charge(ChargeAmount::parse("amount", 1).unwrap())
+            .unwrap_err();
+        assert_eq!(reason_of(&error), reason::POINT_BALANCE_LIMIT);
+    }
+
+    #[test]
+    fn deduct_never_goes_negative() {
+        let balance = Balance::from_stored(100).unwrap();
+        let exact = DeductAmount::parse("amount", 100).unwrap();
+        assert_eq!(balance.deduct(exact).unwrap(), Balance::ZERO);
+        let error = balance
+            .deduct(DeductAmount::parse("amount", 101).unwrap())
+            .unwrap_err();
+        assert_eq!(reason_of(&error), reason::POINT_INSUFFICIENT);
+        assert!(Balance::from_stored(-1).is_err());
+    }
+
+    #[test]
+    fn refund_ignores_the_cap_but_not_overflow() {
+        let full = Balance::from_stored(MAX_BALANCE).unwrap();
+        assert_eq!(full.refund(5).unwrap().get(), MAX_BALANCE + 5);
+        assert!(full.refund(0).is_err());
+        assert!(Balance::from_stored(i64::MAX).unwrap().refund(1).is_err());
+    }
+
+    #[test]
+    fn ledger_kind_round_trips() {
+        for kind in [LedgerKind::Charge, LedgerKind::Use, LedgerKind::Refund] {
+            assert_eq!(LedgerKind::from_stored(kind.as_str()).unwrap(), kind);
+        }
+        assert!(LedgerKind::from_stored("BONUS").is_err());
+    }
+
+    #[test]
+    fn charge_replay_checks_the_amount() {
+        let entry = LedgerEntry {
+            id: 7,
+            user_id: "u".to_owned(),
+            kind: LedgerKind::Charge,
+            amount: 500,
+            balance_after: 1_500,
+            reference: "key".to_owned(),
+            created_at: chrono::DateTime::from_timestamp(0, 0).unwrap().naive_utc(),
+        };
+        let same = ChargeOutcome::replay(entry.clone(), ChargeAmount::parse("a", 500).unwrap());
+        assert_eq!(same.unwrap().balance, 1_500);
+        let other = ChargeOutcome::replay(entry, ChargeAmount::parse("a", 501).unwrap());
+        assert_eq!(
+            reason_of(&other.unwrap_err()),
+            reason::IDEMPOTENCY_KEY_REUSED
+        );
+    }
+
+    #[test]
+    fn saga_outcomes_round_trip_through_json() {
+        let deduct = DeductOutcome {
+            saga_id: "s".to_owned(),
+            user_id: "u".to_owned(),
+            deducted: 3,
+            balance: 4,
+        };
+        let json = serde_json::to_string(&deduct).unwrap();
+        assert_eq!(
+            serde_json::from_str::<DeductOutcome>(&json).unwrap(),
+            deduct
+        );
+        let refund = RefundOutcome::nothing("s");
+        let json = serde_json::to_string(&refund).unwrap();
+        assert_eq!(
+            serde_json::from_str::<RefundOutcome>(&json).unwrap(),
+            refund
+        );
+    }
+}

@@ -1,0 +1,425 @@
+//! Storage of accounts and the ledger: the schema, its row models and
+//! [`PointStore`], the narrow interface the handlers use. Every write is one
+//! transaction that locks the account row, writes the ledger entry and the new
+//! balance together, so the balance always equals the sum of the ledger.
+
+use chrono::NaiveDateTime;
+use commerce_platform::barrier::{self, SagaPair};
+use commerce_platform::db::{is_unique_violation, last_insert_id};
+use commerce_platform::paging::PageRequest;
+use commerce_platform::{Database, SagaId, ServiceError, UserId};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+
+use crate::domain::{
+    Balance, ChargeAmount, ChargeOutcome, DeductAmount, DeductOutcome, IdempotencyKey, LedgerEntry,
+    LedgerKind, RefundOutcome,
+};
+
+/// The saga step of this service and its compensation. Persisted in the
+/// barrier: never rename.
+pub const DEDUCT_POINTS: SagaPair = SagaPair {
+    action: "deduct_points",
+    compensation: "refund_points",
+};
+
+mod schema {
+    diesel::table! {
+        point_accounts (user_id) {
+            user_id -> Varchar,
+            balance -> BigInt,
+            created_at -> Datetime,
+            updated_at -> Datetime,
+        }
+    }
+
+    diesel::table! {
+        point_ledger (id) {
+            id -> BigInt,
+            user_id -> Varchar,
+            kind -> Varchar,
+            amount -> BigInt,
+            balance_after -> BigInt,
+            reference -> Varchar,
+            created_at -> Datetime,
+        }
+    }
+}
+
+use schema::{point_accounts, point_ledger};
+
+/// A stored ledger entry.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = point_ledger, check_for_backend(diesel::mysql::Mysql))]
+struct LedgerRow {
+    id: i64,
+    user_id: String,
+    kind: String,
+    amount: i64,
+    balance_after: i64,
+    reference: String,
+    created_at: NaiveDateTime,
+}
+
+impl TryFrom<LedgerRow> for LedgerEntry {
+    type Error = ServiceError;
+
+    fn try_from(row: LedgerRow) -> Result<Self, ServiceError> {
+        Ok(Self {
+            id: row.id,
+            user_id: row.user_id,
+            kind: LedgerKind::from_stored(&row.kind)?,
+            amount: row.amount,
+            balance_after: row.balance_after,
+            reference: row.reference,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// A page of a user's ledger, newest first, and the user's entry count.
+#[derive(Debug)]
+pub struct LedgerPage {
+    pub entries: Vec<LedgerEntry>,
+    pub total: i64,
+}
+
+/// Accounts and ledger of the `commerce_point` database.
+#[derive(Debug, Clone)]
+pub struct PointStore {
+    db: Database,
+}
+
+impl PointStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// The balance of a user; 0 (and nothing created) for a user never seen.
+    #[tracing::instrument(skip_all, fields(user_id = %user))]
+    pub async fn balance_get(&self, user: &UserId) -> Result<Balance, ServiceError> {
+        let mut conn = self.db.conn().await?;
+        let stored = point_accounts::table
+            .find(user.as_str())
+            .select(point_accounts::balance)
+            .first::<i64>(&mut conn)
+            .await
+            .optional()?;
+        stored.map_or(Ok(Balance::ZERO), Balance::from_stored)
+    }
+
+    /// One page of a user's ledger, newest first.
+    #[tracing::instrument(skip_all, fields(user_id = %user))]
+    pub async fn ledger_list(
+        &self,
+        user: &UserId,
+        page: PageRequest,
+    ) -> Result<LedgerPage, ServiceError> {
+        let mut conn = self.db.conn().await?;
+        let total = point_ledger::table
+            .filter(point_ledger::user_id.eq(user.as_str()))
+            .count()
+            .get_result::<i64>(&mut conn)
+            .await?;
+        let rows = point_ledger::table
+            .filter(point_ledger::user_id.eq(user.as_str()))
+            .order(point_ledger::id.desc())
+            .limit(page.limit())
+            .offset(page.offset())
+            .select(LedgerRow::as_select())
+            .load(&mut conn)
+            .await?;
+        let entries = rows
+            .into_iter()
+            .map(LedgerEntry::try_from)
+            .collect::<Result<_, _>>()?;
+        Ok(LedgerPage { entries, total })
+    }
+
+    /// Charges `amount` under the client's key. A user's charges serialise on
+    /// the account row, so a repeated key finds and replays the first charge.
+    /// The key's unique index is the backstop: should an insert still collide,
+    /// the whole transaction runs again and then finds the winner's entry.
+    #[tracing::instrument(skip_all, fields(user_id = %user, amount = amount.get()))]
+    pub async fn points_charge(
+        &self,
+        user: &UserId,
+        amount: ChargeAmount,
+        key: &IdempotencyKey,
+    ) -> Result<ChargeOutcome, ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    let balance = account_lock_or_create(c, user).await?;
+                    if let Some(first) =
+                        ledger_find(c, user, LedgerKind::Charge, key.as_str()).await?
+                    {
+                        return ChargeOutcome::replay(first, amount);
+                    }
+                    let after = balance.charge(amount)?;
+                    let entry = ledger_apply(
+                        c,
+                        user,
+                        LedgerKind::Charge,
+                        amount.get(),
+                        after,
+                        key.as_str(),
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        LedgerWriteError::Duplicate => ServiceError::Conflict(format!(
+                            "concurrent charge with key {key:?}; reading it again"
+                        )),
+                        LedgerWriteError::Failed(e) => e,
+                    })?;
+                    Ok(ChargeOutcome {
+                        entry,
+                        balance: after.get(),
+                    })
+                })
+                .await
+            })
+            .await
+    }
+
+    /// The saga action: takes `amount` points from `user` once per saga.
+    #[tracing::instrument(skip_all, fields(saga_id = %saga, user_id = %user, amount = amount.get()))]
+    pub async fn points_deduct(
+        &self,
+        saga: &SagaId,
+        user: &UserId,
+        amount: DeductAmount,
+    ) -> Result<DeductOutcome, ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    barrier::run_action(
+                        c,
+                        saga,
+                        DEDUCT_POINTS.action,
+                        async |c: &mut AsyncMysqlConnection| {
+                            // An account never seen holds 0 points: the
+                            // deduction is refused, so nothing is created.
+                            let balance = account_lock(c, user).await?.unwrap_or(Balance::ZERO);
+                            let after = balance.deduct(amount)?;
+                            ledger_apply(
+                                c,
+                                user,
+                                LedgerKind::Use,
+                                -amount.get(),
+                                after,
+                                saga.as_str(),
+                            )
+                            .await
+                            .map_err(LedgerWriteError::into_internal)?;
+                            Ok(DeductOutcome {
+                                saga_id: saga.to_string(),
+                                user_id: user.to_string(),
+                                deducted: amount.get(),
+                                balance: after.get(),
+                            })
+                        },
+                    )
+                    .await
+                })
+                .await
+            })
+            .await
+    }
+
+    /// The compensation: gives back exactly what the saga deducted, once; a
+    /// no-op (that blocks a late deduction) when it deducted nothing.
+    #[tracing::instrument(skip_all, fields(saga_id = %saga))]
+    pub async fn points_refund(&self, saga: &SagaId) -> Result<RefundOutcome, ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    barrier::run_compensation(
+                        c,
+                        saga,
+                        DEDUCT_POINTS,
+                        || RefundOutcome::nothing(saga.as_str()),
+                        async |c: &mut AsyncMysqlConnection| refund_use(c, saga).await,
+                    )
+                    .await
+                })
+                .await
+            })
+            .await
+    }
+}
+
+/// Undoes the saga's USE entry, which the barrier says was committed.
+async fn refund_use(
+    c: &mut AsyncMysqlConnection,
+    saga: &SagaId,
+) -> Result<RefundOutcome, ServiceError> {
+    let used = point_ledger::table
+        .filter(point_ledger::reference.eq(saga.as_str()))
+        .filter(point_ledger::kind.eq(LedgerKind::Use.as_str()))
+        .select(LedgerRow::as_select())
+        .first(c)
+        .await
+        .optional()?
+        .ok_or_else(|| {
+            ServiceError::internal(format!(
+                "saga {saga} deducted points but its USE entry is missing"
+            ))
+        })?;
+    let user = UserId::parse("point_ledger.user_id", &used.user_id)
+        .map_err(|e| ServiceError::internal(e.to_string()))?;
+    let amount = -used.amount;
+    let balance = account_lock(c, &user).await?.ok_or_else(|| {
+        ServiceError::internal(format!("account of {user} vanished before refunding"))
+    })?;
+    let after = balance.refund(amount)?;
+    ledger_apply(c, &user, LedgerKind::Refund, amount, after, saga.as_str())
+        .await
+        .map_err(LedgerWriteError::into_internal)?;
+    Ok(RefundOutcome {
+        saga_id: saga.to_string(),
+        refunded: true,
+        user_id: user.to_string(),
+        amount,
+        balance: after.get(),
+    })
+}
+
+/// The account's balance, its row locked until the transaction ends; `None`
+/// for a user never seen (nothing is locked then).
+async fn account_lock(
+    c: &mut AsyncMysqlConnection,
+    user: &UserId,
+) -> Result<Option<Balance>, ServiceError> {
+    point_accounts::table
+        .find(user.as_str())
+        .select(point_accounts::balance)
+        .for_update()
+        .first::<i64>(c)
+        .await
+        .optional()?
+        .map(Balance::from_stored)
+        .transpose()
+}
+
+/// Creates the account when it is new, then locks it. `ON DUPLICATE KEY
+/// UPDATE` takes an exclusive lock on an existing row at once (a plain or
+/// `IGNORE` insert would take a shared one, and two of those upgrading to
+/// exclusive deadlock).
+async fn account_lock_or_create(
+    c: &mut AsyncMysqlConnection,
+    user: &UserId,
+) -> Result<Balance, ServiceError> {
+    let now = commerce_platform::time::now();
+    diesel::insert_into(point_accounts::table)
+        .values((
+            point_accounts::user_id.eq(user.as_str()),
+            point_accounts::balance.eq(0),
+            point_accounts::created_at.eq(now),
+            point_accounts::updated_at.eq(now),
+        ))
+        .on_conflict(diesel::dsl::DuplicatedKeys)
+        .do_update()
+        .set(point_accounts::user_id.eq(point_accounts::user_id))
+        .execute(c)
+        .await?;
+    account_lock(c, user)
+        .await?
+        .ok_or_else(|| ServiceError::internal(format!("account of {user} missing after upsert")))
+}
+
+async fn ledger_find(
+    c: &mut AsyncMysqlConnection,
+    user: &UserId,
+    kind: LedgerKind,
+    reference: &str,
+) -> Result<Option<LedgerEntry>, ServiceError> {
+    point_ledger::table
+        .filter(point_ledger::user_id.eq(user.as_str()))
+        .filter(point_ledger::kind.eq(kind.as_str()))
+        .filter(point_ledger::reference.eq(reference))
+        .select(LedgerRow::as_select())
+        .first(c)
+        .await
+        .optional()?
+        .map(LedgerEntry::try_from)
+        .transpose()
+}
+
+/// Why writing a ledger entry failed.
+enum LedgerWriteError {
+    /// The (user, kind, reference) entry exists already.
+    Duplicate,
+    Failed(ServiceError),
+}
+
+impl LedgerWriteError {
+    /// For writes the barrier already made unique: a duplicate is a bug.
+    fn into_internal(self) -> ServiceError {
+        match self {
+            Self::Duplicate => ServiceError::internal("duplicate saga ledger entry"),
+            Self::Failed(e) => e,
+        }
+    }
+}
+
+impl From<ServiceError> for LedgerWriteError {
+    fn from(e: ServiceError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// Appends a ledger entry and sets the account (locked by the caller) to the
+/// balance right after it.
+async fn ledger_apply(
+    c: &mut AsyncMysqlConnection,
+    user: &UserId,
+    kind: LedgerKind,
+    amount: i64,
+    after: Balance,
+    reference: &str,
+) -> Result<LedgerEntry, LedgerWriteError> {
+    let now = commerce_platform::time::now();
+    let inserted = diesel::insert_into(point_ledger::table)
+        .values((
+            point_ledger::user_id.eq(user.as_str()),
+            point_ledger::kind.eq(kind.as_str()),
+            point_ledger::amount.eq(amount),
+            point_ledger::balance_after.eq(after.get()),
+            point_ledger::reference.eq(reference),
+            point_ledger::created_at.eq(now),
+        ))
+        .execute(c)
+        .await;
+    match inserted {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => return Err(LedgerWriteError::Duplicate),
+        Err(e) => return Err(LedgerWriteError::Failed(e.into())),
+    }
+    let id = last_insert_id(c).await?;
+    let updated = diesel::update(point_accounts::table.find(user.as_str()))
+        .set((
+            point_accounts::balance.eq(after.get()),
+            point_accounts::updated_at.eq(now),
+        ))
+        .execute(c)
+        .await
+        .map_err(ServiceError::from)?;
+    if updated != 1 {
+        return Err(LedgerWriteError::Failed(ServiceError::internal(format!(
+            "account of {user} missing while writing its ledger"
+        ))));
+    }
+    Ok(LedgerEntry {
+        id,
+        user_id: user.to_string(),
+        kind,
+        amount,
+        balance_after: after.get(),
+        reference: reference.to_owned(),
+        created_at: now,
+    })
+}

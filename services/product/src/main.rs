@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    commerce_platform::server::main(product_service::SPEC, product_service::build)
+}

@@ -1,0 +1,348 @@
+//! Brands, products, stock levels and likes.
+
+use commerce_platform::db::{is_unique_violation, last_insert_id};
+use commerce_platform::{ServiceError, UserId, time};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+
+use super::ProductStore;
+use super::models::{
+    BrandChangeset, BrandRow, ProductChangeset, ProductViewRow, StockRow, product_from_view,
+    product_view, product_view_columns,
+};
+use super::schema::{brands, product_likes, product_stock, products};
+use crate::domain::{
+    Brand, BrandChanges, LikeOutcome, NewBrand, NewProduct, Product, ProductChanges, ProductPage,
+    ProductQuery, ProductSort, Stock, StockUnits, like_count_after,
+};
+
+impl ProductStore {
+    pub async fn brand_create(&self, brand: &NewBrand) -> Result<Brand, ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    let now = time::now();
+                    diesel::insert_into(brands::table)
+                        .values((
+                            brands::name.eq(brand.name.clone().into_inner()),
+                            brands::description.eq(brand.description.clone().into_inner()),
+                            brands::created_at.eq(now),
+                            brands::updated_at.eq(now),
+                        ))
+                        .execute(c)
+                        .await?;
+                    let id = last_insert_id(c).await?;
+                    brand_load(c, id).await
+                })
+                .await
+            })
+            .await
+    }
+
+    pub async fn brand_update(
+        &self,
+        brand_id: i64,
+        changes: &BrandChanges,
+    ) -> Result<Brand, ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    if !changes.is_empty() {
+                        // diesel-async counts matched rows: 0 means no such brand.
+                        let matched = diesel::update(brands::table.find(brand_id))
+                            .set(BrandChangeset {
+                                name: changes.name.clone().map(|n| n.into_inner()),
+                                description: changes.description.clone().map(|d| d.into_inner()),
+                                updated_at: time::now(),
+                            })
+                            .execute(c)
+                            .await?;
+                        if matched == 0 {
+                            return Err(ServiceError::not_found("brand", brand_id));
+                        }
+                    }
+                    brand_load(c, brand_id).await
+                })
+                .await
+            })
+            .await
+    }
+
+    pub async fn brand_get(&self, brand_id: i64) -> Result<Brand, ServiceError> {
+        let mut conn = self.db.conn().await?;
+        brand_load(&mut conn, brand_id).await
+    }
+
+    pub async fn product_create(&self, product: &NewProduct) -> Result<Product, ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    let brand = brands::table
+                        .find(product.brand_id)
+                        .select(brands::id)
+                        .first::<i64>(c)
+                        .await
+                        .optional()?;
+                    if brand.is_none() {
+                        return Err(ServiceError::not_found("brand", product.brand_id));
+                    }
+                    let now = time::now();
+                    diesel::insert_into(products::table)
+                        .values((
+                            products::brand_id.eq(product.brand_id),
+                            products::name.eq(product.name.clone().into_inner()),
+                            products::price.eq(product.price.get()),
+                            products::status.eq(product.status.as_str()),
+                            products::like_count.eq(0),
+                            products::created_at.eq(now),
+                            products::updated_at.eq(now),
+                        ))
+                        .execute(c)
+                        .await?;
+                    let id = last_insert_id(c).await?;
+                    diesel::insert_into(product_stock::table)
+                        .values((
+                            product_stock::product_id.eq(id),
+                            product_stock::available.eq(product.stock.get()),
+                            product_stock::reserved.eq(0),
+                            product_stock::sold.eq(0),
+                            product_stock::updated_at.eq(now),
+                        ))
+                        .execute(c)
+                        .await?;
+                    product_load(c, id).await
+                })
+                .await
+            })
+            .await
+    }
+
+    pub async fn product_update(
+        &self,
+        product_id: i64,
+        changes: &ProductChanges,
+    ) -> Result<Product, ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    if !changes.is_empty() {
+                        let matched = diesel::update(products::table.find(product_id))
+                            .set(ProductChangeset {
+                                name: changes.name.clone().map(|n| n.into_inner()),
+                                price: changes.price.map(|p| p.get()),
+                                status: changes.status.map(|s| s.as_str()),
+                                updated_at: time::now(),
+                            })
+                            .execute(c)
+                            .await?;
+                        if matched == 0 {
+                            return Err(ServiceError::not_found("product", product_id));
+                        }
+                    }
+                    product_load(c, product_id).await
+                })
+                .await
+            })
+            .await
+    }
+
+    pub async fn product_get(&self, product_id: i64) -> Result<Product, ServiceError> {
+        let mut conn = self.db.conn().await?;
+        product_load(&mut conn, product_id).await
+    }
+
+    /// One page of products and the count over all pages.
+    pub async fn products_list(&self, query: &ProductQuery) -> Result<ProductPage, ServiceError> {
+        let mut conn = self.db.conn().await?;
+        let mut rows = product_view().select(product_view_columns()).into_boxed();
+        let mut count = products::table.count().into_boxed();
+        if let Some(brand_id) = query.brand_id {
+            rows = rows.filter(products::brand_id.eq(brand_id));
+            count = count.filter(products::brand_id.eq(brand_id));
+        }
+        // Each order has an index, with and without the brand filter.
+        rows = match query.sort {
+            ProductSort::Latest => {
+                rows.order_by((products::created_at.desc(), products::id.desc()))
+            }
+            ProductSort::PriceAsc => rows.order_by((products::price.asc(), products::id.asc())),
+            ProductSort::LikesDesc => {
+                rows.order_by((products::like_count.desc(), products::id.desc()))
+            }
+        };
+        let rows = rows
+            .limit(query.page.limit())
+            .offset(query.page.offset())
+            .load::<ProductViewRow>(&mut conn)
+            .await?;
+        let total = count.get_result::<i64>(&mut conn).await?;
+        Ok(ProductPage {
+            products: rows
+                .into_iter()
+                .map(product_from_view)
+                .collect::<Result<_, _>>()?,
+            total,
+        })
+    }
+
+    /// Sets the available units; reserved and sold units are untouched.
+    pub async fn stock_set(
+        &self,
+        product_id: i64,
+        available: StockUnits,
+    ) -> Result<Stock, ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    let stock: Stock = product_stock::table
+                        .find(product_id)
+                        .select(StockRow::as_select())
+                        .for_update()
+                        .first(c)
+                        .await
+                        .optional()?
+                        .ok_or_else(|| ServiceError::not_found("product", product_id))?
+                        .into();
+                    let stock = stock.with_available(available);
+                    diesel::update(product_stock::table.find(product_id))
+                        .set((
+                            product_stock::available.eq(stock.available),
+                            product_stock::updated_at.eq(time::now()),
+                        ))
+                        .execute(c)
+                        .await?;
+                    Ok(stock)
+                })
+                .await
+            })
+            .await
+    }
+
+    /// Records the user's like; a repeat changes nothing.
+    pub async fn like_add(
+        &self,
+        user: &UserId,
+        product_id: i64,
+    ) -> Result<LikeOutcome, ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    let count = like_count_lock(c, product_id).await?;
+                    let inserted = diesel::insert_into(product_likes::table)
+                        .values((
+                            product_likes::user_id.eq(user.as_str()),
+                            product_likes::product_id.eq(product_id),
+                            product_likes::created_at.eq(time::now()),
+                        ))
+                        .execute(c)
+                        .await;
+                    let like_count = match inserted {
+                        Ok(_) => {
+                            like_count_store(c, product_id, like_count_after(count, 1)).await?
+                        }
+                        // Liked before: MySQL undid only the failed statement.
+                        Err(e) if is_unique_violation(&e) => count,
+                        Err(e) => return Err(e.into()),
+                    };
+                    Ok(LikeOutcome {
+                        product_id,
+                        liked: true,
+                        like_count,
+                    })
+                })
+                .await
+            })
+            .await
+    }
+
+    /// Removes the user's like; unliking a product not liked changes nothing.
+    pub async fn like_remove(
+        &self,
+        user: &UserId,
+        product_id: i64,
+    ) -> Result<LikeOutcome, ServiceError> {
+        self.db
+            .retrying(|| async {
+                let mut conn = self.db.conn().await?;
+                conn.transaction(async |c| {
+                    let count = like_count_lock(c, product_id).await?;
+                    let deleted =
+                        diesel::delete(product_likes::table.find((user.as_str(), product_id)))
+                            .execute(c)
+                            .await?;
+                    let like_count = if deleted > 0 {
+                        like_count_store(c, product_id, like_count_after(count, -1)).await?
+                    } else {
+                        count
+                    };
+                    Ok(LikeOutcome {
+                        product_id,
+                        liked: false,
+                        like_count,
+                    })
+                })
+                .await
+            })
+            .await
+    }
+}
+
+async fn brand_load(c: &mut AsyncMysqlConnection, brand_id: i64) -> Result<Brand, ServiceError> {
+    brands::table
+        .find(brand_id)
+        .select(BrandRow::as_select())
+        .first(c)
+        .await
+        .optional()?
+        .map(Brand::from)
+        .ok_or_else(|| ServiceError::not_found("brand", brand_id))
+}
+
+/// A product with its brand's name and its stock, or NOT_FOUND.
+async fn product_load(
+    c: &mut AsyncMysqlConnection,
+    product_id: i64,
+) -> Result<Product, ServiceError> {
+    let row = product_view()
+        .filter(products::id.eq(product_id))
+        .select(product_view_columns())
+        .first::<ProductViewRow>(c)
+        .await
+        .optional()?
+        .ok_or_else(|| ServiceError::not_found("product", product_id))?;
+    product_from_view(row)
+}
+
+/// Locks the product row (serialising likes of one product) and reads its
+/// like count; NOT_FOUND for an unknown product.
+async fn like_count_lock(
+    c: &mut AsyncMysqlConnection,
+    product_id: i64,
+) -> Result<i64, ServiceError> {
+    products::table
+        .find(product_id)
+        .select(products::like_count)
+        .for_update()
+        .first::<i64>(c)
+        .await
+        .optional()?
+        .ok_or_else(|| ServiceError::not_found("product", product_id))
+}
+
+async fn like_count_store(
+    c: &mut AsyncMysqlConnection,
+    product_id: i64,
+    like_count: i64,
+) -> Result<i64, ServiceError> {
+    diesel::update(products::table.find(product_id))
+        .set(products::like_count.eq(like_count))
+        .execute(c)
+        .await?;
+    Ok(like_count)
+}
