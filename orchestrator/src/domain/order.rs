@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use commerce_platform::UserId;
 use commerce_platform::error::ServiceError;
-use commerce_platform::validate::{id, in_range};
+use commerce_platform::validate::{IdempotencyKey, id, in_range};
 use serde::{Deserialize, Serialize};
 
 pub const MAX_LINES: usize = 100;
@@ -95,29 +95,6 @@ impl OrderState {
 
     pub fn is_terminal_for_placement(self) -> bool {
         self != Self::Pending
-    }
-}
-
-/// A client key making PlaceOrder idempotent: 1..=128 printable ASCII.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdempotencyKey(String);
-
-impl IdempotencyKey {
-    pub fn parse(field: &str, raw: &str) -> Result<Self, ServiceError> {
-        if raw.is_empty() {
-            return Err(ServiceError::invalid(field, "is required"));
-        }
-        if raw.len() > 128 || !raw.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(ServiceError::invalid(
-                field,
-                "must be 1 to 128 printable ASCII characters without spaces",
-            ));
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 

@@ -75,6 +75,51 @@ impl fmt::Display for UserId {
     }
 }
 
+/// A client-chosen key making a request idempotent: 1..=128 printable ASCII characters, not
+/// starting or ending with a space (the database compares strings with
+/// trailing spaces ignored, so "k" and "k " would be one key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(field: &str, raw: &str) -> Result<Self, ServiceError> {
+        if raw.is_empty() {
+            return Err(ServiceError::invalid(field, "is required"));
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(ServiceError::invalid(
+                field,
+                format!("must be at most {} characters", Self::MAX_LEN),
+            ));
+        }
+        if !raw.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+            return Err(ServiceError::invalid(
+                field,
+                "may only contain printable ASCII characters",
+            ));
+        }
+        if raw.starts_with(' ') || raw.ends_with(' ') {
+            return Err(ServiceError::invalid(
+                field,
+                "must not start or end with a space",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A database id sent by a caller: must be positive.
 pub fn id(field: &str, raw: i64) -> Result<i64, ServiceError> {
     if raw <= 0 {
@@ -133,6 +178,16 @@ mod tests {
         assert!(UserId::parse("user_id", "").is_err());
         assert!(UserId::parse("user_id", "a b").is_err());
         assert!(UserId::parse("user_id", &"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn idempotency_key_is_printable_ascii_without_edge_spaces() {
+        assert!(IdempotencyKey::parse("k", "order-1:retry#2 ok").is_ok());
+        assert!(IdempotencyKey::parse("k", &"x".repeat(128)).is_ok());
+        assert!(IdempotencyKey::parse("k", "").is_err());
+        assert!(IdempotencyKey::parse("k", &"x".repeat(129)).is_err());
+        assert!(IdempotencyKey::parse("k", "tab\there").is_err());
+        assert!(IdempotencyKey::parse("k", "k ").is_err());
     }
 
     #[test]

@@ -3,10 +3,9 @@
 //! the results of each operation (serialisable, since saga results are
 //! stored by the barrier and replayed to repeats).
 
-use std::fmt;
-
 use chrono::NaiveDateTime;
 use commerce_platform::ServiceError;
+pub use commerce_platform::validate::IdempotencyKey;
 use commerce_platform::validate::in_range;
 use serde::{Deserialize, Serialize};
 
@@ -53,51 +52,6 @@ impl DeductAmount {
 
     pub fn get(self) -> i64 {
         self.0
-    }
-}
-
-/// A client-chosen charge key: 1..=128 printable ASCII characters, not
-/// starting or ending with a space (the database compares strings with
-/// trailing spaces ignored, so "k" and "k " would be one key).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey(String);
-
-impl IdempotencyKey {
-    pub const MAX_LEN: usize = 128;
-
-    pub fn parse(field: &str, raw: &str) -> Result<Self, ServiceError> {
-        if raw.is_empty() {
-            return Err(ServiceError::invalid(field, "is required"));
-        }
-        if raw.len() > Self::MAX_LEN {
-            return Err(ServiceError::invalid(
-                field,
-                format!("must be at most {} characters", Self::MAX_LEN),
-            ));
-        }
-        if !raw.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
-            return Err(ServiceError::invalid(
-                field,
-                "may only contain printable ASCII characters",
-            ));
-        }
-        if raw.starts_with(' ') || raw.ends_with(' ') {
-            return Err(ServiceError::invalid(
-                field,
-                "must not start or end with a space",
-            ));
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for IdempotencyKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -313,18 +267,6 @@ mod tests {
         assert!(DeductAmount::parse("amount", 0).is_err());
         assert!(DeductAmount::parse("amount", -5).is_err());
         assert!(DeductAmount::parse("amount", MAX_DEDUCTION + 1).is_err());
-    }
-
-    #[test]
-    fn idempotency_key_rules() {
-        assert!(IdempotencyKey::parse("k", "order-1:retry#2 ok").is_ok());
-        assert!(IdempotencyKey::parse("k", &"x".repeat(128)).is_ok());
-        assert!(IdempotencyKey::parse("k", "").is_err());
-        assert!(IdempotencyKey::parse("k", &"x".repeat(129)).is_err());
-        assert!(IdempotencyKey::parse("k", "tab\there").is_err());
-        assert!(IdempotencyKey::parse("k", "caf\u{e9}").is_err());
-        assert!(IdempotencyKey::parse("k", "trailing ").is_err());
-        assert!(IdempotencyKey::parse("k", " leading").is_err());
     }
 
     #[test]
