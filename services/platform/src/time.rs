@@ -22,7 +22,8 @@ pub fn to_proto(t: NaiveDateTime) -> prost_types::Timestamp {
     }
 }
 
-/// A required wire timestamp, within the years `DATETIME` can store.
+/// A required wire timestamp, within the years `DATETIME` can store, cut to
+/// the microseconds `DATETIME(6)` keeps (MySQL would round instead).
 pub fn from_proto(
     field: &str,
     t: Option<prost_types::Timestamp>,
@@ -31,7 +32,9 @@ pub fn from_proto(
     let nanos = u32::try_from(t.nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)
-        .ok_or_else(|| ServiceError::invalid(field, "nanos must be in 0..1e9"))?;
+        .ok_or_else(|| ServiceError::invalid(field, "nanos must be in 0..1e9"))?
+        / 1_000
+        * 1_000;
     DateTime::from_timestamp(t.seconds, nanos)
         .map(|d| d.naive_utc())
         .filter(|d| (1970..=9999).contains(&d.year()))

@@ -38,7 +38,7 @@ impl TcpProxy {
     /// [`Self::restore`]; returns once they are all closed.
     pub async fn cut(&self) {
         let (count, closed) = &*self.open;
-        self.cut_now();
+        self.cut.send_replace(true);
         loop {
             let notified = closed.notified();
             if count.load(Ordering::SeqCst) == 0 {
@@ -46,11 +46,6 @@ impl TcpProxy {
             }
             notified.await;
         }
-    }
-
-    /// Starts cutting without waiting for open connections to close.
-    pub fn cut_now(&self) {
-        self.cut.send_replace(true);
     }
 
     pub fn restore(&self) {

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    commerce_platform::server::main(coupon_service::SPEC, coupon_service::build)
+}
