@@ -121,18 +121,8 @@ impl Application {
         // the probe below decides whether it is serving.
         report_health(&health, &service_names, ServingStatus::NotServing).await;
         routes.add_service(health_service);
-        routes.add_service(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1()?,
-        );
-        routes.add_service(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1alpha()?,
-        );
+        routes.add_service(reflection().build_v1()?);
+        routes.add_service(reflection().build_v1alpha()?);
 
         let background = tokio::spawn(background_jobs(
             database.clone(),
@@ -167,6 +157,15 @@ impl Application {
         tracing::info!(service = config.service, "stopped");
         Ok(())
     }
+}
+
+/// Reflection over every contract, health, and the `google.rpc` error
+/// details (so grpcurl prints `ErrorInfo` reasons instead of base64).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(commerce_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Keeps health in step with the database and purges old barrier rows.
