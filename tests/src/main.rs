@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use commerce_platform::config::NoExtraArgs;
 use commerce_platform::server::run_cli;
 
-const USAGE: &str = "usage: commerce-mesh <product|point|coupon|orchestrator> [flags] (--help for flags)";
+const USAGE: &str =
+    "usage: commerce-mesh <product|point|coupon|orchestrator> [flags] (--help for flags)";
 
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().collect();
@@ -19,9 +20,11 @@ fn main() -> ExitCode {
     }
     let service = args.remove(1);
     match service.to_str() {
-        Some("product") => run_cli::<NoExtraArgs, _, _>(product_service::SPEC, args, |config, _| {
-            product_service::build(config)
-        }),
+        Some("product") => {
+            run_cli::<NoExtraArgs, _, _>(product_service::SPEC, args, |config, _| {
+                product_service::build(config)
+            })
+        }
         Some("point") => run_cli::<NoExtraArgs, _, _>(point_service::SPEC, args, |config, _| {
             point_service::build(config)
         }),

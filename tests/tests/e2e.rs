@@ -5,9 +5,19 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
-#[path = "e2e/harness.rs"]
-mod harness;
-#[path = "e2e/shop.rs"]
-mod shop;
+#[path = "e2e/concurrency.rs"]
+mod concurrency;
+#[path = "e2e/crash.rs"]
+mod crash;
 #[path = "e2e/happy.rs"]
 mod happy;
+#[path = "e2e/harness.rs"]
+mod harness;
+#[path = "e2e/lifecycle.rs"]
+mod lifecycle;
+#[path = "e2e/outage.rs"]
+mod outage;
+#[path = "e2e/rejections.rs"]
+mod rejections;
+#[path = "e2e/shop.rs"]
+mod shop;

@@ -139,8 +139,20 @@ impl PlaceOrder {
         let mut merged = BTreeMap::<i64, i64>::new();
         for (i, (product_id, quantity)) in lines.enumerate() {
             let product_id = id(&format!("lines[{i}].product_id"), product_id)?;
-            let quantity = in_range(&format!("lines[{i}].quantity"), quantity, 1, MAX_QUANTITY)?;
-            *merged.entry(product_id).or_default() += quantity;
+            let field = format!("lines[{i}].quantity");
+            let quantity = in_range(&field, quantity, 1, MAX_QUANTITY)?;
+            let total = merged.entry(product_id).or_default();
+            *total += quantity;
+            // The merged line is what the stock service reserves, and it
+            // takes at most MAX_QUANTITY units per product.
+            if *total > MAX_QUANTITY {
+                return Err(ServiceError::invalid(
+                    field,
+                    format!(
+                        "lines of product {product_id} add up to more than {MAX_QUANTITY} units"
+                    ),
+                ));
+            }
         }
         let user_coupon_id = user_coupon_id
             .map(|c| id("user_coupon_id", c))
@@ -263,6 +275,10 @@ mod tests {
         );
         let bad = PlaceOrder::parse("u1", [(1, 1), (2, 0)].into_iter(), None, "k").unwrap_err();
         assert!(bad.to_string().contains("lines[1].quantity"));
+        let over = PlaceOrder::parse("u1", [(1, 600), (2, 1), (1, 401)].into_iter(), None, "k")
+            .unwrap_err();
+        assert!(over.to_string().contains("lines[2].quantity"), "{over}");
+        assert!(PlaceOrder::parse("u1", [(1, 600), (1, 400)].into_iter(), None, "k").is_ok());
         assert!(PlaceOrder::parse("u1", std::iter::empty::<(i64, i64)>(), None, "k").is_err());
         assert!(PlaceOrder::parse("u1", [(1, 1)].into_iter(), None, "").is_err());
         assert!(PlaceOrder::parse("u1", [(1, 1)].into_iter(), Some(0), "k").is_err());

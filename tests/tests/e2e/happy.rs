@@ -23,11 +23,23 @@ async fn order_without_coupon_is_confirmed_and_charged() {
     assert_eq!(order.discount, 0);
     assert_eq!(order.points_paid, order.subtotal);
     let shoe_line = order.lines.iter().find(|l| l.product_id == shoe).unwrap();
-    assert_eq!((shoe_line.product_name.as_str(), shoe_line.brand_name.as_str()), ("Shoe", "Acme"));
-    assert_eq!((shoe_line.unit_price, shoe_line.line_total), (12_000, 24_000));
+    assert_eq!(
+        (
+            shoe_line.product_name.as_str(),
+            shoe_line.brand_name.as_str()
+        ),
+        ("Shoe", "Acme")
+    );
+    assert_eq!(
+        (shoe_line.unit_price, shoe_line.line_total),
+        (12_000, 24_000)
+    );
     let s = shop::stock(&mesh, shoe).await;
     assert_eq!((s.available, s.reserved, s.sold), (8, 0, 2));
-    assert_eq!(shop::balance(&mesh, "alice").await, 100_000 - order.subtotal);
+    assert_eq!(
+        shop::balance(&mesh, "alice").await,
+        100_000 - order.subtotal
+    );
 
     let charged = HashMap::from([("alice".to_owned(), 100_000)]);
     assert_invariants(&mesh, &[(shoe, 10), (sock, 10)], &charged).await;
@@ -46,7 +58,10 @@ async fn order_with_coupon_pays_the_discounted_amount_and_uses_the_coupon() {
     let order = shop::place(&mesh, "bob", &[(shoe, 1)], Some(coupon_id)).await;
 
     assert_eq!(shop::state(&order), OrderState::Confirmed, "{order:?}");
-    assert_eq!((order.subtotal, order.discount, order.points_paid), (12_000, 3_000, 9_000));
+    assert_eq!(
+        (order.subtotal, order.discount, order.points_paid),
+        (12_000, 3_000, 9_000)
+    );
     assert_eq!(shop::balance(&mesh, "bob").await, 41_000);
     let coupons = mesh
         .coupons()
@@ -58,7 +73,10 @@ async fn order_with_coupon_pays_the_discounted_amount_and_uses_the_coupon() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(coupons.coupons[0].state, coupon::UserCouponState::Used as i32);
+    assert_eq!(
+        coupons.coupons[0].state,
+        coupon::UserCouponState::Used as i32
+    );
     assert_eq!(coupons.coupons[0].used_by_saga, order.saga_id);
 
     let charged = HashMap::from([("bob".to_owned(), 50_000)]);

@@ -38,7 +38,13 @@ pub struct Node {
 }
 
 impl Node {
-    fn new(service: &'static str, database_url: &str, extra: Vec<String>, log_dir: &std::path::Path, name: &str) -> Self {
+    fn new(
+        service: &'static str,
+        database_url: &str,
+        extra: Vec<String>,
+        log_dir: &std::path::Path,
+        name: &str,
+    ) -> Self {
         let port = free_port();
         let mut args = vec![
             service.to_owned(),
@@ -78,7 +84,10 @@ impl Node {
     /// Starts the process (with `env` set) and waits until it serves.
     pub async fn start_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "{} already running", self.service);
-        self.env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -87,7 +96,10 @@ impl Node {
         let child = Command::new(BINARY)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", std::env::var("E2E_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -108,7 +120,11 @@ impl Node {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         let mut pause = Duration::from_millis(10);
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!(
                     "{} exited during start-up ({status}); log: {}",
                     self.service,
@@ -149,7 +165,9 @@ impl Node {
         let mut child = self.child.take().expect("process running");
         tokio::time::timeout(Duration::from_secs(60), child.wait())
             .await
-            .unwrap_or_else(|_| panic!("{} did not exit; log: {}", self.service, self.log.display()))
+            .unwrap_or_else(|_| {
+                panic!("{} did not exit; log: {}", self.service, self.log.display())
+            })
             .expect("wait for process")
     }
 
@@ -159,12 +177,27 @@ impl Node {
     }
 }
 
-/// A bound-then-released loopback port for a child to listen on.
+/// Ports handed to children: below Linux's ephemeral range (32768 and up),
+/// so neither an outgoing connection nor another `bind(0)` takes one between
+/// the check here and the child's bind (with ports from `bind(0)`, servers of
+/// tests running in parallel failed with "Address already in use").
+const PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A loopback port for a child to listen on: each call of this process gives
+/// another one (from a start that differs between processes), checked free.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = PORTS.end - PORTS.start;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(PORTS.start + offset).expect("port fits u16");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PORTS:?}");
 }
 
 /// The whole mesh, each server with its own database.
@@ -215,7 +248,8 @@ impl Mesh {
     /// Starts product, point and coupon, and `orchestrators` orchestrators
     /// sharing one database.
     pub async fn start(orchestrators: usize) -> Self {
-        let log_dir = std::env::temp_dir().join(format!("commerce-e2e-{}", uuid::Uuid::new_v4().simple()));
+        let log_dir =
+            std::env::temp_dir().join(format!("commerce-e2e-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&log_dir).expect("log dir");
         let product_db = TestDatabase::create("product").await.expect("product db");
         let point_db = TestDatabase::create("point").await.expect("point db");
@@ -291,14 +325,25 @@ impl Mesh {
         CouponAdminServiceClient::new(self.coupon.channel())
     }
 
+    /// The database of `service` ("product", "point", "coupon" or "order"),
+    /// to stage a state no API can reach (a coupon that expired after it was
+    /// issued).
+    pub fn database(&self, service: &str) -> &TestDatabase {
+        let suffix = format!("_{service}");
+        self.databases
+            .iter()
+            .find(|db| db.name.ends_with(&suffix))
+            .unwrap_or_else(|| panic!("no database for {service}"))
+    }
+
     /// Stops every process and drops the databases (kept, with the logs,
     /// when the test failed: this runs only on success).
     pub async fn shutdown(mut self) {
-        for node in self
-            .orchestrators
-            .iter_mut()
-            .chain([&mut self.product, &mut self.point, &mut self.coupon])
-        {
+        for node in self.orchestrators.iter_mut().chain([
+            &mut self.product,
+            &mut self.point,
+            &mut self.coupon,
+        ]) {
             node.kill().await;
         }
         for db in self.databases {

@@ -11,8 +11,6 @@ use commerce_proto::product::v1 as product;
 
 use crate::harness::Mesh;
 
-pub const USER_COUPON_NONE: Option<i64> = None;
-
 pub async fn brand(mesh: &Mesh, name: &str) -> i64 {
     mesh.product_admin()
         .create_brand(product::CreateBrandRequest {
@@ -80,11 +78,23 @@ fn at(offset: Duration, future: bool) -> prost_types::Timestamp {
 
 /// A FIXED template valid from an hour ago for `days_left` days (negative:
 /// expired that long ago).
-pub async fn fixed_template(mesh: &Mesh, amount: i64, min_order: i64, quantity: i64, expired: bool) -> i64 {
+pub async fn fixed_template(
+    mesh: &Mesh,
+    amount: i64,
+    min_order: i64,
+    quantity: i64,
+    expired: bool,
+) -> i64 {
     let (from, until) = if expired {
-        (at(Duration::from_secs(7200), false), at(Duration::from_secs(3600), false))
+        (
+            at(Duration::from_secs(7200), false),
+            at(Duration::from_secs(3600), false),
+        )
     } else {
-        (at(Duration::from_secs(3600), false), at(Duration::from_secs(30 * 86_400), true))
+        (
+            at(Duration::from_secs(3600), false),
+            at(Duration::from_secs(30 * 86_400), true),
+        )
     };
     mesh.coupon_admin()
         .create_template(coupon::CreateTemplateRequest {
@@ -115,7 +125,12 @@ pub async fn issue(mesh: &Mesh, template_id: i64, user: &str) -> i64 {
         .id
 }
 
-pub fn request(user: &str, lines: &[(i64, i64)], coupon: Option<i64>, key: &str) -> order::PlaceOrderRequest {
+pub fn request(
+    user: &str,
+    lines: &[(i64, i64)],
+    coupon: Option<i64>,
+    key: &str,
+) -> order::PlaceOrderRequest {
     order::PlaceOrderRequest {
         user_id: user.to_owned(),
         lines: lines
@@ -131,10 +146,20 @@ pub fn request(user: &str, lines: &[(i64, i64)], coupon: Option<i64>, key: &str)
 }
 
 /// Places an order and waits until its saga has settled it.
-pub async fn place(mesh: &Mesh, user: &str, lines: &[(i64, i64)], coupon: Option<i64>) -> order::Order {
+pub async fn place(
+    mesh: &Mesh,
+    user: &str,
+    lines: &[(i64, i64)],
+    coupon: Option<i64>,
+) -> order::Order {
     let placed = mesh
         .orders()
-        .place_order(request(user, lines, coupon, &uuid::Uuid::new_v4().to_string()))
+        .place_order(request(
+            user,
+            lines,
+            coupon,
+            &uuid::Uuid::new_v4().to_string(),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -159,7 +184,10 @@ pub async fn settled(mesh: &Mesh, order_id: &str) -> order::Order {
             .await;
         if let Ok(current) = current {
             let current = current.into_inner();
-            if !matches!(state(&current), order::OrderState::Pending | order::OrderState::Cancelling) {
+            if !matches!(
+                state(&current),
+                order::OrderState::Pending | order::OrderState::Cancelling
+            ) {
                 return current;
             }
         }
@@ -229,13 +257,22 @@ pub async fn assert_invariants(
     let holds_goods = |o: &order::Order| {
         matches!(
             state(o),
-            order::OrderState::Confirmed | order::OrderState::Shipped | order::OrderState::Delivered
+            order::OrderState::Confirmed
+                | order::OrderState::Shipped
+                | order::OrderState::Delivered
         )
     };
     for &(product_id, initial) in products {
         let s = stock(mesh, product_id).await;
-        assert_eq!(s.available + s.reserved + s.sold, initial, "product {product_id}: {s:?}");
-        assert_eq!(s.reserved, 0, "product {product_id} still has reserved units");
+        assert_eq!(
+            s.available + s.reserved + s.sold,
+            initial,
+            "product {product_id}: {s:?}"
+        );
+        assert_eq!(
+            s.reserved, 0,
+            "product {product_id} still has reserved units"
+        );
         let sold: i64 = orders
             .iter()
             .filter(|o| holds_goods(o))
@@ -243,7 +280,10 @@ pub async fn assert_invariants(
             .filter(|l| l.product_id == product_id)
             .map(|l| l.quantity)
             .sum();
-        assert_eq!(s.sold, sold, "product {product_id}: sold units vs confirmed orders");
+        assert_eq!(
+            s.sold, sold,
+            "product {product_id}: sold units vs confirmed orders"
+        );
     }
     for (user, charged) in charged {
         let balance = balance(mesh, user).await;
@@ -266,7 +306,11 @@ pub async fn assert_invariants(
             .filter(|o| o.user_id == *user && holds_goods(o))
             .map(|o| o.points_paid)
             .sum();
-        assert_eq!(charged - paid, balance, "user {user}: charges - paid vs balance");
+        assert_eq!(
+            charged - paid,
+            balance,
+            "user {user}: charges - paid vs balance"
+        );
     }
     let mut coupon_users: HashMap<i64, usize> = HashMap::new();
     for o in orders.iter().filter(|o| holds_goods(o)) {
@@ -297,5 +341,226 @@ pub async fn assert_invariants(
                 c.id
             );
         }
+    }
+}
+
+/// Ends the window of a template that has issued coupons (issuance refuses
+/// an expired template, so an expired coupon in hand needs the coupon
+/// database): from then on its coupons are COUPON_EXPIRED.
+pub async fn expire_template(mesh: &Mesh, template_id: i64) {
+    use diesel_async::SimpleAsyncConnection;
+    let mut conn = mesh.database("coupon").connect().await.unwrap();
+    conn.batch_execute(&format!(
+        "UPDATE coupon_templates SET valid_from = '2000-01-01 00:00:00', \
+         valid_until = '2000-01-02 00:00:00' WHERE id = {template_id}"
+    ))
+    .await
+    .unwrap();
+}
+
+/// Every coupon of `user`, newest first.
+pub async fn coupons_of(mesh: &Mesh, user: &str) -> Vec<coupon::UserCoupon> {
+    mesh.coupons()
+        .list_user_coupons(coupon::ListUserCouponsRequest {
+            user_id: user.to_owned(),
+            page: 0,
+            size: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .coupons
+}
+
+/// One coupon of `user`.
+pub async fn coupon_of(mesh: &Mesh, user: &str, coupon_id: i64) -> coupon::UserCoupon {
+    coupons_of(mesh, user)
+        .await
+        .into_iter()
+        .find(|c| c.id == coupon_id)
+        .unwrap_or_else(|| panic!("coupon {coupon_id} of {user}"))
+}
+
+/// What an order can change, for "nothing changed" checks: the stock of
+/// some products, and the balance and coupons of some users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct World {
+    /// (product, available, reserved, sold).
+    pub stock: Vec<(i64, i64, i64, i64)>,
+    pub balances: Vec<(String, i64)>,
+    /// (coupon, state, used by saga).
+    pub coupons: Vec<(i64, i32, String)>,
+}
+
+pub async fn world(mesh: &Mesh, products: &[i64], users: &[&str]) -> World {
+    let mut world = World {
+        stock: Vec::new(),
+        balances: Vec::new(),
+        coupons: Vec::new(),
+    };
+    for &p in products {
+        let s = stock(mesh, p).await;
+        world.stock.push((p, s.available, s.reserved, s.sold));
+    }
+    for &user in users {
+        world
+            .balances
+            .push((user.to_owned(), balance(mesh, user).await));
+        for c in coupons_of(mesh, user).await {
+            world.coupons.push((c.id, c.state, c.used_by_saga));
+        }
+    }
+    world
+}
+
+/// The step that undoes a forward step of a PLACE_ORDER saga.
+fn undo_of(step: &str) -> Option<&'static str> {
+    match step {
+        "reserve_stock" => Some("release_stock"),
+        "deduct_points" => Some("refund_points"),
+        "use_coupon" => Some("restore_coupon"),
+        _ => None,
+    }
+}
+
+/// Checks that a PLACE_ORDER saga was rejected with `reason` and fully
+/// compensated: COMPENSATED with that reason, exactly one REJECTED forward
+/// entry and no forward entry after it, then a SUCCEEDED compensation of
+/// every started forward step that has one, last first, each logged
+/// STARTED before SUCCEEDED. Returns the rejected step and the undone
+/// steps in log order.
+pub async fn assert_compensated(mesh: &Mesh, saga_id: &str, reason: &str) -> (String, Vec<String>) {
+    use order::{StepDirection as D, StepOutcome as O};
+    let detail = mesh
+        .sagas()
+        .get_saga(order::SagaRef {
+            saga_id: saga_id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let saga = detail.saga.unwrap();
+    assert_eq!(
+        (saga.state, saga.reason.as_str()),
+        (order::SagaState::Compensated as i32, reason),
+        "saga {saga_id}"
+    );
+    let log = detail.log;
+    let is = |e: &order::StepLogEntry, d: D, o: O| e.direction == d as i32 && e.outcome == o as i32;
+    let rejected: Vec<usize> = (0..log.len())
+        .filter(|&i| is(&log[i], D::Forward, O::Rejected))
+        .collect();
+    assert_eq!(rejected.len(), 1, "one rejection in {log:#?}");
+    let at = rejected[0];
+    assert!(
+        log[at].error.starts_with(reason),
+        "rejection {:?} carries {reason}",
+        log[at]
+    );
+    let mut forward: Vec<&str> = Vec::new();
+    for e in log[..=at]
+        .iter()
+        .filter(|e| e.direction == D::Forward as i32)
+    {
+        if !forward.contains(&e.step_name.as_str()) {
+            forward.push(&e.step_name);
+        }
+    }
+    let expected: Vec<&str> = forward.iter().rev().filter_map(|s| undo_of(s)).collect();
+    let after = &log[at + 1..];
+    assert!(
+        after.iter().all(|e| e.direction == D::Compensate as i32),
+        "only compensations after the rejection: {after:#?}"
+    );
+    let undone: Vec<String> = after
+        .iter()
+        .filter(|e| e.outcome == O::Succeeded as i32)
+        .map(|e| e.step_name.clone())
+        .collect();
+    assert_eq!(undone, expected, "compensations, last step first: {log:#?}");
+    for name in &undone {
+        let first_started = after
+            .iter()
+            .position(|e| e.step_name == *name && is(e, D::Compensate, O::Started));
+        let succeeded = after
+            .iter()
+            .position(|e| e.step_name == *name && is(e, D::Compensate, O::Succeeded));
+        assert!(
+            first_started < succeeded && first_started.is_some(),
+            "{name} STARTED before SUCCEEDED"
+        );
+    }
+    (log[at].step_name.clone(), undone)
+}
+
+/// A saga with its full step log, from the operators' service.
+pub async fn saga_detail(mesh: &Mesh, saga_id: &str) -> order::SagaDetail {
+    mesh.sagas()
+        .get_saga(order::SagaRef {
+            saga_id: saga_id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The one order of `user` (for a PlaceOrder call that gave no answer).
+pub async fn only_order_of(mesh: &Mesh, user: &str) -> order::Order {
+    let mut orders = orders_of(mesh, &[user.to_owned()]).await;
+    assert_eq!(orders.len(), 1, "orders of {user}: {orders:#?}");
+    orders.pop().unwrap()
+}
+
+/// Checks that a saga only went forward: COMPLETED, each of `steps`
+/// SUCCEEDED exactly once and in that order, and no compensation logged.
+pub async fn assert_forward_once(mesh: &Mesh, saga_id: &str, steps: &[&str]) -> order::SagaDetail {
+    use order::{StepDirection as D, StepOutcome as O};
+    let detail = saga_detail(mesh, saga_id).await;
+    let saga = detail.saga.as_ref().unwrap();
+    assert_eq!(
+        saga.state,
+        order::SagaState::Completed as i32,
+        "saga {saga_id}: {detail:#?}"
+    );
+    assert!(
+        detail
+            .log
+            .iter()
+            .all(|e| e.direction == D::Forward as i32 && e.outcome != O::Rejected as i32),
+        "saga {saga_id} was never turned around: {detail:#?}"
+    );
+    let succeeded: Vec<&str> = detail
+        .log
+        .iter()
+        .filter(|e| e.outcome == O::Succeeded as i32)
+        .map(|e| e.step_name.as_str())
+        .collect();
+    assert_eq!(
+        succeeded, steps,
+        "saga {saga_id}: one success per step: {detail:#?}"
+    );
+    detail
+}
+
+/// Polls `probe` with growing pauses until it gives a value, for at most a
+/// minute (`what` names the awaited condition in the failure message).
+pub async fn eventually<T, F, Fut>(mesh: &Mesh, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within a minute; logs in {}",
+            mesh.log_dir.display()
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
     }
 }
