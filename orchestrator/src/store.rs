@@ -551,16 +551,25 @@ impl OrderStore {
                 let mut conn = self.db.conn().await?;
                 conn.transaction(async |c| {
                     let at = now();
-                    // An owner name is never empty, so "" reclaims nothing.
+                    // Due sagas nobody holds; and, after a restart, this
+                    // instance's own running sagas at once, even those that
+                    // were waiting out a backoff (STUCK ones keep their slow
+                    // retry). An owner name is never empty, so "" reclaims
+                    // nothing.
                     let own = if reclaim_own { owner } else { "" };
                     let ids: Vec<String> = sagas::table
                         .filter(sagas::state.eq_any(UNFINISHED))
-                        .filter(sagas::next_attempt_at.le(at))
                         .filter(
-                            sagas::lease_expires_at
-                                .is_null()
-                                .or(sagas::lease_expires_at.lt(at))
-                                .or(sagas::lease_owner.eq(own)),
+                            sagas::next_attempt_at
+                                .le(at)
+                                .and(
+                                    sagas::lease_expires_at
+                                        .is_null()
+                                        .or(sagas::lease_expires_at.lt(at)),
+                                )
+                                .or(sagas::lease_owner
+                                    .eq(own)
+                                    .and(sagas::state.ne(SagaState::Stuck.as_str()))),
                         )
                         .order(sagas::next_attempt_at)
                         .limit(limit)

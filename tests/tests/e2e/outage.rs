@@ -287,6 +287,23 @@ async fn two_orchestrators_confirm_a_burst_once_while_one_is_killed() {
         placed.push(task.await.unwrap());
     }
     mesh.orchestrators[1].start().await;
+    // The restarted instance takes orders again.
+    let after = BurstOrder {
+        request: shop::request(
+            &users[0],
+            &[(products[0], 1)],
+            None,
+            &uuid::Uuid::new_v4().to_string(),
+        ),
+        instance: 1,
+    };
+    let answer = mesh
+        .orders_at(1)
+        .place_order(after.request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    placed.push((after, answer));
 
     let mut units: HashMap<i64, i64> = HashMap::new();
     let mut order_ids = HashSet::new();
@@ -308,7 +325,7 @@ async fn two_orchestrators_confirm_a_burst_once_while_one_is_killed() {
         order_ids.insert(order.order_id);
     }
     // One order per key, and no order without a key that asked for it.
-    assert_eq!(order_ids.len(), ORDERS);
+    assert_eq!(order_ids.len(), ORDERS + 1);
     let listed: HashSet<String> = shop::orders_of(&mesh, &users)
         .await
         .into_iter()
