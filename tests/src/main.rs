@@ -6,9 +6,6 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use commerce_platform::config::NoExtraArgs;
-use commerce_platform::server::run_cli;
-
 const USAGE: &str =
     "usage: commerce-mesh <product|point|coupon|orchestrator> [flags] (--help for flags)";
 
@@ -19,22 +16,11 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let service = args.remove(1);
-    match service.to_str() {
-        Some("product") => {
-            run_cli::<NoExtraArgs, _, _>(product_service::SPEC, args, |config, _| {
-                product_service::build(config)
-            })
-        }
-        Some("point") => run_cli::<NoExtraArgs, _, _>(point_service::SPEC, args, |config, _| {
-            point_service::build(config)
-        }),
-        Some("coupon") => run_cli::<NoExtraArgs, _, _>(coupon_service::SPEC, args, |config, _| {
-            coupon_service::build(config)
-        }),
-        Some("orchestrator") => run_cli(order_orchestrator::SPEC, args, order_orchestrator::build),
-        _ => {
+    service
+        .to_str()
+        .and_then(|service| commerce_e2e::run_server(service, args))
+        .unwrap_or_else(|| {
             eprintln!("{USAGE}");
             ExitCode::from(2)
-        }
-    }
+        })
 }

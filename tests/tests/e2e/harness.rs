@@ -3,9 +3,7 @@
 //! loopback ports, each with its own fresh database, and killable (SIGKILL)
 //! and restartable one by one.
 
-use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use commerce_proto::coupon::v1::coupon_admin_service_client::CouponAdminServiceClient;
 use commerce_proto::coupon::v1::coupon_service_client::CouponServiceClient;
@@ -16,188 +14,29 @@ use commerce_proto::product::v1::catalog_service_client::CatalogServiceClient;
 use commerce_proto::product::v1::product_admin_service_client::ProductAdminServiceClient;
 use commerce_proto::product::v1::stock_service_client::StockServiceClient;
 use commerce_testkit::TestDatabase;
-use tokio::process::{Child, Command};
-use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
+use tonic::transport::Channel;
+
+pub use commerce_e2e::node::Node;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_commerce-mesh");
 
-/// How long a server may take to answer health checks after it starts.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// One server process.
-pub struct Node {
-    pub service: &'static str,
-    pub port: u16,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn new(
-        service: &'static str,
-        database_url: &str,
-        extra: Vec<String>,
-        log_dir: &std::path::Path,
-        name: &str,
-    ) -> Self {
-        let port = free_port();
-        let mut args = vec![
-            service.to_owned(),
-            "--listen".to_owned(),
-            format!("127.0.0.1:{port}"),
-            "--database-url".to_owned(),
-            database_url.to_owned(),
-            "--db-pool-size".to_owned(),
-            "8".to_owned(),
-        ];
-        args.extend(extra);
-        Self {
-            service,
-            port,
-            args,
-            env: Vec::new(),
-            log: log_dir.join(format!("{name}.log")),
-            child: None,
-        }
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn channel(&self) -> Channel {
-        Endpoint::from_shared(self.endpoint())
-            .expect("loopback endpoint")
-            .timeout(Duration::from_secs(30))
-            .connect_lazy()
-    }
-
-    /// Starts the process (with `env` set) and waits until it serves.
-    pub async fn start_with(&mut self, env: &[(&str, &str)]) {
-        assert!(self.child.is_none(), "{} already running", self.service);
-        self.env = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open log file");
-        let child = Command::new(BINARY)
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env(
-                "RUST_LOG",
-                std::env::var("E2E_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn commerce-mesh");
-        self.child = Some(child);
-        self.wait_ready().await;
-    }
-
-    pub async fn start(&mut self) {
-        self.start_with(&[]).await;
-    }
-
-    /// Starts the process without waiting for it to serve (it may be armed
-    /// to crash before it gets the chance to answer a test's call).
-    async fn wait_ready(&mut self) {
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        let mut pause = Duration::from_millis(10);
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "{} exited during start-up ({status}); log: {}",
-                    self.service,
-                    self.log.display()
-                );
-            }
-            let mut health = HealthClient::new(self.channel());
-            if let Ok(response) = health
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                && response.into_inner().status == ServingStatus::Serving as i32
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} not serving after {READY_TIMEOUT:?}; log: {}",
-                self.service,
-                self.log.display()
-            );
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(200));
-        }
-    }
-
-    /// SIGKILL, as a crash: no shutdown, no draining.
-    pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
-    }
-
-    /// Waits for the process to end by itself (an armed fault aborting it).
-    pub async fn wait_exit(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("process running");
-        tokio::time::timeout(Duration::from_secs(60), child.wait())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("{} did not exit; log: {}", self.service, self.log.display())
-            })
-            .expect("wait for process")
-    }
-
-    pub async fn restart(&mut self) {
-        self.kill().await;
-        self.start().await;
-    }
-}
-
-/// Ports handed to children: below Linux's ephemeral range (32768 and up),
-/// so neither an outgoing connection nor another `bind(0)` takes one between
-/// the check here and the child's bind (with ports from `bind(0)`, servers of
-/// tests running in parallel failed with "Address already in use").
-const PORTS: std::ops::Range<u32> = 20_000..32_000;
-
-/// A loopback port for a child to listen on: each call of this process gives
-/// another one (from a start that differs between processes), checked free.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let span = PORTS.end - PORTS.start;
-    let start = std::process::id().wrapping_mul(7_919) % span;
-    for _ in 0..span {
-        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-        let port = u16::try_from(PORTS.start + offset).expect("port fits u16");
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port in {PORTS:?}");
+/// A server of this mesh, run from the `commerce-mesh` binary.
+fn node(
+    service: &'static str,
+    database_url: &str,
+    extra: Vec<String>,
+    log_dir: &Path,
+    name: &str,
+) -> Node {
+    Node::new(
+        Path::new(BINARY),
+        &[],
+        service,
+        database_url,
+        extra,
+        log_dir,
+        name,
+    )
 }
 
 /// The whole mesh, each server with its own database.
@@ -255,14 +94,14 @@ impl Mesh {
         let point_db = TestDatabase::create("point").await.expect("point db");
         let coupon_db = TestDatabase::create("coupon").await.expect("coupon db");
         let order_db = TestDatabase::create("order").await.expect("order db");
-        let mut product = Node::new("product", &product_db.url, vec![], &log_dir, "product");
-        let mut point = Node::new("point", &point_db.url, vec![], &log_dir, "point");
-        let mut coupon = Node::new("coupon", &coupon_db.url, vec![], &log_dir, "coupon");
+        let mut product = node("product", &product_db.url, vec![], &log_dir, "product");
+        let mut point = node("point", &point_db.url, vec![], &log_dir, "point");
+        let mut coupon = node("coupon", &coupon_db.url, vec![], &log_dir, "coupon");
         tokio::join!(product.start(), point.start(), coupon.start());
         let mut nodes: Vec<Node> = (0..orchestrators)
             .map(|i| {
                 let instance = format!("orchestrator-{i}");
-                Node::new(
+                node(
                     "orchestrator",
                     &order_db.url,
                     orchestrator_args((&product, &point, &coupon), &instance),
