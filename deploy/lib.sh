@@ -1,6 +1,6 @@
 # shellcheck shell=bash disable=SC2034 # the variables are for the sourcing scripts
 # What the deploy scripts share: where things are, logging, running as root,
-# the database clients and accounts, grpcurl, cargo and the service processes.
+# the database clients and accounts, grpcurl, cargo and the server processes.
 # Sourced, never run; the sourcing script sets LOG_TAG first.
 
 # A failure inside $(...) fails the assignment too, as with set -e elsewhere.
@@ -17,14 +17,40 @@ DB_USER=commerce
 DB_PASSWORD="${COMMERCE_DB_PASSWORD:-commerce}"
 REDIS_PORT=6379
 
-# The three servers: name, binary, default listen address, database.
-SERVICES=(product point coupon)
-declare -A SERVICE_BINARY=([product]=product-service [point]=point-service [coupon]=coupon-service)
+# The four servers, in start order: the three saga participants, then the
+# order orchestrator that calls them. Per server: its binary (also its cargo
+# package), database, listen address and the variable that sets it. The
+# *_ADDR variables are listen addresses here; up.sh hands the participants'
+# addresses to the orchestrator as flags (--product-addr http://...).
+SERVICES=(product point coupon orchestrator)
+PARTICIPANTS=(product point coupon)
+declare -A SERVICE_BINARY=(
+    [product]=product-service
+    [point]=point-service
+    [coupon]=coupon-service
+    [orchestrator]=order-orchestrator
+)
+declare -A SERVICE_DATABASE=(
+    [product]=commerce_product
+    [point]=commerce_point
+    [coupon]=commerce_coupon
+    [orchestrator]=commerce_order
+)
+declare -A SERVICE_ADDR_VAR=(
+    [product]=PRODUCT_ADDR
+    [point]=POINT_ADDR
+    [coupon]=COUPON_ADDR
+    [orchestrator]=ORDER_ADDR
+)
 declare -A SERVICE_ADDR=(
     [product]="${PRODUCT_ADDR:-127.0.0.1:50052}"
     [point]="${POINT_ADDR:-127.0.0.1:50053}"
     [coupon]="${COUPON_ADDR:-127.0.0.1:50054}"
+    [orchestrator]="${ORDER_ADDR:-127.0.0.1:50051}"
 )
+# The orchestrator's name in saga leases. Stable, so a restarted orchestrator
+# resumes the sagas it was driving at once instead of after their leases expire.
+ORCHESTRATOR_INSTANCE_ID=orchestrator-1
 
 log() { printf '%s: %s\n' "${LOG_TAG:-deploy}" "$*"; }
 die() {

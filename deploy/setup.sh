@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a Debian 12 machine (or container, no systemd needed) to build, test
 # and run the commerce mesh: MariaDB and Redis on loopback, the `commerce`
-# database account and databases, grpcurl, and a check for cargo.
+# database account and databases, enough database connections for the tests,
+# grpcurl, and a check for cargo.
 #
 # Idempotent: every step looks before it acts, so re-running is cheap and safe,
 # also where MariaDB or Redis already run. Run as root, or as a user with sudo.
@@ -22,6 +23,7 @@ GRPCURL_SHA256=a2a7ca84fd6212cee61d3d399bb3e397eaf401848f6bd6a39a120fc355d7e41a
 
 DATABASES=(commerce_product commerce_point commerce_coupon commerce_order)
 READY_TRIES=60 # of 0.5 s
+MIN_MAX_CONNECTIONS=500
 
 # ---------------------------------------------------------------- helpers --
 
@@ -208,6 +210,33 @@ provision_database() {
         die "the commerce account cannot log in over $DB_HOST:$DB_PORT"
 }
 
+# The end-to-end tests start many servers against this one database server,
+# each with its own pool; MariaDB's default of 151 connections is too few.
+# SET GLOBAL lasts until the server restarts; every run of this script sets it
+# again. Needs the superuser; without one, a note and nothing else.
+raise_max_connections() {
+    local current
+    if ((${#SUPERUSER[@]} == 0)); then
+        current="$(commerce_sql -N -B -e 'SELECT @@GLOBAL.max_connections' 2>/dev/null || true)"
+        if [[ "$current" =~ ^[0-9]+$ ]] && ((current >= MIN_MAX_CONNECTIONS)); then
+            log "max_connections is $current"
+        else
+            log "note: max_connections is ${current:-unknown} and, with no DB superuser access, stays so; the tests want $MIN_MAX_CONNECTIONS"
+        fi
+        return 0
+    fi
+    current="$("${SUPERUSER[@]}" -N -B -e 'SELECT @@GLOBAL.max_connections' 2>/dev/null || true)"
+    if [[ ! "$current" =~ ^[0-9]+$ ]]; then
+        log "note: cannot read max_connections as the DB superuser; leaving it as it is"
+    elif ((current >= MIN_MAX_CONNECTIONS)); then
+        log "max_connections is $current"
+    elif "${SUPERUSER[@]}" -e "SET GLOBAL max_connections = $MIN_MAX_CONNECTIONS" 2>/dev/null; then
+        log "max_connections raised from $current to $MIN_MAX_CONNECTIONS (until the database server restarts)"
+    else
+        log "note: max_connections is $current and the DB superuser may not raise it; the tests want $MIN_MAX_CONNECTIONS"
+    fi
+}
+
 # ---------------------------------------------------------------- grpcurl --
 
 install_grpcurl() {
@@ -266,6 +295,7 @@ install_packages
 start_mariadb
 start_redis
 provision_database
+raise_max_connections
 install_grpcurl
 check_cargo
 log "done"

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# THE run command: prepares the machine (deploy/setup.sh), builds the three
+# THE run command: prepares the machine (deploy/setup.sh), builds the four
 # servers in release mode, (re)starts them in the background with their pids
-# and logs under .run/, waits until each reports SERVING, and seeds a small
-# demo shop through grpcurl. Re-running restarts the servers and seeds only
-# what is missing. Stop them with deploy/down.sh.
+# and logs under .run/ (the product, point and coupon services first, then the
+# order orchestrator that calls them), waits until each reports SERVING,
+# seeds a small demo shop through grpcurl and places a demo order through the
+# orchestrator. Re-running restarts the servers, seeds only what is missing
+# and returns the same demo order. Stop them with deploy/down.sh.
 #
 # Environment:
-#   PRODUCT_ADDR, POINT_ADDR, COUPON_ADDR  listen addresses (127.0.0.1:5005x)
+#   PRODUCT_ADDR, POINT_ADDR, COUPON_ADDR  listen addresses of the services (127.0.0.1:5005x)
+#   ORDER_ADDR                             listen address of the orchestrator (127.0.0.1:50051)
 #   LOG_FORMAT                             human (default) or json
 #   COMMERCE_DB_PASSWORD                   as for setup.sh
-#   SKIP_SEED=1                            start the servers, seed nothing
-# and any server variable (DB_POOL_SIZE, REQUEST_TIMEOUT_MS, RUST_LOG, ...).
+#   SKIP_SEED=1                            start the servers; seed nothing, place no order
+# and any server variable (DB_POOL_SIZE, REQUEST_TIMEOUT_MS, RUST_LOG, ...) or
+# orchestrator variable (SAGA_LEASE_MS, FORWARD_ATTEMPTS, ...), passed through.
 set -euo pipefail
 
 LOG_TAG="up"
@@ -20,8 +24,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HEALTH_TRIES=120 # of 0.5 s; a first start also runs the migrations
 DEMO_USER=demo-user
 DEMO_CHARGE_KEY=deploy-up-demo-charge-1
-DEMO_SAGA=3f0c5e1a-6d2b-4c8e-9a7f-0d15ea5e0001
+DEMO_ORDER_KEY=deploy-up-demo-order-1
 DEMO_TEMPLATE_NAME="Welcome: 3,000 KRW off"
+ORDER_SETTLE_TRIES=60 # of 1 s: how long a PENDING demo order is watched
 
 bash "$REPO_ROOT/deploy/setup.sh"
 
@@ -29,8 +34,13 @@ GRPCURL="$(find_grpcurl)" || die "grpcurl not found after setup"
 
 # ------------------------------------------------------------------ build --
 
-log "building ${SERVICE_BINARY[*]} (release)"
-run_cargo build --release --locked -p product-service -p point-service -p coupon-service
+binaries=() packages=()
+for name in "${SERVICES[@]}"; do
+    binaries+=("${SERVICE_BINARY[$name]}")
+    packages+=(-p "${SERVICE_BINARY[$name]}")
+done
+log "building ${binaries[*]} (release)"
+run_cargo build --release --locked "${packages[@]}"
 
 # ------------------------------------------------------------------ start --
 
@@ -38,27 +48,50 @@ mkdir -p "$RUN_DIR"
 # Keeps .run/ out of git without touching the repository's .gitignore.
 echo '*' >"$RUN_DIR/.gitignore"
 
+# Stops what an earlier up.sh started, the orchestrator first, so no saga
+# watches its participants go away.
+stop_running() {
+    local i name
+    for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
+        name="${SERVICES[$i]}"
+        if service_pid "$name" >/dev/null; then
+            log "$name is running; restarting it"
+            stop_service "$name"
+        fi
+    done
+}
+
 start_service() {
     local name="$1" binary log
     binary="$(target_dir)/release/${SERVICE_BINARY[$name]}"
     [[ -x "$binary" ]] || die "$binary is missing after the build"
-    if service_pid "$name" >/dev/null; then
-        log "$name is running; restarting it"
-        stop_service "$name"
-    fi
     # Another process on the port would answer the health checks for us.
     addr_open "${SERVICE_ADDR[$name]}" &&
-        die "${SERVICE_ADDR[$name]} is taken by a process up.sh did not start; stop it or set ${name^^}_ADDR"
+        die "${SERVICE_ADDR[$name]} is taken by a process up.sh did not start; stop it or set ${SERVICE_ADDR_VAR[$name]}"
+    # Flags rather than variables, so a DATABASE_URL or LISTEN_ADDR exported
+    # in this shell cannot send all four servers to one place.
+    local -a args=(
+        --listen "${SERVICE_ADDR[$name]}"
+        --database-url "$(db_server_url)/${SERVICE_DATABASE[$name]}"
+        --log-format "${LOG_FORMAT:-human}"
+    )
+    if [[ "$name" == orchestrator ]]; then
+        # The orchestrator reads PRODUCT_ADDR etc. as the participants' URIs,
+        # while here they are listen addresses: the flags settle it.
+        args+=(
+            --instance-id "$ORCHESTRATOR_INSTANCE_ID"
+            --product-addr "http://${SERVICE_ADDR[product]}"
+            --point-addr "http://${SERVICE_ADDR[point]}"
+            --coupon-addr "http://${SERVICE_ADDR[coupon]}"
+        )
+    fi
     log="$(log_file "$name")"
     [[ -f "$log" ]] && mv -f "$log" "$log.prev"
-    # Flags rather than variables, so a DATABASE_URL or LISTEN_ADDR exported
-    # in this shell cannot send all three servers to one place.
-    NO_COLOR=1 nohup "$binary" \
-        --listen "${SERVICE_ADDR[$name]}" \
-        --database-url "$(db_server_url)/commerce_$name" \
-        --log-format "${LOG_FORMAT:-human}" \
+    # ORCHESTRATOR_CRASH_AT is the tests' fault injection: never inherited.
+    env -u ORCHESTRATOR_CRASH_AT NO_COLOR=1 nohup "$binary" "${args[@]}" \
         >"$log" 2>&1 </dev/null &
     echo $! >"$(pid_file "$name")"
+    give_to_repo_owner "$RUN_DIR"
     log "started $name (pid $!) on ${SERVICE_ADDR[$name]}, log .run/$name.log"
 }
 
@@ -76,30 +109,37 @@ wait_serving() {
             tail -n 20 "$(log_file "$name")" >&2 || true
             die "$name exited during start-up (log above, full log in .run/$name.log)"
         fi
-        [[ "$(health "$name")" == *'"SERVING"'* ]] && return 0
+        if [[ "$(health "$name")" == *'"SERVING"'* ]]; then
+            log "$name is SERVING on ${SERVICE_ADDR[$name]}"
+            return 0
+        fi
         sleep 0.5
     done
     tail -n 20 "$(log_file "$name")" >&2 || true
     die "$name did not report SERVING within $((HEALTH_TRIES / 2)) s (log above)"
 }
 
-for name in "${SERVICES[@]}"; do
+stop_running
+for name in "${PARTICIPANTS[@]}"; do
     start_service "$name"
 done
-give_to_repo_owner "$RUN_DIR"
-for name in "${SERVICES[@]}"; do
+for name in "${PARTICIPANTS[@]}"; do
     wait_serving "$name"
-    log "$name is SERVING on ${SERVICE_ADDR[$name]}"
 done
+# Its participants answer: the orchestrator's first look for unfinished sagas
+# (its own, after a restart) finds them reachable.
+start_service orchestrator
+wait_serving orchestrator
 
 # ------------------------------------------------------------------- seed --
 
-# rpc SERVICE METHOD JSON: one call; the JSON response on stdout. A failed
-# call prints grpcurl's error (code and message) to stderr and returns 1.
+# rpc SERVICE METHOD JSON [MAX_SECONDS]: one call; the JSON response on
+# stdout. A failed call prints grpcurl's error (code, message and details) to
+# stderr and returns 1. grpcurl sends the time limit as the call's deadline.
 rpc() {
     local errors
     errors="$(mktemp)"
-    if ! "$GRPCURL" -plaintext -max-time 10 -d "$3" "${SERVICE_ADDR[$1]}" "$2" 2>"$errors"; then
+    if ! "$GRPCURL" -plaintext -max-time "${4:-10}" -d "$3" "${SERVICE_ADDR[$1]}" "$2" 2>"$errors"; then
         log "$2 failed:" >&2
         sed 's/^/    /' "$errors" >&2
         rm -f "$errors"
@@ -116,7 +156,7 @@ json() {
     python3 -c '
 import json, sys
 d = json.load(sys.stdin)
-value = eval(sys.argv[1], {"d": d, "args": sys.argv[2:], "int": int, "sum": sum})
+value = eval(sys.argv[1], {"d": d, "args": sys.argv[2:], "int": int, "sum": sum, "sorted": sorted})
 print(value if isinstance(value, (str, int)) else json.dumps(value))
 ' "$@"
 }
@@ -173,37 +213,93 @@ seed_coupon() {
     echo "$coupon_id"
 }
 
-# Reserves two on-sale products for the demo saga and prints the reservation.
-# The barrier replays the first result, so repeating this is harmless.
-reserve_demo_stock() {
-    local listing lines reservation
-    listing="$(rpc product commerce.product.v1.CatalogService/ListProducts '{"size": 100, "sort": "PRODUCT_SORT_PRICE_ASC"}')"
-    lines="$(json '[{"productId": p["id"], "quantity": q} for p, q in zip([p for p in d.get("products", []) if p.get("status") == "PRODUCT_STATUS_ON_SALE" and int(p.get("stock", {}).get("available", 0)) >= 2], [2, 1])]' <<<"$listing")"
+# Places the demo order through the orchestrator (two of the on-sale product
+# with the lowest id, one of the next, with the demo coupon) and prints it
+# once its saga has settled. The fixed idempotency key makes every later run
+# get the same order back, whatever state it has reached since.
+place_demo_order() {
+    local coupon_id="$1" listing lines order tries
+    listing="$(rpc product commerce.product.v1.CatalogService/ListProducts '{"size": 100}')"
+    lines="$(json '[{"productId": int(p["id"]), "quantity": q} for p, q in zip(sorted([p for p in d.get("products", []) if p.get("status") == "PRODUCT_STATUS_ON_SALE" and int(p.get("stock", {}).get("available", 0)) >= 2], key=lambda p: int(p["id"])), [2, 1])]' <<<"$listing")"
     if [[ "$lines" == "[]" ]]; then
-        log "no product on sale with stock; skipping the demo reservation" >&2
+        log "no product on sale with stock; placing no demo order" >&2
         return 1
     fi
-    if ! reservation="$(rpc product commerce.product.v1.StockService/ReserveStock \
-        "{\"sagaId\": \"$DEMO_SAGA\", \"lines\": $lines}")"; then
-        log "(a released saga cannot reserve again); reading its reservation instead" >&2
-        reservation="$(rpc product commerce.product.v1.StockService/GetReservation "{\"sagaId\": \"$DEMO_SAGA\"}")" || return 1
+    # The orchestrator answers within the call's deadline, at the latest
+    # with PENDING while the saga goes on.
+    if ! order="$(rpc orchestrator commerce.order.v1.OrderService/PlaceOrder \
+        "{\"userId\": \"$DEMO_USER\", \"lines\": $lines, \"userCouponId\": $coupon_id, \"idempotencyKey\": \"$DEMO_ORDER_KEY\"}" 30)"; then
+        log "(IDEMPOTENCY_KEY_REUSED would mean an earlier up.sh placed the demo order with other products; ListOrders shows it)" >&2
+        return 1
     fi
-    echo "$reservation"
+    for ((tries = 0; tries < ORDER_SETTLE_TRIES; tries++)); do
+        [[ "$(json 'd.get("state", "")' <<<"$order")" == ORDER_STATE_PENDING ]] || break
+        ((tries > 0)) || log "the demo order is PENDING (a participant is slow or down); waiting for its saga" >&2
+        sleep 1
+        order="$(rpc orchestrator commerce.order.v1.OrderService/GetOrder \
+            "{\"orderId\": \"$(json 'd["orderId"]' <<<"$order")\"}")"
+    done
+    echo "$order"
 }
 
+# The order, one line of totals and one per line (JSON on stdin).
+show_order() {
+    python3 -c "$(
+        cat <<'PY'
+import json, sys
+o = json.load(sys.stdin)
+amount = lambda key: int(o.get(key, 0))
+print(f"    {o.get('state')}: subtotal {amount('subtotal')}, discount {amount('discount')}, pointsPaid {amount('pointsPaid')}")
+if o.get("reason"):
+    print(f"    reason {o['reason']}: {o.get('reasonMessage', '')}")
+for line in o.get("lines", []):
+    print(f"    {int(line.get('quantity', 0))} x {line.get('productName', '?')} (product {line['productId']})"
+          f" at {int(line.get('unitPrice', 0))} = {int(line.get('lineTotal', 0))}")
+PY
+    )"
+}
+
+# A saga's step log, one event a line, with what each step returned or the
+# error it met (GetSaga's JSON on stdin).
+show_saga_log() {
+    python3 -c "$(
+        cat <<'PY'
+import json, sys
+d = json.load(sys.stdin)
+print(f"    {'seq':>4}  {'step':<15} {'direction':<11} {'attempt':>7}  {'outcome':<10} result")
+for e in d.get("log", []):
+    note = e.get("error", "")
+    if e.get("responseJson"):
+        response = json.loads(e["responseJson"])
+        response.pop("output", None)
+        lines = response.pop("lines", None)
+        response.update(response.pop("pricing", {}))
+        note = ", ".join(f"{k} {v}" for k, v in response.items())
+        if lines is not None:
+            note = f"{len(lines)} lines; {note}"
+    direction = e["direction"].removeprefix("STEP_DIRECTION_")
+    outcome = e["outcome"].removeprefix("STEP_OUTCOME_")
+    print(f"    {e['seq']:>4}  {e['stepName']:<15} {direction:<11} {e.get('attempt', 0):>7}  {outcome:<10} {note}".rstrip())
+PY
+    )"
+}
+
+ORDER_ID=ORDER_ID
+SAGA_ID=SAGA_ID
 if [[ "${SKIP_SEED:-}" == 1 ]]; then
-    log "SKIP_SEED=1: not seeding"
+    log "SKIP_SEED=1: not seeding, no demo order"
 else
     seed_catalogue
     seed_points
     coupon_id="$(seed_coupon)"
-    if reservation="$(reserve_demo_stock)"; then
-        log "reservation of demo saga $DEMO_SAGA:"
-        sed 's/^/    /' <<<"$reservation"
-        subtotal="$(json 'sum(int(l.get("unitPrice", 0)) * int(l.get("quantity", 0)) for l in d.get("lines", []))' <<<"$reservation")"
-        if quote="$(rpc coupon commerce.coupon.v1.CouponService/QuoteDiscount \
-            "{\"userId\": \"$DEMO_USER\", \"userCouponId\": $coupon_id, \"orderAmount\": $subtotal}")"; then
-            log "subtotal $subtotal KRW; coupon $coupon_id takes $(json 'd.get("discount", "0")' <<<"$quote") off; payable $(json 'd.get("payable", "0")' <<<"$quote") points"
+    if order="$(place_demo_order "$coupon_id")"; then
+        ORDER_ID="$(json 'd["orderId"]' <<<"$order")"
+        SAGA_ID="$(json 'd["sagaId"]' <<<"$order")"
+        log "demo order $ORDER_ID of $DEMO_USER (PlaceOrder with idempotency key $DEMO_ORDER_KEY; placed $(json 'd.get("createdAt", "")' <<<"$order")):"
+        show_order <<<"$order"
+        if saga="$(rpc orchestrator commerce.order.v1.SagaAdminService/GetSaga "{\"sagaId\": \"$SAGA_ID\"}")"; then
+            log "its saga $SAGA_ID is $(json 'd["saga"]["state"]' <<<"$saga"); the step log (SagaAdminService/GetSaga):"
+            show_saga_log <<<"$saga"
         fi
     fi
 fi
@@ -212,14 +308,20 @@ fi
 
 g="$GRPCURL"
 [[ "$g" == "$REPO_ROOT"/* ]] && g="${g#"$REPO_ROOT"/}"
-P="${SERVICE_ADDR[product]}" T="${SERVICE_ADDR[point]}" C="${SERVICE_ADDR[coupon]}"
+P="${SERVICE_ADDR[product]}" T="${SERVICE_ADDR[point]}" C="${SERVICE_ADDR[coupon]}" O="${SERVICE_ADDR[orchestrator]}"
 log "the mesh is up. Try (from $REPO_ROOT):"
 cat <<EOF
-    $g -plaintext $P list
+    $g -plaintext $O list
+    $g -plaintext -d '{"orderId": "$ORDER_ID"}' $O commerce.order.v1.OrderService/GetOrder
+    $g -plaintext -d '{"userId": "$DEMO_USER", "page": 0, "size": 10}' $O commerce.order.v1.OrderService/ListOrders
+    $g -plaintext -d '{"orderId": "$ORDER_ID", "userId": "$DEMO_USER"}' $O commerce.order.v1.OrderService/CancelOrder
+    $g -plaintext -d '{"sagaId": "$SAGA_ID"}' $O commerce.order.v1.SagaAdminService/GetSaga
+    $g -plaintext -d '{}' $O commerce.order.v1.SagaAdminService/CountSagas
+    $g -plaintext -d '{"state": "SAGA_STATE_COMPLETED", "size": 10}' $O commerce.order.v1.SagaAdminService/ListSagas
+    $g -plaintext -d '{"state": "SAGA_STATE_STUCK", "size": 10}' $O commerce.order.v1.SagaAdminService/ListSagas
+    $g -plaintext -d '{"sagaId": "$SAGA_ID"}' $P commerce.saga.v1.SagaBarrierService/ListBarriers
     $g -plaintext -d '{"size": 10, "sort": "PRODUCT_SORT_PRICE_ASC"}' $P commerce.product.v1.CatalogService/ListProducts
-    $g -plaintext -d '{"sagaId": "$DEMO_SAGA"}' $P commerce.product.v1.StockService/ConfirmReservation
-    $g -plaintext -d '{"sagaId": "$DEMO_SAGA"}' $P commerce.saga.v1.SagaBarrierService/ListBarriers
     $g -plaintext -d '{"userId": "$DEMO_USER"}' $T commerce.point.v1.PointService/GetBalance
     $g -plaintext -d '{"userId": "$DEMO_USER", "page": 0, "size": 10}' $C commerce.coupon.v1.CouponService/ListUserCoupons
 EOF
-log "logs: .run/{product,point,coupon}.log; stop with: sudo bash deploy/down.sh"
+log "README.md has one for every RPC; logs: .run/{product,point,coupon,orchestrator}.log; stop with: sudo bash deploy/down.sh"

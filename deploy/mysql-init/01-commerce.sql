@@ -2,8 +2,9 @@
 -- creates them on a local MariaDB. Run once by the MySQL image on its first
 -- start (an empty data volume); runnable by hand as any superuser.
 --
--- Each service owns one database; the orchestrator's comes next. Tests create
--- more `commerce_t<hex>_<label>` databases, hence the grant on a pattern.
+-- Each server owns one database: the three services' and the order
+-- orchestrator's (commerce_order). Tests create more `commerce_t<hex>_<label>`
+-- databases, hence the grant on a pattern.
 CREATE DATABASE IF NOT EXISTS `commerce_product` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
 CREATE DATABASE IF NOT EXISTS `commerce_point`   CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
 CREATE DATABASE IF NOT EXISTS `commerce_coupon`  CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;

@@ -80,8 +80,8 @@ pub struct OrchestratorArgs {
     #[arg(long, env = "MAX_RECOVERING", default_value_t = 256)]
     pub max_recovering: usize,
     /// How long PlaceOrder waits for the outcome when the caller sets no
-    /// deadline, in ms.
-    #[arg(long, env = "PLACE_ORDER_WAIT_MS", default_value_t = 10_000)]
+    /// deadline, in ms (kept below the request timeout).
+    #[arg(long, env = "PLACE_ORDER_WAIT_MS", default_value_t = 5_000)]
     pub place_order_wait_ms: u64,
 }
 
@@ -122,10 +122,14 @@ pub async fn build(config: ServerConfig, args: OrchestratorArgs) -> anyhow::Resu
         },
         fault::Faults::from_env(),
     ));
-    let orders = grpc::OrderApi::new(
-        Arc::clone(&engine),
-        Duration::from_millis(args.place_order_wait_ms),
+    // The answer must leave before the server's own request timeout cuts
+    // the call: PENDING is a better answer than CANCELLED.
+    let wait = Duration::from_millis(args.place_order_wait_ms).min(
+        app.config()
+            .request_timeout
+            .saturating_sub(Duration::from_millis(500)),
     );
+    let orders = grpc::OrderApi::new(Arc::clone(&engine), wait);
     let admin = grpc::SagaAdminApi::new(Arc::clone(&engine));
     Ok(app
         .add_service(OrderServiceServer::new(orders))
