@@ -46,8 +46,6 @@ impl Node {
             format!("127.0.0.1:{port}"),
             "--database-url".to_owned(),
             database_url.to_owned(),
-            "--db-pool-size".to_owned(),
-            "8".to_owned(),
         ]);
         args.extend(extra);
         Self {

@@ -28,12 +28,15 @@ fn node(
     log_dir: &Path,
     name: &str,
 ) -> Node {
+    // Small pools: many test meshes share one database server.
+    let mut args = vec!["--db-pool-size".to_owned(), "8".to_owned()];
+    args.extend(extra);
     Node::new(
         Path::new(BINARY),
         &[],
         service,
         database_url,
-        extra,
+        args,
         log_dir,
         name,
     )

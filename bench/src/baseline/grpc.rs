@@ -1,0 +1,137 @@
+//! `commerce.order.v1.OrderService`, as far as the benchmark needs it:
+//! PlaceOrder and GetOrder; the fulfilment and listing RPCs are the saga
+//! mesh's alone and answer UNIMPLEMENTED. Requests are validated by the
+//! orchestrator's own rules, so both systems accept and refuse the same
+//! input.
+
+use commerce_platform::SagaId;
+use commerce_platform::error::ServiceError;
+use commerce_platform::time::to_proto;
+use commerce_proto::order::v1 as pb;
+use commerce_proto::order::v1::order_service_server::{OrderService, OrderServiceServer};
+use order_orchestrator::domain::order::{OrderState, PlaceOrder};
+use tonic::{Request, Response, Status};
+
+use super::store::{BaselineStore, OrderRecord};
+
+pub struct BaselineOrderApi {
+    store: BaselineStore,
+}
+
+impl BaselineOrderApi {
+    pub fn new(store: BaselineStore) -> Self {
+        Self { store }
+    }
+
+    pub fn into_server(self) -> OrderServiceServer<Self> {
+        OrderServiceServer::new(self)
+    }
+}
+
+fn unimplemented() -> Status {
+    Status::unimplemented("the baseline only places and reads orders")
+}
+
+#[tonic::async_trait]
+impl OrderService for BaselineOrderApi {
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn place_order(
+        &self,
+        request: Request<pb::PlaceOrderRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
+        let r = request.into_inner();
+        let order = PlaceOrder::parse(
+            &r.user_id,
+            r.lines.iter().map(|l| (l.product_id, l.quantity)),
+            r.user_coupon_id,
+            &r.idempotency_key,
+        )?;
+        let record = self.store.order_place(&order).await?;
+        Ok(Response::new(order_to_proto(record)?))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
+        // Order ids are UUIDs, as the orchestrator's.
+        let id = SagaId::parse("order_id", &request.into_inner().order_id)?;
+        let record = self.store.order_get(id.as_str()).await?;
+        Ok(Response::new(order_to_proto(record)?))
+    }
+
+    async fn list_orders(
+        &self,
+        _request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        Err(unimplemented())
+    }
+
+    async fn cancel_order(
+        &self,
+        _request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
+        Err(unimplemented())
+    }
+
+    async fn mark_shipped(
+        &self,
+        _request: Request<pb::OrderRef>,
+    ) -> Result<Response<pb::Order>, Status> {
+        Err(unimplemented())
+    }
+
+    async fn mark_delivered(
+        &self,
+        _request: Request<pb::OrderRef>,
+    ) -> Result<Response<pb::Order>, Status> {
+        Err(unimplemented())
+    }
+}
+
+fn order_state(state: OrderState) -> pb::OrderState {
+    match state {
+        OrderState::Pending => pb::OrderState::Pending,
+        OrderState::Confirmed => pb::OrderState::Confirmed,
+        OrderState::Rejected => pb::OrderState::Rejected,
+        OrderState::Cancelling => pb::OrderState::Cancelling,
+        OrderState::Cancelled => pb::OrderState::Cancelled,
+        OrderState::Shipped => pb::OrderState::Shipped,
+        OrderState::Delivered => pb::OrderState::Delivered,
+    }
+}
+
+fn order_to_proto(record: OrderRecord) -> Result<pb::Order, ServiceError> {
+    let state = record.state()?;
+    let o = record.order;
+    Ok(pb::Order {
+        order_id: o.id,
+        user_id: o.user_id,
+        state: order_state(state).into(),
+        lines: record
+            .lines
+            .into_iter()
+            .map(|l| {
+                let unit_price = l.unit_price.unwrap_or(0);
+                pb::OrderLine {
+                    product_id: l.product_id,
+                    quantity: l.quantity,
+                    product_name: l.product_name.unwrap_or_default(),
+                    brand_id: l.brand_id.unwrap_or(0),
+                    brand_name: l.brand_name.unwrap_or_default(),
+                    unit_price,
+                    line_total: unit_price.saturating_mul(l.quantity),
+                }
+            })
+            .collect(),
+        user_coupon_id: o.user_coupon_id,
+        subtotal: o.subtotal,
+        discount: o.discount,
+        points_paid: o.points_paid,
+        reason: o.reason,
+        reason_message: o.reason_message,
+        saga_id: String::new(),
+        created_at: Some(to_proto(o.created_at)),
+        updated_at: Some(to_proto(o.updated_at)),
+    })
+}

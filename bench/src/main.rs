@@ -1,0 +1,223 @@
+//! `commerce-bench`: the benchmark harness of the mesh.
+//!
+//! `commerce-bench run` starts the four servers of the mesh and the
+//! one-transaction baseline as separate processes (re-executing itself as
+//! `commerce-bench serve <server>`), each on a fresh database of the local
+//! MariaDB/MySQL, seeds a shop, drives `PlaceOrder` at fixed concurrency
+//! levels against both systems pair by pair, runs the hot-product,
+//! flash-coupon and recovery scenarios, and writes `report.md`,
+//! `report.json` and charts to `--out`.
+
+mod baseline;
+mod load;
+mod mesh;
+mod metrics;
+mod model;
+mod report;
+mod scenarios;
+mod seed;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use commerce_platform::config::NoExtraArgs;
+
+use crate::mesh::{Databases, Systems};
+use crate::model::Report;
+use crate::scenarios::Plan;
+use crate::seed::ShopSize;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Benchmark of the order saga mesh against a one-transaction baseline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the benchmark and writes the report.
+    Run(RunArgs),
+    /// Runs one server (used by `run` to start the systems as processes).
+    Serve {
+        /// product, point, coupon, orchestrator or baseline.
+        server: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
+    /// Where the report goes.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// MySQL server URL of an account that may create the run's databases.
+    #[arg(
+        long,
+        env = "BENCH_MYSQL_URL",
+        default_value = "mysql://commerce:commerce@127.0.0.1:3306"
+    )]
+    mysql_url: String,
+    /// Prefix of the run's databases (`<prefix>_<server>`), dropped and
+    /// created anew.
+    #[arg(long, default_value = "commerce_bench")]
+    db_prefix: String,
+    /// Concurrency levels (clients in flight).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 32, 128])]
+    levels: Vec<usize>,
+    /// Orders per level and system.
+    #[arg(long, default_value_t = 2_000)]
+    orders: usize,
+    /// Scenarios to run.
+    #[arg(long, value_delimiter = ',', default_values_t = ["uniform".to_owned(), "hot_product".to_owned(), "flash_coupon".to_owned(), "recovery".to_owned()])]
+    scenarios: Vec<String>,
+    /// A tiny run of every scenario (for the test suite): no figure means
+    /// anything, every code path runs.
+    #[arg(long)]
+    smoke: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { server, args } => {
+            let mut argv = vec![OsString::from(format!("commerce-bench serve {server}"))];
+            argv.extend(args);
+            if server == "baseline" {
+                return commerce_platform::server::run_cli::<NoExtraArgs, _, _>(
+                    baseline::SPEC,
+                    argv,
+                    |config, _| baseline::build(config),
+                );
+            }
+            commerce_e2e::run_server(&server, argv).unwrap_or_else(|| {
+                eprintln!("unknown server {server}");
+                ExitCode::from(2)
+            })
+        }
+        Command::Run(args) => {
+            commerce_platform::telemetry::init(commerce_platform::telemetry::LogFormat::Human);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("cannot start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("benchmark failed: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn plan(args: &RunArgs) -> Plan {
+    if args.smoke {
+        return Plan {
+            levels: vec![1, 4],
+            orders_per_level: 12,
+            shop: ShopSize {
+                products: 10,
+                stock_per_product: 1_000,
+                users: 10,
+                points_per_user: 10_000_000,
+                coupons: 10,
+            },
+            hot_stock: 5,
+            hot_buyers: 20,
+            flash_coupons: 5,
+            flash_users: 40,
+            recovery_sagas: 20,
+        };
+    }
+    let orders = args.orders;
+    let total = orders * args.levels.len();
+    Plan {
+        levels: args.levels.clone(),
+        orders_per_level: orders,
+        shop: ShopSize {
+            products: 1_000,
+            stock_per_product: 1_000_000,
+            users: 1_000,
+            points_per_user: 50_000_000,
+            coupons: total.div_ceil(3),
+        },
+        hot_stock: 100,
+        hot_buyers: 1_000,
+        flash_coupons: 100,
+        flash_users: 10_000,
+        recovery_sagas: 1_000,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let plan = plan(&args);
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let databases = Databases::new(&args.mysql_url, &args.db_prefix);
+    databases.recreate().await?;
+    let log_dir = args.out.join("logs");
+    std::fs::create_dir_all(&log_dir)?;
+    let mut report = Report {
+        run: metrics::run_info(databases.server_url(), command).await,
+        ..Report::default()
+    };
+    let mut systems = Systems::start(&databases, &log_dir).await?;
+    let outcome = scenarios_run(&mut systems, &databases, &plan, &args, &mut report).await;
+    systems.stop().await;
+    outcome?;
+    let written = report::write(&report, &args.out)?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    if args.smoke {
+        databases.drop_all().await?;
+    }
+    Ok(())
+}
+
+async fn scenarios_run(
+    systems: &mut Systems,
+    databases: &Databases,
+    plan: &Plan,
+    args: &RunArgs,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let server_url = databases.server_url().to_owned();
+    let baseline_url = databases.url("baseline");
+    let wanted = |name: &str| args.scenarios.iter().any(|s| s == name);
+    if wanted("uniform") {
+        tracing::info!("scenario uniform");
+        let levels = scenarios::uniform(systems, &server_url, &baseline_url, plan).await?;
+        report.levels.extend(levels);
+    }
+    if wanted("hot_product") {
+        tracing::info!("scenario hot_product");
+        let (levels, result) =
+            scenarios::hot_product(systems, &server_url, &baseline_url, plan).await?;
+        report.levels.extend(levels);
+        report.scenarios.push(result);
+    }
+    if wanted("flash_coupon") {
+        tracing::info!("scenario flash_coupon");
+        report
+            .scenarios
+            .push(scenarios::flash_coupon(systems, plan).await?);
+    }
+    if wanted("recovery") {
+        tracing::info!("scenario recovery");
+        report
+            .scenarios
+            .push(scenarios::recovery(systems, plan).await?);
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! Counters read around each measured run: MySQL's commits (all databases)
+//! and the CPU time of every process under test, from `/proc`.
+
+use std::collections::BTreeMap;
+
+use diesel::QueryableByName;
+use diesel::sql_types::Text;
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+
+use crate::model::RunInfo;
+
+#[derive(QueryableByName)]
+struct Status {
+    #[diesel(sql_type = Text, column_name = "Value")]
+    value: String,
+}
+
+/// MySQL's global `Com_commit`: COMMIT statements executed so far.
+pub async fn commits(server_url: &str) -> anyhow::Result<u64> {
+    let mut conn = AsyncMysqlConnection::establish(server_url).await?;
+    let status: Status = diesel::sql_query("SHOW GLOBAL STATUS LIKE 'Com_commit'")
+        .get_result(&mut conn)
+        .await?;
+    Ok(status.value.parse()?)
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times.
+fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU seconds a process has used.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks_per_second())
+}
+
+/// The database server's process, when it runs on this machine.
+pub fn database_pid() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            matches!(comm.trim(), "mariadbd" | "mysqld").then_some(pid)
+        })
+}
+
+/// CPU seconds of named processes, taken before and after a run.
+pub struct CpuSample(BTreeMap<String, f64>);
+
+impl CpuSample {
+    pub fn take(processes: &[(&str, u32)]) -> Self {
+        let mut seconds = BTreeMap::new();
+        for (name, pid) in processes {
+            if let Some(s) = cpu_seconds(*pid) {
+                seconds.insert((*name).to_owned(), s);
+            }
+        }
+        if let Some(s) = cpu_seconds(std::process::id()) {
+            seconds.insert("generator".to_owned(), s);
+        }
+        Self(seconds)
+    }
+
+    /// CPU seconds per order of each process between `self` and `later`.
+    pub fn per_order(&self, later: &CpuSample, orders: u64) -> BTreeMap<String, f64> {
+        later
+            .0
+            .iter()
+            .filter_map(|(name, after)| {
+                let before = self.0.get(name)?;
+                Some((name.clone(), (after - before) / orders.max(1) as f64))
+            })
+            .collect()
+    }
+}
+
+/// The machine and database the run is on.
+pub async fn run_info(server_url: &str, command: String) -> RunInfo {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let database = database_version(server_url)
+        .await
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    RunInfo {
+        command,
+        started_at: chrono::Utc::now().to_rfc3339(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model,
+        memory_gib,
+        database,
+        profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .to_owned(),
+    }
+}
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = Text)]
+    version: String,
+}
+
+async fn database_version(server_url: &str) -> anyhow::Result<String> {
+    let mut conn = AsyncMysqlConnection::establish(server_url).await?;
+    let v: Version = diesel::sql_query("SELECT VERSION() AS version")
+        .get_result(&mut conn)
+        .await?;
+    Ok(v.version)
+}

@@ -1,0 +1,150 @@
+//! What the benchmark plans and measures: the shop it seeds, the orders it
+//! sends, and the results it reports. Shared by the generator, the baseline
+//! and the report writer.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The shop both systems are seeded with, with the ids the saga mesh gave
+/// (the baseline stores the same ids, so one order list fits both).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Shop {
+    pub brand: SeededBrand,
+    pub products: Vec<SeededProduct>,
+    pub users: Vec<SeededUser>,
+    pub templates: Vec<SeededTemplate>,
+    /// Issued coupons, each usable by one order.
+    pub coupons: Vec<SeededCoupon>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SeededBrand {
+    pub id: i64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeededProduct {
+    pub id: i64,
+    pub name: String,
+    pub price: i64,
+    pub stock: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeededUser {
+    pub user_id: String,
+    pub points: i64,
+}
+
+/// A FIXED coupon template, valid for the whole run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeededTemplate {
+    pub id: i64,
+    pub amount: i64,
+    pub min_order_amount: i64,
+    pub total_quantity: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeededCoupon {
+    pub id: i64,
+    pub template_id: i64,
+    pub user_id: String,
+}
+
+/// One PlaceOrder to send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderSpec {
+    pub user_id: String,
+    pub lines: Vec<(i64, i64)>,
+    pub user_coupon_id: Option<i64>,
+    pub idempotency_key: String,
+}
+
+/// Which implementation served the orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum System {
+    /// The orchestrator and the three services, four steps over gRPC.
+    Saga,
+    /// One MySQL transaction in one server (the seed write-ups' design).
+    Baseline,
+}
+
+impl System {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Saga => "saga",
+            Self::Baseline => "baseline",
+        }
+    }
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// One system at one concurrency level of one scenario.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LevelResult {
+    pub scenario: String,
+    pub system: System,
+    pub concurrency: usize,
+    pub orders: u64,
+    pub confirmed: u64,
+    pub rejected: u64,
+    /// Errors and orders left PENDING.
+    pub failed: u64,
+    pub elapsed_secs: f64,
+    /// Answered orders per second.
+    pub throughput: f64,
+    pub latency: Latency,
+    /// (percentile 0..=100, latency ms) points of the latency distribution,
+    /// for the chart.
+    pub latency_curve: Vec<(f64, f64)>,
+    /// MySQL `Com_commit` (all databases) per order.
+    pub commits_per_order: f64,
+    /// CPU seconds per order of each process (`orchestrator`, `product`,
+    /// `point`, `coupon`, `baseline`, `mariadb`, `generator`).
+    pub cpu_secs_per_order: BTreeMap<String, f64>,
+}
+
+/// A scenario's own findings (hot product, flash coupon, recovery), as
+/// named figures and a verdict on its invariants.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioResult {
+    pub name: String,
+    pub description: String,
+    /// Named figures, e.g. "confirmed" -> 100, "drain_secs" -> 1.8.
+    pub figures: BTreeMap<String, f64>,
+    /// Invariant checks and whether each held.
+    pub checks: Vec<(String, bool)>,
+}
+
+/// The machine and the run, recorded with the figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub command: String,
+    pub started_at: String,
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_gib: f64,
+    pub database: String,
+    pub profile: String,
+}
+
+/// Everything one run found.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub run: RunInfo,
+    pub levels: Vec<LevelResult>,
+    pub scenarios: Vec<ScenarioResult>,
+}

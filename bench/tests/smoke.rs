@@ -1,0 +1,56 @@
+//! A tiny run of every benchmark scenario, so the harness cannot rot: the
+//! systems start as processes, every scenario runs, the report is written
+//! and every scenario's invariant checks hold. No figure is asserted.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+use std::process::Command;
+
+#[test]
+fn smoke_run_writes_a_report_whose_checks_hold() {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let out = std::env::temp_dir().join(format!("commerce-bench-smoke-{id}"));
+    // A `commerce_t` prefix: deploy/test.sh drops leftovers of failed runs.
+    let prefix = format!("commerce_t{}_bench", &id[..12]);
+    let status = Command::new(env!("CARGO_BIN_EXE_commerce-bench"))
+        .args(["run", "--smoke", "--db-prefix", &prefix, "--out"])
+        .arg(&out)
+        .env("BENCH_MYSQL_URL", commerce_testkit::mysql_admin_url())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "benchmark failed; logs in {}",
+        out.join("logs").display()
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let levels = report["levels"].as_array().unwrap();
+    for system in ["saga", "baseline"] {
+        assert!(
+            levels
+                .iter()
+                .any(|l| l["system"] == system && l["scenario"] == "uniform"),
+            "no uniform level of {system}"
+        );
+    }
+    for level in levels {
+        assert_eq!(level["failed"], 0, "failed orders in {level}");
+    }
+    let scenarios = report["scenarios"].as_array().unwrap();
+    let names: Vec<&str> = scenarios
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hot_product", "flash_coupon", "recovery"]);
+    for scenario in scenarios {
+        for check in scenario["checks"].as_array().unwrap() {
+            assert_eq!(check[1], true, "{} failed: {}", scenario["name"], check[0]);
+        }
+    }
+    for file in ["report.md", "latency.png", "throughput.png"] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}

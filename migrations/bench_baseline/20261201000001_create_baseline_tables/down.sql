@@ -1,0 +1,9 @@
+DROP TABLE order_lines;
+DROP TABLE orders;
+DROP TABLE user_coupons;
+DROP TABLE coupon_templates;
+DROP TABLE point_ledger;
+DROP TABLE point_accounts;
+DROP TABLE product_stock;
+DROP TABLE products;
+DROP TABLE brands;
