@@ -108,11 +108,12 @@ impl Engine {
             )
             .await?;
         match placed {
-            Placed::Created(_, lease) => {
-                self.drive_and_wait(saga_id, lease, wait).await;
+            Placed::Created(lease) => {
+                let start = started_log(params);
+                self.drive_and_wait(saga_id, lease, Some(start), wait).await;
                 self.store.order_get(&order_id).await
             }
-            Placed::Existing(record) => self.settled(record, wait).await,
+            Placed::Existing(record) => self.settled(*record, wait).await,
         }
     }
 
@@ -136,7 +137,7 @@ impl Engine {
             .await?;
         match lease {
             Some(lease) => {
-                self.drive_and_wait(saga_id, lease, wait).await;
+                self.drive_and_wait(saga_id, lease, None, wait).await;
                 self.store.order_get(order_id).await
             }
             None => self.settled(record, wait).await,
@@ -159,21 +160,38 @@ impl Engine {
                 force_compensation,
             )
             .await?;
-        self.spawn_drive(saga_id.clone(), lease);
+        self.spawn_drive(saga_id.clone(), lease, None);
         Ok(())
     }
 
     /// Drives in the background; waits for the end at most `wait`.
-    async fn drive_and_wait(self: &Arc<Self>, saga_id: SagaId, lease: Lease, wait: Duration) {
-        let handle = self.spawn_drive(saga_id, lease);
+    async fn drive_and_wait(
+        self: &Arc<Self>,
+        saga_id: SagaId,
+        lease: Lease,
+        start: Option<(SagaParams, Vec<LogEntry>)>,
+        wait: Duration,
+    ) {
+        let handle = self.spawn_drive(saga_id, lease, start);
         // On timeout the drive goes on: the caller gets PENDING.
         let _ = tokio::time::timeout(wait, handle).await;
     }
 
-    fn spawn_drive(self: &Arc<Self>, saga_id: SagaId, lease: Lease) -> tokio::task::JoinHandle<()> {
+    /// Drives a saga on its own task; `start` is its inputs and log when the
+    /// caller just wrote them (saves reading them back).
+    fn spawn_drive(
+        self: &Arc<Self>,
+        saga_id: SagaId,
+        lease: Lease,
+        start: Option<(SagaParams, Vec<LogEntry>)>,
+    ) -> tokio::task::JoinHandle<()> {
         let engine = Arc::clone(self);
         tokio::spawn(async move {
-            match engine.drive(&saga_id, lease).await {
+            let driven = match start {
+                Some((params, log)) => engine.drive_from(&saga_id, lease, params, log).await,
+                None => engine.drive(&saga_id, lease).await,
+            };
+            match driven {
                 Ok(driven) => tracing::debug!(%saga_id, ?driven, "saga drive ended"),
                 // The lease expires and recovery resumes the saga.
                 Err(error) => tracing::warn!(%saga_id, %error, "saga drive interrupted"),
@@ -205,12 +223,22 @@ impl Engine {
     /// Drives a saga from its log until it finishes, gets stuck or loses its
     /// lease. At-least-once: a step whose outcome was not logged runs again,
     /// and the participants' barriers make that harmless.
-    #[tracing::instrument(skip(self, lease), fields(fence = lease.fence))]
     pub async fn drive(&self, saga_id: &SagaId, lease: Lease) -> Result<Driven, ServiceError> {
         let record = self.store.saga_load(saga_id).await?;
-        let params = record.params;
+        self.drive_from(saga_id, lease, record.params, record.log)
+            .await
+    }
+
+    /// [`Self::drive`] from inputs and a log already in hand.
+    #[tracing::instrument(skip(self, lease, params, log), fields(fence = lease.fence))]
+    async fn drive_from(
+        &self,
+        saga_id: &SagaId,
+        lease: Lease,
+        params: SagaParams,
+        mut log: Vec<LogEntry>,
+    ) -> Result<Driven, ServiceError> {
         let steps = params.steps();
-        let mut log = record.log;
         let must_succeed_all = params.kind() == SagaKind::CancelOrder;
         loop {
             let (index, direction, attempt, started) = match next_move(&steps, &log) {
@@ -224,7 +252,11 @@ impl Engine {
                     // Reached only when a saga was turned around without a
                     // step outcome (an operator's forced compensation).
                     let write = self.finish_write(&params, &log, terminal, Vec::new());
-                    if !self.store.saga_write(saga_id, &lease, &write).await? {
+                    if !self
+                        .store
+                        .saga_write(saga_id, params.order_id(), &lease, &write)
+                        .await?
+                    {
                         return Ok(Driven::LeaseLost);
                     }
                     return Ok(Driven::Finished(terminal.state()));
@@ -248,7 +280,11 @@ impl Engine {
                     lease_until: Some(self.lease_until(Duration::ZERO)),
                     order: Vec::new(),
                 };
-                if !self.store.saga_write(saga_id, &lease, &write).await? {
+                if !self
+                    .store
+                    .saga_write(saga_id, params.order_id(), &lease, &write)
+                    .await?
+                {
                     return Ok(Driven::LeaseLost);
                 }
                 log.push(entry);
@@ -324,7 +360,11 @@ impl Engine {
                     lease_until,
                     order,
                 };
-                if !self.store.saga_write(saga_id, &lease, &write).await? {
+                if !self
+                    .store
+                    .saga_write(saga_id, params.order_id(), &lease, &write)
+                    .await?
+                {
                     return Ok(Driven::LeaseLost);
                 }
                 if stuck {
@@ -373,7 +413,11 @@ impl Engine {
                 }
             };
             let finished = matches!(next, Move::Completed | Move::Compensated);
-            if !self.store.saga_write(saga_id, &lease, &write).await? {
+            if !self
+                .store
+                .saga_write(saga_id, params.order_id(), &lease, &write)
+                .await?
+            {
                 return Ok(Driven::LeaseLost);
             }
             if finished {
@@ -433,7 +477,9 @@ impl Engine {
     /// sagas at once, then, on a timer, any saga whose lease expired.
     pub async fn recover_forever(self: Arc<Self>) {
         let permits = Arc::new(Semaphore::new(self.config.max_recovering));
-        let mut reclaim_own = true;
+        // Own sagas untouched since this process started were being driven
+        // by its previous run: take them back at once, batch after batch.
+        let mut reclaim_own = Some(now());
         loop {
             let available = permits.available_permits() as i64;
             let claimed = if available == 0 {
@@ -450,11 +496,14 @@ impl Engine {
             };
             match claimed {
                 Ok(claimed) => {
-                    reclaim_own = false;
                     if !claimed.is_empty() {
                         tracing::info!(sagas = claimed.len(), "resuming unfinished sagas");
                     }
-                    let full_batch = claimed.len() as i64 == self.config.recovery_batch;
+                    let full_batch = !claimed.is_empty()
+                        && claimed.len() as i64 == available.min(self.config.recovery_batch);
+                    if !full_batch {
+                        reclaim_own = None;
+                    }
                     for (saga_id, lease) in claimed {
                         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                             return;
@@ -476,6 +525,15 @@ impl Engine {
             tokio::time::sleep(self.config.recovery_interval).await;
         }
     }
+}
+
+/// A new saga's inputs and its log: the first step STARTED, as recorded
+/// with the saga.
+fn started_log(params: SagaParams) -> (SagaParams, Vec<LogEntry>) {
+    (
+        params,
+        vec![entry(0, Direction::Forward, 1, Outcome::Started)],
+    )
 }
 
 fn entry(step: usize, direction: Direction, attempt: u32, outcome: Outcome) -> LogEntry {

@@ -184,9 +184,9 @@ pub struct Lease {
 #[derive(Debug)]
 pub enum Placed {
     /// A new order; its saga is leased to the caller.
-    Created(OrderRecord, Lease),
+    Created(Lease),
     /// The same user and key placed this order before.
-    Existing(OrderRecord),
+    Existing(Box<OrderRecord>),
 }
 
 /// A change to the order made with a saga write.
@@ -216,6 +216,34 @@ pub struct SagaWrite {
     pub lease_until: Option<NaiveDateTime>,
     /// Changes to the saga's order, applied in order.
     pub order: Vec<OrderChange>,
+}
+
+/// What a fenced saga write changes (a `None` reason keeps the stored one).
+#[derive(AsChangeset)]
+#[diesel(table_name = sagas)]
+struct SagaChanges<'a> {
+    state: &'a str,
+    current_step: i32,
+    attempts: i32,
+    reason: Option<&'a str>,
+    next_attempt_at: NaiveDateTime,
+    lease_expires_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
+/// One log event as stored.
+#[derive(Insertable)]
+#[diesel(table_name = saga_log)]
+struct NewLogRow<'a> {
+    saga_id: &'a str,
+    step: i32,
+    step_name: &'a str,
+    direction: &'a str,
+    attempt: i32,
+    outcome: &'a str,
+    response_json: Option<String>,
+    error: Option<String>,
+    created_at: NaiveDateTime,
 }
 
 /// A saga to record, leased to its creator.
@@ -293,7 +321,7 @@ impl OrderStore {
                                     "this idempotency key was used for a different order",
                                 ));
                             }
-                            return Ok(Placed::Existing(load_order(c, existing).await?));
+                            return Ok(Placed::Existing(Box::new(load_order(c, existing).await?)));
                         }
                         Err(e) => return Err(e.into()),
                     }
@@ -322,12 +350,7 @@ impl OrderStore {
                         &[(first_step, started(0, Direction::Forward, 1))],
                     )
                     .await?;
-                    let order = orders::table
-                        .find(order_id)
-                        .select(OrderRow::as_select())
-                        .first(c)
-                        .await?;
-                    Ok(Placed::Created(OrderRecord { order, lines }, lease))
+                    Ok(Placed::Created(lease))
                 })
                 .await
             })
@@ -486,6 +509,7 @@ impl OrderStore {
     pub async fn saga_write(
         &self,
         saga_id: &SagaId,
+        order_id: &str,
         lease: &Lease,
         write: &SagaWrite,
     ) -> Result<bool, ServiceError> {
@@ -499,35 +523,23 @@ impl OrderStore {
                         .filter(sagas::lease_owner.eq(&lease.owner))
                         .filter(sagas::fence.eq(lease.fence));
                     let matched = diesel::update(fenced)
-                        .set((
-                            sagas::state.eq(write.state.as_str()),
-                            sagas::current_step.eq(to_i32(write.current_step)),
-                            sagas::attempts.eq(to_i32(write.attempts as usize)),
-                            sagas::next_attempt_at.eq(write.next_attempt_at),
-                            sagas::lease_expires_at.eq(write.lease_until.unwrap_or(at)),
-                            sagas::updated_at.eq(at),
-                        ))
+                        .set(&SagaChanges {
+                            state: write.state.as_str(),
+                            current_step: to_i32(write.current_step),
+                            attempts: to_i32(write.attempts as usize),
+                            reason: write.reason.as_deref(),
+                            next_attempt_at: write.next_attempt_at,
+                            lease_expires_at: write.lease_until.unwrap_or(at),
+                            updated_at: at,
+                        })
                         .execute(c)
                         .await?;
                     if matched == 0 {
                         return Ok(false);
                     }
-                    if let Some(reason) = &write.reason {
-                        diesel::update(sagas::table.find(saga_id.as_str()))
-                            .set(sagas::reason.eq(reason))
-                            .execute(c)
-                            .await?;
-                    }
                     log_insert(c, saga_id, &write.entries).await?;
-                    if !write.order.is_empty() {
-                        let order_id = sagas::table
-                            .find(saga_id.as_str())
-                            .select(sagas::order_id)
-                            .first::<String>(c)
-                            .await?;
-                        for change in &write.order {
-                            order_apply(c, &order_id, change).await?;
-                        }
+                    for change in &write.order {
+                        order_apply(c, order_id, change).await?;
                     }
                     Ok(true)
                 })
@@ -537,26 +549,25 @@ impl OrderStore {
     }
 
     /// Claims up to `limit` unfinished sagas that are due and whose lease has
-    /// expired (or, with `reclaim_own`, that `owner` held before a restart),
-    /// without waiting on rows other instances are claiming.
+    /// expired, without waiting on rows other instances are claiming. With
+    /// `own_before`, also `owner`'s own running sagas not touched since that
+    /// time (those a previous run of this instance was driving when it
+    /// stopped), at once, even those waiting out a backoff; STUCK ones keep
+    /// their slow retry.
     pub async fn sagas_claim(
         &self,
         owner: &str,
         lease_until: NaiveDateTime,
         limit: i64,
-        reclaim_own: bool,
+        own_before: Option<NaiveDateTime>,
     ) -> Result<Vec<(SagaId, Lease)>, ServiceError> {
         self.db
             .retrying(|| async {
                 let mut conn = self.db.conn().await?;
                 conn.transaction(async |c| {
                     let at = now();
-                    // Due sagas nobody holds; and, after a restart, this
-                    // instance's own running sagas at once, even those that
-                    // were waiting out a backoff (STUCK ones keep their slow
-                    // retry). An owner name is never empty, so "" reclaims
-                    // nothing.
-                    let own = if reclaim_own { owner } else { "" };
+                    // An owner name is never empty, so "" reclaims nothing.
+                    let own = if own_before.is_some() { owner } else { "" };
                     let ids: Vec<String> = sagas::table
                         .filter(sagas::state.eq_any(UNFINISHED))
                         .filter(
@@ -569,6 +580,7 @@ impl OrderStore {
                                 )
                                 .or(sagas::lease_owner
                                     .eq(own)
+                                    .and(sagas::updated_at.lt(own_before.unwrap_or(at)))
                                     .and(sagas::state.ne(SagaState::Stuck.as_str()))),
                         )
                         .order(sagas::next_attempt_at)
@@ -751,43 +763,44 @@ async fn saga_insert(
     })
 }
 
-/// Appends log events; an event already logged is kept as it was.
+/// Appends log events in one statement; an event already logged is kept as
+/// it was (the unique key makes a retried write harmless).
 async fn log_insert(
     c: &mut AsyncMysqlConnection,
     saga_id: &SagaId,
     entries: &[(Step, LogEntry)],
 ) -> Result<(), ServiceError> {
-    let at = now();
-    for (step, entry) in entries {
-        let response = entry
-            .output
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()?;
-        let error = entry
-            .error
-            .as_ref()
-            .map(|e| e.chars().take(1000).collect::<String>());
-        let inserted = diesel::insert_into(saga_log::table)
-            .values((
-                saga_log::saga_id.eq(saga_id.as_str()),
-                saga_log::step.eq(to_i32(entry.step)),
-                saga_log::step_name.eq(step.name()),
-                saga_log::direction.eq(entry.direction.as_str()),
-                saga_log::attempt.eq(to_i32(entry.attempt as usize)),
-                saga_log::outcome.eq(entry.outcome.as_str()),
-                saga_log::response_json.eq(response),
-                saga_log::error.eq(error),
-                saga_log::created_at.eq(at),
-            ))
-            .execute(c)
-            .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
+    if entries.is_empty() {
+        return Ok(());
     }
+    let at = now();
+    let rows = entries
+        .iter()
+        .map(|(step, entry)| {
+            Ok(NewLogRow {
+                saga_id: saga_id.as_str(),
+                step: to_i32(entry.step),
+                step_name: step.name(),
+                direction: entry.direction.as_str(),
+                attempt: to_i32(entry.attempt as usize),
+                outcome: entry.outcome.as_str(),
+                response_json: entry
+                    .output
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()?,
+                error: entry
+                    .error
+                    .as_ref()
+                    .map(|e| e.chars().take(1000).collect::<String>()),
+                created_at: at,
+            })
+        })
+        .collect::<Result<Vec<_>, ServiceError>>()?;
+    diesel::insert_or_ignore_into(saga_log::table)
+        .values(&rows)
+        .execute(c)
+        .await?;
     Ok(())
 }
 
@@ -805,6 +818,7 @@ async fn lease_take(
             sagas::lease_owner.eq(owner),
             sagas::lease_expires_at.eq(lease_until),
             sagas::fence.eq(sagas::fence + 1),
+            sagas::updated_at.eq(now()),
         ))
         .execute(c)
         .await?;
@@ -889,18 +903,24 @@ async fn order_apply(
 ) -> Result<(), ServiceError> {
     match change {
         OrderChange::Priced { lines, pricing } => {
-            for line in lines {
-                diesel::update(order_lines::table.find((order_id, line.product_id)))
-                    .set((
-                        order_lines::quantity.eq(line.quantity),
-                        order_lines::product_name.eq(&line.product_name),
-                        order_lines::brand_id.eq(line.brand_id),
-                        order_lines::brand_name.eq(&line.brand_name),
-                        order_lines::unit_price.eq(line.unit_price),
-                    ))
-                    .execute(c)
-                    .await?;
-            }
+            let rows: Vec<OrderLineRow> = lines
+                .iter()
+                .map(|line| OrderLineRow {
+                    order_id: order_id.to_owned(),
+                    product_id: line.product_id,
+                    quantity: line.quantity,
+                    product_name: Some(line.product_name.clone()),
+                    brand_id: Some(line.brand_id),
+                    brand_name: Some(line.brand_name.clone()),
+                    unit_price: Some(line.unit_price),
+                })
+                .collect();
+            // The reservation merges lines per product as the order did, so
+            // this replaces each requested line by its snapshot.
+            diesel::replace_into(order_lines::table)
+                .values(&rows)
+                .execute(c)
+                .await?;
             diesel::update(orders::table.find(order_id))
                 .set((
                     orders::subtotal.eq(pricing.subtotal),
@@ -912,9 +932,31 @@ async fn order_apply(
                 .await?;
         }
         OrderChange::Transition { event, reason } => {
-            let order = order_lock(c, order_id).await?;
-            let next = OrderState::parse(&order.state)?.apply(*event)?;
-            order_set_state(c, order_id, next, reason.as_ref()).await?;
+            // The state a saga event applies to, through the state machine.
+            let (from, to) = OrderState::ALL
+                .into_iter()
+                .find_map(|s| s.apply(*event).ok().map(|next| (s, next)))
+                .ok_or_else(|| ServiceError::internal(format!("no state accepts {event:?}")))?;
+            let (code, message) = reason.clone().unwrap_or_default();
+            let matched = diesel::update(
+                orders::table
+                    .filter(orders::id.eq(order_id))
+                    .filter(orders::state.eq(from.as_str())),
+            )
+            .set((
+                orders::state.eq(to.as_str()),
+                orders::reason.eq(code),
+                orders::reason_message.eq(message.chars().take(500).collect::<String>()),
+                orders::updated_at.eq(now()),
+            ))
+            .execute(c)
+            .await?;
+            if matched == 0 {
+                return Err(ServiceError::internal(format!(
+                    "order {order_id} is not {} as its saga expects",
+                    from.as_str()
+                )));
+            }
         }
     }
     Ok(())
