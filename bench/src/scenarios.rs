@@ -437,11 +437,13 @@ pub async fn recovery(systems: &mut Systems, plan: &Plan) -> anyhow::Result<Scen
         .ok_or_else(|| anyhow::anyhow!("point service not running"))?;
     signal("STOP", point_pid)?;
     let clients = clients(&systems.orchestrator);
+    // Each call gets a PENDING answer once the orchestrator's wait runs out:
+    // by then its order and saga are recorded and in flight.
     let sent = load::drive(
         &clients,
         Arc::new(orders),
         plan.recovery_sagas.min(1_000),
-        Duration::from_millis(200),
+        Duration::from_secs(3),
     )
     .await;
     // Every order recorded and its saga in flight (waiting on points).
