@@ -197,8 +197,10 @@ async fn scenarios_run(
     let wanted = |name: &str| args.scenarios.iter().any(|s| s == name);
     if wanted("uniform") {
         tracing::info!("scenario uniform");
-        let levels = scenarios::uniform(systems, &server_url, &baseline_url, plan).await?;
+        let (levels, breakdown) =
+            scenarios::uniform(systems, &server_url, &baseline_url, plan).await?;
         report.levels.extend(levels);
+        report.scenarios.extend(breakdown);
     }
     if wanted("hot_product") {
         tracing::info!("scenario hot_product");

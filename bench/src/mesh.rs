@@ -123,9 +123,14 @@ impl Systems {
                 "1024".into(),
                 "--concurrency-limit".into(),
                 "2048".into(),
+                "--log-format".into(),
+                "json".into(),
             ],
         );
-        orchestrator.start().await;
+        // The per-step timing events feed the latency breakdown.
+        orchestrator
+            .start_with(&[("RUST_LOG", "info,saga_timing=debug")])
+            .await;
         Ok(Self {
             product,
             point,

@@ -143,15 +143,17 @@ pub async fn uniform(
     server_url: &str,
     baseline_url: &str,
     plan: &Plan,
-) -> anyhow::Result<Vec<LevelResult>> {
+) -> anyhow::Result<(Vec<LevelResult>, Option<ScenarioResult>)> {
     let shop = seed::seed(systems, plan.shop, "uniform").await?;
     baseline::seed(baseline_url, &shop).await?;
     let mut results = Vec::new();
+    let mut breakdown = None;
     let mut first = 0;
     for &level in &plan.levels {
         let orders = uniform_orders(&shop, plan.orders_per_level, first, &format!("u{level}"));
         first += plan.orders_per_level;
         for system in [System::Saga, System::Baseline] {
+            let log_from = metrics::log_len(systems.orchestrator.log());
             let (result, outcome) = measure(
                 systems,
                 server_url,
@@ -163,11 +165,46 @@ pub async fn uniform(
             .await?;
             if system == System::Saga {
                 settle(systems, &outcome).await?;
+                // At the lowest level no call waits behind another.
+                if breakdown.is_none() {
+                    breakdown = Some(latency_breakdown(systems, log_from, &result));
+                }
             }
             results.push(result);
         }
     }
-    Ok(results)
+    Ok((results, breakdown))
+}
+
+/// Where a saga's latency goes, from the orchestrator's per-step timing
+/// events of one level: each participant call (network + the participant's
+/// database) and each step-log write (the orchestrator's database).
+fn latency_breakdown(systems: &Systems, log_from: u64, level: &LevelResult) -> ScenarioResult {
+    let timings = metrics::step_timings(systems.orchestrator.log(), log_from);
+    let mut figures = BTreeMap::new();
+    let (mut calls, mut writes) = (0.0, 0.0);
+    for (step, (call, write)) in &timings {
+        figures.insert(format!("{step} call ms"), *call);
+        figures.insert(format!("{step} log write ms"), *write);
+        calls += call;
+        writes += write;
+    }
+    figures.insert("saga mean latency ms".into(), level.latency.mean);
+    figures.insert("participant calls ms (sum of means)".into(), calls);
+    figures.insert("orchestrator database ms (sum of means)".into(), writes);
+    figures.insert(
+        "rest ms (gRPC in/out, scheduling, answer)".into(),
+        (level.latency.mean - calls - writes).max(0.0),
+    );
+    ScenarioResult {
+        name: "latency_breakdown".into(),
+        description: format!(
+            "mean time per step of one saga at {} client(s) (uniform load; use_coupon runs for a third of the orders)",
+            level.concurrency
+        ),
+        figures,
+        checks: vec![("timing events found".into(), !timings.is_empty())],
+    }
 }
 
 /// Waits until every saga of the mesh is terminal (bounded).

@@ -43,7 +43,15 @@ fn smoke_run_writes_a_report_whose_checks_hold() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["hot_product", "flash_coupon", "recovery"]);
+    assert_eq!(
+        names,
+        [
+            "latency_breakdown",
+            "hot_product",
+            "flash_coupon",
+            "recovery"
+        ]
+    );
     for scenario in scenarios {
         for check in scenario["checks"].as_array().unwrap() {
             assert_eq!(check[1], true, "{} failed: {}", scenario["name"], check[0]);

@@ -4,7 +4,7 @@
 //! (its own after a restart, or any whose lease expired) from their logs.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
 use commerce_platform::error::ServiceError;
@@ -20,6 +20,10 @@ use crate::domain::saga::{
 use crate::fault::{Faults, Phase};
 use crate::participants::{Participants, StepError};
 use crate::store::{Lease, NewSaga, OrderChange, OrderRecord, OrderStore, Placed, SagaWrite};
+
+/// Target of the per-step timing events (enable with
+/// `RUST_LOG=info,saga_timing=debug`).
+pub const TIMING_TARGET: &str = "saga_timing";
 
 /// How a drive ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +98,7 @@ impl Engine {
             lines: request.lines.clone(),
             user_coupon_id: request.user_coupon_id,
         };
+        let placing = Instant::now();
         let placed = self
             .store
             .order_place(
@@ -107,6 +112,12 @@ impl Engine {
                 },
             )
             .await?;
+        tracing::debug!(
+            target: TIMING_TARGET,
+            step = "place_order",
+            call_us = 0u64,
+            write_us = placing.elapsed().as_micros() as u64,
+        );
         match placed {
             Placed::Created(lease) => {
                 let start = started_log(params);
@@ -291,10 +302,12 @@ impl Engine {
             }
 
             self.faults.check(Phase::Before, step);
+            let called = Instant::now();
             let result = self
                 .participants
                 .run(saga_id, &params, &steps, &log, step)
                 .await;
+            let call = called.elapsed();
             self.faults.check(Phase::After, step);
 
             let must_succeed = must_succeed_all || direction == Direction::Compensate;
@@ -413,6 +426,7 @@ impl Engine {
                 }
             };
             let finished = matches!(next, Move::Completed | Move::Compensated);
+            let written = Instant::now();
             if !self
                 .store
                 .saga_write(saga_id, params.order_id(), &lease, &write)
@@ -420,6 +434,15 @@ impl Engine {
             {
                 return Ok(Driven::LeaseLost);
             }
+            // Where a step's time goes: the participant call (its network
+            // and database) and the step log write (ours). The benchmark
+            // reads these to break a saga's latency down.
+            tracing::debug!(
+                target: TIMING_TARGET,
+                step = step.name(),
+                call_us = call.as_micros() as u64,
+                write_us = written.elapsed().as_micros() as u64,
+            );
             if finished {
                 tracing::info!(state = next.state().as_str(), "saga finished");
                 return Ok(Driven::Finished(next.state()));

@@ -86,13 +86,14 @@ impl Node {
             .append(true)
             .open(&self.log)
             .expect("open log file");
-        let child = Command::new(&self.program)
-            .args(&self.args)
+        let mut command = Command::new(&self.program);
+        command.args(&self.args).env(
+            "RUST_LOG",
+            std::env::var("MESH_LOG").unwrap_or_else(|_| "info".to_owned()),
+        );
+        // After the default, so a caller's RUST_LOG wins.
+        let child = command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env(
-                "RUST_LOG",
-                std::env::var("MESH_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
