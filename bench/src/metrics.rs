@@ -145,13 +145,13 @@ pub fn log_len(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
-/// Mean participant-call and step-log-write milliseconds per saga step, from
-/// the orchestrator's `saga_timing` events (JSON lines) written after byte
-/// `from` of its log.
-pub fn step_timings(path: &std::path::Path, from: u64) -> BTreeMap<String, (f64, f64)> {
+/// Participant-call and step-log-write time of each saga step, from the
+/// orchestrator's `saga_timing` events (JSON lines) written after byte `from`
+/// of its log: step -> (events, total call ms, total write ms).
+pub fn step_timings(path: &std::path::Path, from: u64) -> BTreeMap<String, (u64, f64, f64)> {
     let text = std::fs::read(path).unwrap_or_default();
     let start = usize::try_from(from).unwrap_or(usize::MAX).min(text.len());
-    let mut sums: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    let mut sums: BTreeMap<String, (u64, f64, f64)> = BTreeMap::new();
     for line in String::from_utf8_lossy(&text[start..]).lines() {
         let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -164,13 +164,8 @@ pub fn step_timings(path: &std::path::Path, from: u64) -> BTreeMap<String, (f64,
         };
         let entry = sums.entry(step.to_owned()).or_default();
         entry.0 += 1;
-        entry.1 += event["call_us"].as_u64().unwrap_or(0);
-        entry.2 += event["write_us"].as_u64().unwrap_or(0);
+        entry.1 += event["call_us"].as_u64().unwrap_or(0) as f64 / 1000.0;
+        entry.2 += event["write_us"].as_u64().unwrap_or(0) as f64 / 1000.0;
     }
-    sums.into_iter()
-        .map(|(step, (n, call, write))| {
-            let n = n.max(1) as f64;
-            (step, (call as f64 / n / 1000.0, write as f64 / n / 1000.0))
-        })
-        .collect()
+    sums
 }

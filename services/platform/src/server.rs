@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::Service;
@@ -143,11 +143,17 @@ impl Application {
                     .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
             .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                shutdown.await;
-                tracing::info!("shutting down, draining in-flight requests");
-                report_health(&health, &service_names, ServingStatus::NotServing).await;
-            })
+            // Nagle's algorithm would hold a response's last segment until
+            // the peer's delayed ACK (40 ms) whenever headers, body and
+            // trailers go out as separate writes.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    shutdown.await;
+                    tracing::info!("shutting down, draining in-flight requests");
+                    report_health(&health, &service_names, ServingStatus::NotServing).await;
+                },
+            )
             .await;
         background.abort();
         for job in jobs {
