@@ -68,7 +68,8 @@ fn order_id(raw: &str) -> Result<String, ServiceError> {
     Ok(SagaId::parse("order_id", raw)?.to_string())
 }
 
-fn order_state(state: OrderState) -> pb::OrderState {
+/// The wire form of an order state.
+pub fn order_state(state: OrderState) -> pb::OrderState {
     match state {
         OrderState::Pending => pb::OrderState::Pending,
         OrderState::Confirmed => pb::OrderState::Confirmed,

@@ -9,7 +9,8 @@ use commerce_platform::error::ServiceError;
 use commerce_platform::time::to_proto;
 use commerce_proto::order::v1 as pb;
 use commerce_proto::order::v1::order_service_server::{OrderService, OrderServiceServer};
-use order_orchestrator::domain::order::{OrderState, PlaceOrder};
+use order_orchestrator::domain::order::PlaceOrder;
+use order_orchestrator::grpc::order_state;
 use tonic::{Request, Response, Status};
 
 use super::store::{BaselineStore, OrderRecord};
@@ -86,18 +87,6 @@ impl OrderService for BaselineOrderApi {
         _request: Request<pb::OrderRef>,
     ) -> Result<Response<pb::Order>, Status> {
         Err(unimplemented())
-    }
-}
-
-fn order_state(state: OrderState) -> pb::OrderState {
-    match state {
-        OrderState::Pending => pb::OrderState::Pending,
-        OrderState::Confirmed => pb::OrderState::Confirmed,
-        OrderState::Rejected => pb::OrderState::Rejected,
-        OrderState::Cancelling => pb::OrderState::Cancelling,
-        OrderState::Cancelled => pb::OrderState::Cancelled,
-        OrderState::Shipped => pb::OrderState::Shipped,
-        OrderState::Delivered => pb::OrderState::Delivered,
     }
 }
 
