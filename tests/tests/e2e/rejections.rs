@@ -59,6 +59,7 @@ async fn business_rejections_leave_every_service_as_before() {
     let shoe = shop::product(&mesh, brand, "Shoe", 12_000, 10).await;
     let sock = shop::product(&mesh, brand, "Sock", 1_500, 2).await;
     let hat = shop::product(&mesh, brand, "Hat", 20_000, 5).await;
+    let yacht = shop::product(&mesh, brand, "Yacht", 1_000_000_000, 5).await;
     let coupon_3000 = shop::fixed_template(&mesh, 3_000, 10_000, 100, false).await;
     let coupon_min_50k = shop::fixed_template(&mesh, 5_000, 50_000, 100, false).await;
     let soon_expired = shop::fixed_template(&mesh, 2_000, 0, 100, false).await;
@@ -103,6 +104,21 @@ async fn business_rejections_leave_every_service_as_before() {
         None,
         "POINT_INSUFFICIENT",
         &[shoe],
+    )
+    .await;
+    assert_eq!(
+        (step.as_str(), strs(&undone)),
+        ("deduct_points", vec!["refund_points", "release_stock"])
+    );
+
+    // More points than any balance may hold (1e9): not enough points either.
+    let (step, undone) = rejected(
+        &mesh,
+        "poor",
+        &[(yacht, 2)],
+        None,
+        "POINT_INSUFFICIENT",
+        &[yacht],
     )
     .await;
     assert_eq!(
@@ -220,8 +236,13 @@ async fn business_rejections_leave_every_service_as_before() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((counts.completed, counts.compensated), (1, 8), "{counts:?}");
-    assert_invariants(&mesh, &[(shoe, 10), (sock, 2), (hat, 5)], &charged).await;
+    assert_eq!((counts.completed, counts.compensated), (1, 9), "{counts:?}");
+    assert_invariants(
+        &mesh,
+        &[(shoe, 10), (sock, 2), (hat, 5), (yacht, 5)],
+        &charged,
+    )
+    .await;
     mesh.shutdown().await;
 }
 
