@@ -68,8 +68,7 @@ fn order_id(raw: &str) -> Result<String, ServiceError> {
     Ok(SagaId::parse("order_id", raw)?.to_string())
 }
 
-/// The wire form of an order state.
-pub fn order_state(state: OrderState) -> pb::OrderState {
+fn order_state(state: OrderState) -> pb::OrderState {
     match state {
         OrderState::Pending => pb::OrderState::Pending,
         OrderState::Confirmed => pb::OrderState::Confirmed,
@@ -81,7 +80,8 @@ pub fn order_state(state: OrderState) -> pb::OrderState {
     }
 }
 
-fn order_to_proto(record: OrderRecord) -> Result<pb::Order, ServiceError> {
+/// The wire form of an order and its lines.
+pub fn order_to_proto(record: OrderRecord) -> Result<pb::Order, ServiceError> {
     let state = record.state()?;
     let o = record.order;
     Ok(pb::Order {

@@ -17,7 +17,9 @@ use crate::domain::saga::{
     Direction, LogEntry, Outcome, SagaKind, SagaParams, SagaState, Step, StepOutput,
 };
 
-mod schema {
+/// The orchestrator's tables (the benchmark's baseline stores its orders in
+/// the same `orders` and `order_lines` shape).
+pub mod schema {
     diesel::table! {
         orders (id) {
             id -> Char,
@@ -86,7 +88,7 @@ mod schema {
 
 use schema::{order_lines, orders, saga_log, sagas};
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = orders)]
 pub struct OrderRow {
     pub id: String,
@@ -115,6 +117,58 @@ pub struct OrderLineRow {
     pub brand_id: Option<i64>,
     pub brand_name: Option<String>,
     pub unit_price: Option<i64>,
+}
+
+impl OrderRow {
+    /// A new order, PENDING until its saga (`saga_id`, empty when there is
+    /// none) decides it.
+    pub fn pending(order_id: &str, request: &PlaceOrder, fingerprint: &str, saga_id: &str) -> Self {
+        let at = now();
+        Self {
+            id: order_id.to_owned(),
+            user_id: request.user.to_string(),
+            idempotency_key: request.idempotency_key.as_str().to_owned(),
+            request_json: fingerprint.to_owned(),
+            state: OrderState::Pending.as_str().to_owned(),
+            user_coupon_id: request.user_coupon_id,
+            subtotal: 0,
+            discount: 0,
+            points_paid: 0,
+            reason: String::new(),
+            reason_message: String::new(),
+            saga_id: saga_id.to_owned(),
+            created_at: at,
+            updated_at: at,
+        }
+    }
+}
+
+impl OrderLineRow {
+    /// A line as requested, before its stock is reserved.
+    pub fn requested(order_id: &str, product_id: i64, quantity: i64) -> Self {
+        Self {
+            order_id: order_id.to_owned(),
+            product_id,
+            quantity,
+            product_name: None,
+            brand_id: None,
+            brand_name: None,
+            unit_price: None,
+        }
+    }
+
+    /// A line with the snapshot of its reservation.
+    pub fn snapshot(order_id: &str, line: &SnapshotLine) -> Self {
+        Self {
+            order_id: order_id.to_owned(),
+            product_id: line.product_id,
+            quantity: line.quantity,
+            product_name: Some(line.product_name.clone()),
+            brand_id: Some(line.brand_id),
+            brand_name: Some(line.brand_name.clone()),
+            unit_price: Some(line.unit_price),
+        }
+    }
 }
 
 /// An order with its lines.
@@ -289,19 +343,10 @@ impl OrderStore {
             .retrying(|| async {
                 let mut conn = self.db.conn().await?;
                 conn.transaction(async |c| {
-                    let at = now();
+                    let pending =
+                        OrderRow::pending(order_id, request, &fingerprint, saga_id.as_str());
                     let inserted = diesel::insert_into(orders::table)
-                        .values((
-                            orders::id.eq(order_id),
-                            orders::user_id.eq(request.user.as_str()),
-                            orders::idempotency_key.eq(request.idempotency_key.as_str()),
-                            orders::request_json.eq(&fingerprint),
-                            orders::state.eq(OrderState::Pending.as_str()),
-                            orders::user_coupon_id.eq(request.user_coupon_id),
-                            orders::saga_id.eq(saga_id.as_str()),
-                            orders::created_at.eq(at),
-                            orders::updated_at.eq(at),
-                        ))
+                        .values(&pending)
                         .execute(c)
                         .await;
                     match inserted {
@@ -328,15 +373,7 @@ impl OrderStore {
                     let lines: Vec<OrderLineRow> = request
                         .lines
                         .iter()
-                        .map(|l| OrderLineRow {
-                            order_id: order_id.to_owned(),
-                            product_id: l.product_id,
-                            quantity: l.quantity,
-                            product_name: None,
-                            brand_id: None,
-                            brand_name: None,
-                            unit_price: None,
-                        })
+                        .map(|l| OrderLineRow::requested(order_id, l.product_id, l.quantity))
                         .collect();
                     diesel::insert_into(order_lines::table)
                         .values(&lines)
@@ -854,7 +891,8 @@ async fn order_lock(
         .ok_or_else(|| ServiceError::not_found("order", order_id))
 }
 
-async fn load_order(
+/// An order row with its lines, in product-id order.
+pub async fn load_order(
     c: &mut AsyncMysqlConnection,
     order: OrderRow,
 ) -> Result<OrderRecord, ServiceError> {
@@ -905,15 +943,7 @@ async fn order_apply(
         OrderChange::Priced { lines, pricing } => {
             let rows: Vec<OrderLineRow> = lines
                 .iter()
-                .map(|line| OrderLineRow {
-                    order_id: order_id.to_owned(),
-                    product_id: line.product_id,
-                    quantity: line.quantity,
-                    product_name: Some(line.product_name.clone()),
-                    brand_id: Some(line.brand_id),
-                    brand_name: Some(line.brand_name.clone()),
-                    unit_price: Some(line.unit_price),
-                })
+                .map(|line| OrderLineRow::snapshot(order_id, line))
                 .collect();
             // The reservation merges lines per product as the order did, so
             // this replaces each requested line by its snapshot.

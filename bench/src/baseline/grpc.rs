@@ -5,15 +5,13 @@
 //! input.
 
 use commerce_platform::SagaId;
-use commerce_platform::error::ServiceError;
-use commerce_platform::time::to_proto;
 use commerce_proto::order::v1 as pb;
 use commerce_proto::order::v1::order_service_server::{OrderService, OrderServiceServer};
 use order_orchestrator::domain::order::PlaceOrder;
-use order_orchestrator::grpc::order_state;
+use order_orchestrator::grpc::order_to_proto;
 use tonic::{Request, Response, Status};
 
-use super::store::{BaselineStore, OrderRecord};
+use super::store::BaselineStore;
 
 pub struct BaselineOrderApi {
     store: BaselineStore,
@@ -88,39 +86,4 @@ impl OrderService for BaselineOrderApi {
     ) -> Result<Response<pb::Order>, Status> {
         Err(unimplemented())
     }
-}
-
-fn order_to_proto(record: OrderRecord) -> Result<pb::Order, ServiceError> {
-    let state = record.state()?;
-    let o = record.order;
-    Ok(pb::Order {
-        order_id: o.id,
-        user_id: o.user_id,
-        state: order_state(state).into(),
-        lines: record
-            .lines
-            .into_iter()
-            .map(|l| {
-                let unit_price = l.unit_price.unwrap_or(0);
-                pb::OrderLine {
-                    product_id: l.product_id,
-                    quantity: l.quantity,
-                    product_name: l.product_name.unwrap_or_default(),
-                    brand_id: l.brand_id.unwrap_or(0),
-                    brand_name: l.brand_name.unwrap_or_default(),
-                    unit_price,
-                    line_total: unit_price.saturating_mul(l.quantity),
-                }
-            })
-            .collect(),
-        user_coupon_id: o.user_coupon_id,
-        subtotal: o.subtotal,
-        discount: o.discount,
-        points_paid: o.points_paid,
-        reason: o.reason,
-        reason_message: o.reason_message,
-        saga_id: String::new(),
-        created_at: Some(to_proto(o.created_at)),
-        updated_at: Some(to_proto(o.updated_at)),
-    })
 }

@@ -19,6 +19,7 @@ use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
 use order_orchestrator::domain::order::{
     OrderState, PlaceOrder, Pricing, SnapshotLine, reason::IDEMPOTENCY_KEY_REUSED,
 };
+use order_orchestrator::store::{OrderLineRow, OrderRecord, OrderRow, load_order};
 
 use super::checkout::{self, COUPON_USED, Coupon, ProductStock, Rejection};
 use super::schema::{
@@ -28,79 +29,6 @@ use super::schema::{
 
 /// Ledger kind of the points an order pays (as the point service spells it).
 const LEDGER_USE: &str = "USE";
-
-/// A stored order.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = orders, check_for_backend(diesel::mysql::Mysql))]
-pub struct OrderRow {
-    pub id: String,
-    pub user_id: String,
-    pub idempotency_key: String,
-    /// The request's fingerprint: a reused key must carry the same request.
-    pub request_json: String,
-    pub state: String,
-    pub user_coupon_id: Option<i64>,
-    pub subtotal: i64,
-    pub discount: i64,
-    pub points_paid: i64,
-    pub reason: String,
-    pub reason_message: String,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
-}
-
-/// A stored order line; the snapshot is `None` when the order was rejected
-/// before it was priced.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = order_lines, check_for_backend(diesel::mysql::Mysql))]
-pub struct OrderLineRow {
-    pub order_id: String,
-    pub product_id: i64,
-    pub quantity: i64,
-    pub product_name: Option<String>,
-    pub brand_id: Option<i64>,
-    pub brand_name: Option<String>,
-    pub unit_price: Option<i64>,
-}
-
-impl OrderLineRow {
-    fn requested(order_id: &str, product_id: i64, quantity: i64) -> Self {
-        Self {
-            order_id: order_id.to_owned(),
-            product_id,
-            quantity,
-            product_name: None,
-            brand_id: None,
-            brand_name: None,
-            unit_price: None,
-        }
-    }
-
-    fn snapshot(order_id: &str, line: SnapshotLine) -> Self {
-        Self {
-            order_id: order_id.to_owned(),
-            product_id: line.product_id,
-            quantity: line.quantity,
-            product_name: Some(line.product_name),
-            brand_id: Some(line.brand_id),
-            brand_name: Some(line.brand_name),
-            unit_price: Some(line.unit_price),
-        }
-    }
-}
-
-/// An order with its lines, in product-id order.
-#[derive(Debug, Clone)]
-pub struct OrderRecord {
-    pub order: OrderRow,
-    pub lines: Vec<OrderLineRow>,
-}
-
-impl OrderRecord {
-    pub fn state(&self) -> Result<OrderState, ServiceError> {
-        OrderState::parse(&self.order.state)
-    }
-}
 
 /// What the checks decided, before anything but the claim is written.
 enum Decision {
@@ -155,7 +83,7 @@ impl BaselineStore {
             .await
             .optional()?
             .ok_or_else(|| ServiceError::not_found("order", order_id))?;
-        order_load(&mut conn, order).await
+        load_order(&mut conn, order).await
     }
 }
 
@@ -166,21 +94,8 @@ async fn place(
     fingerprint: &str,
 ) -> Result<OrderRecord, ServiceError> {
     let at = now();
-    let pending = OrderRow {
-        id: uuid::Uuid::now_v7().hyphenated().to_string(),
-        user_id: order.user.to_string(),
-        idempotency_key: order.idempotency_key.to_string(),
-        request_json: fingerprint.to_owned(),
-        state: OrderState::Pending.as_str().to_owned(),
-        user_coupon_id: order.user_coupon_id,
-        subtotal: 0,
-        discount: 0,
-        points_paid: 0,
-        reason: String::new(),
-        reason_message: String::new(),
-        created_at: at,
-        updated_at: at,
-    };
+    let id = uuid::Uuid::now_v7().hyphenated().to_string();
+    let pending = OrderRow::pending(&id, order, fingerprint, "");
     // The key's unique index makes a concurrent twin wait here until this
     // transaction ends, then see the finished order.
     match diesel::insert_into(orders::table)
@@ -214,7 +129,7 @@ async fn order_replay(
             "this idempotency key was used for a different order",
         ));
     }
-    order_load(c, existing).await
+    load_order(c, existing).await
 }
 
 /// Locks what the order needs, stage by stage, and decides. Writes nothing.
@@ -300,7 +215,7 @@ async fn order_finish(
     let lines: Vec<OrderLineRow> = match snapshot {
         Some(lines) => lines
             .into_iter()
-            .map(|line| OrderLineRow::snapshot(&row.id, line))
+            .map(|line| OrderLineRow::snapshot(&row.id, &line))
             .collect(),
         None => order
             .lines
@@ -324,19 +239,6 @@ async fn order_finish(
         .execute(c)
         .await?;
     Ok(OrderRecord { order: row, lines })
-}
-
-async fn order_load(
-    c: &mut AsyncMysqlConnection,
-    order: OrderRow,
-) -> Result<OrderRecord, ServiceError> {
-    let lines = order_lines::table
-        .filter(order_lines::order_id.eq(&order.id))
-        .order(order_lines::product_id.asc())
-        .select(OrderLineRow::as_select())
-        .load(c)
-        .await?;
-    Ok(OrderRecord { order, lines })
 }
 
 /// Locks the stock rows of the order's products, in product-id order, with
