@@ -17,9 +17,6 @@ use tonic_types::StatusExt;
 use crate::domain::order::{Pricing, SnapshotLine};
 use crate::domain::saga::{LogEntry, SagaParams, Step, StepOutput, output_of};
 
-/// The most points a balance may hold (DOMAIN.md).
-const MAX_BALANCE: i64 = 1_000_000_000;
-
 /// How a step failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepError {
@@ -173,16 +170,12 @@ impl Participants {
                     // Nothing to pay: no call, and so nothing to refund.
                     return Ok(StepOutput::PointsDeducted { amount: 0 });
                 }
-                if pricing.payable > MAX_BALANCE {
-                    // No balance can hold that much (DOMAIN: at most 1e9),
-                    // so the user cannot have enough; the point service
-                    // would refuse the amount as an invalid field.
+                if let Some(message) = pricing.beyond_any_balance() {
+                    // The point service would refuse the amount as an
+                    // invalid field; for the order it is a business refusal.
                     return Err(StepError::Rejected {
                         reason: "POINT_INSUFFICIENT".to_owned(),
-                        message: format!(
-                            "the order costs {} points, more than any balance can hold",
-                            pricing.payable
-                        ),
+                        message,
                     });
                 }
                 let deducted = self

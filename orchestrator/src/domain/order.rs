@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 pub const MAX_LINES: usize = 100;
 pub const MAX_QUANTITY: i64 = 1000;
+/// The most points a balance may hold (DOMAIN.md, points).
+pub const MAX_POINT_BALANCE: i64 = 1_000_000_000;
 
 /// Reasons this service gives itself (participants give the others).
 pub mod reason {
@@ -214,6 +216,17 @@ impl Pricing {
             .fold(0, i64::saturating_add)
     }
 
+    /// Why no user can pay this order in points, when its payable amount is
+    /// more than any balance may hold.
+    pub fn beyond_any_balance(&self) -> Option<String> {
+        (self.payable > MAX_POINT_BALANCE).then(|| {
+            format!(
+                "the order costs {} points, more than any balance may hold ({MAX_POINT_BALANCE})",
+                self.payable
+            )
+        })
+    }
+
     /// The discount never exceeds the subtotal (the coupon service ensures
     /// it; clamped here so the arithmetic can never go negative).
     pub fn new(subtotal: i64, discount: i64) -> Self {
@@ -301,5 +314,15 @@ mod tests {
         let p = Pricing::new(10_000, 3_000);
         assert_eq!(p.payable, 7_000);
         assert_eq!(Pricing::new(1_000, 5_000).payable, 0);
+        assert!(
+            Pricing::new(MAX_POINT_BALANCE, 0)
+                .beyond_any_balance()
+                .is_none()
+        );
+        assert!(
+            Pricing::new(MAX_POINT_BALANCE + 1, 0)
+                .beyond_any_balance()
+                .is_some()
+        );
     }
 }
