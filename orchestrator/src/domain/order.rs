@@ -94,10 +94,6 @@ impl OrderState {
             )),
         }
     }
-
-    pub fn is_terminal_for_placement(self) -> bool {
-        self != Self::Pending
-    }
 }
 
 /// One requested product and quantity (merged per product).
