@@ -4,13 +4,13 @@
 //! owner's progress.
 
 use chrono::NaiveDateTime;
-use commerce_platform::db::is_unique_violation;
+use commerce_platform::db::{ScopedFutureExt, is_unique_violation};
 use commerce_platform::error::ServiceError;
 use commerce_platform::paging::PageRequest;
 use commerce_platform::time::now;
 use commerce_platform::{Database, SagaId, UserId};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
 use crate::domain::order::{OrderEvent, OrderState, PlaceOrder, Pricing, SnapshotLine, reason};
 use crate::domain::saga::{
@@ -339,12 +339,12 @@ impl OrderStore {
         let first_step = params.steps()[0];
         let fingerprint = request.fingerprint();
         let params_json = serde_json::to_string(params)?;
+        let (fingerprint, params_json) = (&fingerprint, &params_json);
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     let pending =
-                        OrderRow::pending(order_id, request, &fingerprint, saga_id.as_str());
+                        OrderRow::pending(order_id, request, fingerprint, saga_id.as_str());
                     let inserted = diesel::insert_into(orders::table)
                         .values(&pending)
                         .execute(c)
@@ -360,7 +360,7 @@ impl OrderStore {
                                 .select(OrderRow::as_select())
                                 .first(c)
                                 .await?;
-                            if existing.request_json != fingerprint {
+                            if existing.request_json != *fingerprint {
                                 return Err(ServiceError::already_exists(
                                     reason::IDEMPOTENCY_KEY_REUSED,
                                     "this idempotency key was used for a different order",
@@ -380,7 +380,7 @@ impl OrderStore {
                         .execute(c)
                         .await?;
                     let lease =
-                        saga_insert(c, saga_id, params, &params_json, owner, lease_until).await?;
+                        saga_insert(c, saga_id, params, params_json, owner, lease_until).await?;
                     log_insert(
                         c,
                         saga_id,
@@ -388,22 +388,28 @@ impl OrderStore {
                     )
                     .await?;
                     Ok(Placed::Created(lease))
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
 
     pub async fn order_get(&self, order_id: &str) -> Result<OrderRecord, ServiceError> {
-        let mut conn = self.db.conn().await?;
-        let order = orders::table
-            .find(order_id)
-            .select(OrderRow::as_select())
-            .first(&mut conn)
+        self.db
+            .read(|c| {
+                async move {
+                    let order = orders::table
+                        .find(order_id)
+                        .select(OrderRow::as_select())
+                        .first(c)
+                        .await
+                        .optional()?
+                        .ok_or_else(|| ServiceError::not_found("order", order_id))?;
+                    load_order(c, order).await
+                }
+                .scope_boxed()
+            })
             .await
-            .optional()?
-            .ok_or_else(|| ServiceError::not_found("order", order_id))?;
-        load_order(&mut conn, order).await
     }
 
     /// A user's orders, newest first, and how many there are.
@@ -412,37 +418,43 @@ impl OrderStore {
         user: &UserId,
         page: PageRequest,
     ) -> Result<(Vec<OrderRecord>, i64), ServiceError> {
-        let mut conn = self.db.conn().await?;
-        let total = orders::table
-            .filter(orders::user_id.eq(user.as_str()))
-            .count()
-            .get_result::<i64>(&mut conn)
-            .await?;
-        let rows = orders::table
-            .filter(orders::user_id.eq(user.as_str()))
-            .order((orders::created_at.desc(), orders::id.desc()))
-            .limit(page.limit())
-            .offset(page.offset())
-            .select(OrderRow::as_select())
-            .load(&mut conn)
-            .await?;
-        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        let mut lines = order_lines::table
-            .filter(order_lines::order_id.eq_any(&ids))
-            .order((order_lines::order_id, order_lines::product_id))
-            .select(OrderLineRow::as_select())
-            .load(&mut conn)
-            .await?;
-        let records = rows
-            .into_iter()
-            .map(|order| {
-                let (mine, rest): (Vec<_>, Vec<_>) =
-                    lines.drain(..).partition(|l| l.order_id == order.id);
-                lines = rest;
-                OrderRecord { order, lines: mine }
+        self.db
+            .read(|c| {
+                async move {
+                    let total = orders::table
+                        .filter(orders::user_id.eq(user.as_str()))
+                        .count()
+                        .get_result::<i64>(c)
+                        .await?;
+                    let rows = orders::table
+                        .filter(orders::user_id.eq(user.as_str()))
+                        .order((orders::created_at.desc(), orders::id.desc()))
+                        .limit(page.limit())
+                        .offset(page.offset())
+                        .select(OrderRow::as_select())
+                        .load(c)
+                        .await?;
+                    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+                    let mut lines = order_lines::table
+                        .filter(order_lines::order_id.eq_any(&ids))
+                        .order((order_lines::order_id, order_lines::product_id))
+                        .select(OrderLineRow::as_select())
+                        .load(c)
+                        .await?;
+                    let records = rows
+                        .into_iter()
+                        .map(|order| {
+                            let (mine, rest): (Vec<_>, Vec<_>) =
+                                lines.drain(..).partition(|l| l.order_id == order.id);
+                            lines = rest;
+                            OrderRecord { order, lines: mine }
+                        })
+                        .collect();
+                    Ok((records, total))
+                }
+                .scope_boxed()
             })
-            .collect();
-        Ok((records, total))
+            .await
     }
 
     /// Applies a fulfilment event (ship, deliver) through the state machine.
@@ -452,16 +464,15 @@ impl OrderStore {
         event: OrderEvent,
     ) -> Result<OrderRecord, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     let order = order_lock(c, order_id).await?;
                     let next = OrderState::parse(&order.state)?.apply(event)?;
                     order_set_state(c, order_id, next, None).await?;
                     let order = order_lock(c, order_id).await?;
                     load_order(c, order).await
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
@@ -478,9 +489,8 @@ impl OrderStore {
         lease_until: NaiveDateTime,
     ) -> Result<(OrderRecord, Option<Lease>), ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     let order = order_lock(c, order_id).await?;
                     if order.user_id != user.as_str() {
                         return Err(ServiceError::not_found("order", order_id));
@@ -510,35 +520,41 @@ impl OrderStore {
                     order_set_state(c, order_id, next, None).await?;
                     let order = order_lock(c, order_id).await?;
                     Ok((load_order(c, order).await?, Some(lease)))
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
 
     pub async fn saga_load(&self, saga_id: &SagaId) -> Result<SagaRecord, ServiceError> {
-        let mut conn = self.db.conn().await?;
-        let row = sagas::table
-            .find(saga_id.as_str())
-            .select(SagaRow::as_select())
-            .first(&mut conn)
+        self.db
+            .read(|c| {
+                async move {
+                    let row = sagas::table
+                        .find(saga_id.as_str())
+                        .select(SagaRow::as_select())
+                        .first(c)
+                        .await
+                        .optional()?
+                        .ok_or_else(|| ServiceError::not_found("saga", saga_id))?;
+                    let raw_log = saga_log::table
+                        .filter(saga_log::saga_id.eq(saga_id.as_str()))
+                        .order(saga_log::seq)
+                        .select(LogRow::as_select())
+                        .load(c)
+                        .await?;
+                    let params: SagaParams = serde_json::from_str(&row.params_json)?;
+                    let log = raw_log.iter().map(to_entry).collect::<Result<_, _>>()?;
+                    Ok(SagaRecord {
+                        row,
+                        params,
+                        log,
+                        raw_log,
+                    })
+                }
+                .scope_boxed()
+            })
             .await
-            .optional()?
-            .ok_or_else(|| ServiceError::not_found("saga", saga_id))?;
-        let raw_log = saga_log::table
-            .filter(saga_log::saga_id.eq(saga_id.as_str()))
-            .order(saga_log::seq)
-            .select(LogRow::as_select())
-            .load(&mut conn)
-            .await?;
-        let params: SagaParams = serde_json::from_str(&row.params_json)?;
-        let log = raw_log.iter().map(to_entry).collect::<Result<_, _>>()?;
-        Ok(SagaRecord {
-            row,
-            params,
-            log,
-            raw_log,
-        })
     }
 
     /// Writes saga progress if `lease` is still current; `Ok(false)` when it
@@ -551,9 +567,8 @@ impl OrderStore {
         write: &SagaWrite,
     ) -> Result<bool, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     let at = now();
                     let fenced = sagas::table
                         .filter(sagas::id.eq(saga_id.as_str()))
@@ -579,8 +594,8 @@ impl OrderStore {
                         order_apply(c, order_id, change).await?;
                     }
                     Ok(true)
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
@@ -599,9 +614,8 @@ impl OrderStore {
         own_before: Option<NaiveDateTime>,
     ) -> Result<Vec<(SagaId, Lease)>, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     let at = now();
                     // An owner name is never empty, so "" reclaims nothing.
                     let own = if own_before.is_some() { owner } else { "" };
@@ -628,8 +642,8 @@ impl OrderStore {
                         .load(c)
                         .await?;
                     lease_take(c, &ids, owner, lease_until).await
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
@@ -644,9 +658,8 @@ impl OrderStore {
         force_compensation: bool,
     ) -> Result<Lease, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     let row = sagas::table
                         .find(saga_id.as_str())
                         .select(SagaRow::as_select())
@@ -697,8 +710,8 @@ impl OrderStore {
                         .pop()
                         .map(|(_, lease)| lease)
                         .ok_or_else(|| ServiceError::internal("saga vanished while taken over"))
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
@@ -711,29 +724,41 @@ impl OrderStore {
         page: PageRequest,
     ) -> Result<Vec<SagaRow>, ServiceError> {
         let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
-        let mut conn = self.db.conn().await?;
-        Ok(sagas::table
-            .filter(sagas::state.eq_any(states))
-            .filter(sagas::created_at.le(created_before))
-            .order((sagas::created_at, sagas::id))
-            .limit(page.limit())
-            .offset(page.offset())
-            .select(SagaRow::as_select())
-            .load(&mut conn)
-            .await?)
+        self.db
+            .read(|c| {
+                async move {
+                    Ok(sagas::table
+                        .filter(sagas::state.eq_any(states))
+                        .filter(sagas::created_at.le(created_before))
+                        .order((sagas::created_at, sagas::id))
+                        .limit(page.limit())
+                        .offset(page.offset())
+                        .select(SagaRow::as_select())
+                        .load(c)
+                        .await?)
+                }
+                .scope_boxed()
+            })
+            .await
     }
 
     /// Number of sagas per state.
     pub async fn saga_counts(&self) -> Result<Vec<(SagaState, i64)>, ServiceError> {
-        let mut conn = self.db.conn().await?;
-        let rows: Vec<(String, i64)> = sagas::table
-            .group_by(sagas::state)
-            .select((sagas::state, diesel::dsl::count_star()))
-            .load(&mut conn)
-            .await?;
-        rows.into_iter()
-            .map(|(state, n)| Ok((SagaState::parse(&state)?, n)))
-            .collect()
+        self.db
+            .read(|c| {
+                async move {
+                    let rows: Vec<(String, i64)> = sagas::table
+                        .group_by(sagas::state)
+                        .select((sagas::state, diesel::dsl::count_star()))
+                        .load(c)
+                        .await?;
+                    rows.into_iter()
+                        .map(|(state, n)| Ok((SagaState::parse(&state)?, n)))
+                        .collect()
+                }
+                .scope_boxed()
+            })
+            .await
     }
 }
 

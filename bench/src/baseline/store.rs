@@ -8,14 +8,14 @@
 //! effects written; a rejection writes nothing but the REJECTED order and
 //! its lines. Every transaction takes its locks in that same order (order
 //! key, stock by product id, coupon, account), so two orders cannot
-//! deadlock on them; a lost lock race is run again by [`Database::retrying`].
+//! deadlock on them; a lost lock race is run again by [`Database::transaction`].
 
 use chrono::NaiveDateTime;
-use commerce_platform::db::is_unique_violation;
+use commerce_platform::db::{ScopedFutureExt, is_unique_violation};
 use commerce_platform::time::now;
 use commerce_platform::{Database, ServiceError, UserId};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 use order_orchestrator::domain::order::{
     OrderState, PlaceOrder, Pricing, SnapshotLine, reason::IDEMPOTENCY_KEY_REUSED,
 };
@@ -64,26 +64,29 @@ impl BaselineStore {
     #[tracing::instrument(skip_all, fields(user_id = %order.user))]
     pub async fn order_place(&self, order: &PlaceOrder) -> Result<OrderRecord, ServiceError> {
         let fingerprint = order.fingerprint();
+        let fingerprint = &fingerprint;
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| place(c, order, &fingerprint).await)
-                    .await
-            })
+            .transaction(|c| place(c, order, fingerprint).scope_boxed())
             .await
     }
 
     #[tracing::instrument(skip(self))]
     pub async fn order_get(&self, order_id: &str) -> Result<OrderRecord, ServiceError> {
-        let mut conn = self.db.conn().await?;
-        let order = orders::table
-            .find(order_id)
-            .select(OrderRow::as_select())
-            .first(&mut conn)
+        self.db
+            .read(|c| {
+                async move {
+                    let order = orders::table
+                        .find(order_id)
+                        .select(OrderRow::as_select())
+                        .first(c)
+                        .await
+                        .optional()?
+                        .ok_or_else(|| ServiceError::not_found("order", order_id))?;
+                    load_order(c, order).await
+                }
+                .scope_boxed()
+            })
             .await
-            .optional()?
-            .ok_or_else(|| ServiceError::not_found("order", order_id))?;
-        load_order(&mut conn, order).await
     }
 }
 

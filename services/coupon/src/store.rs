@@ -4,11 +4,11 @@
 
 use chrono::NaiveDateTime;
 use commerce_platform::barrier::{self, SagaPair};
-use commerce_platform::db::{is_unique_violation, last_insert_id};
+use commerce_platform::db::{ScopedFutureExt, is_unique_violation, last_insert_id};
 use commerce_platform::paging::PageRequest;
 use commerce_platform::{Database, SagaId, ServiceError, UserId, time};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
 use crate::domain::{
     self, CouponRestore, CouponState, CouponTemplate, CouponTerms, CouponUse, Discount,
@@ -198,25 +198,26 @@ impl CouponStore {
             issued_quantity: 0,
             created_at: time::now(),
         };
+        let row = &row;
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     diesel::insert_into(coupon_templates::table)
-                        .values(&row)
+                        .values(row)
                         .execute(c)
                         .await?;
                     let id = last_insert_id(c).await?;
                     template_load(c, id).await
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
 
     pub async fn template_get(&self, template_id: i64) -> Result<CouponTemplate, ServiceError> {
-        let mut conn = self.db.conn().await?;
-        template_load(&mut conn, template_id).await
+        self.db
+            .read(|c| template_load(c, template_id).scope_boxed())
+            .await
     }
 
     /// First-come issuance. The claim is a conditional increment of the
@@ -230,17 +231,16 @@ impl CouponStore {
         template_id: i64,
         user: &UserId,
     ) -> Result<UserCoupon, ServiceError> {
-        {
-            let mut conn = self.db.conn().await?;
-            let (template, held) = template_for_issue(&mut conn, template_id, user).await?;
-            if let Some(refusal) = domain::issue_refusal(&template, time::now(), held) {
-                return Err(refusal.into());
-            }
+        let (template, held) = self
+            .db
+            .read(|c| template_for_issue(c, template_id, user).scope_boxed())
+            .await?;
+        if let Some(refusal) = domain::issue_refusal(&template, time::now(), held) {
+            return Err(refusal.into());
         }
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     let now = time::now();
                     let claimed = diesel::update(
                         coupon_templates::table
@@ -284,8 +284,8 @@ impl CouponStore {
                     user_coupon_load(c, id).await?.ok_or_else(|| {
                         ServiceError::internal(format!("issued coupon {id} cannot be read back"))
                     })
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
@@ -296,20 +296,28 @@ impl CouponStore {
         user: &UserId,
         page: PageRequest,
     ) -> Result<(Vec<UserCoupon>, i64), ServiceError> {
-        let mut conn = self.db.conn().await?;
-        let total: i64 = user_coupons::table
-            .filter(user_coupons::user_id.eq(user.as_str()))
-            .count()
-            .get_result(&mut conn)
-            .await?;
-        let rows: Vec<(UserCouponRow, TemplateRow)> = user_coupons::table
-            .inner_join(coupon_templates::table)
-            .filter(user_coupons::user_id.eq(user.as_str()))
-            .order(user_coupons::id.desc())
-            .limit(page.limit())
-            .offset(page.offset())
-            .select((UserCouponRow::as_select(), TemplateRow::as_select()))
-            .load(&mut conn)
+        let (total, rows) = self
+            .db
+            .read(|c| {
+                async move {
+                    let total: i64 = user_coupons::table
+                        .filter(user_coupons::user_id.eq(user.as_str()))
+                        .count()
+                        .get_result(c)
+                        .await?;
+                    let rows: Vec<(UserCouponRow, TemplateRow)> = user_coupons::table
+                        .inner_join(coupon_templates::table)
+                        .filter(user_coupons::user_id.eq(user.as_str()))
+                        .order(user_coupons::id.desc())
+                        .limit(page.limit())
+                        .offset(page.offset())
+                        .select((UserCouponRow::as_select(), TemplateRow::as_select()))
+                        .load(c)
+                        .await?;
+                    Ok((total, rows))
+                }
+                .scope_boxed()
+            })
             .await?;
         let coupons = rows
             .into_iter()
@@ -325,8 +333,9 @@ impl CouponStore {
         user_coupon_id: i64,
         order: OrderAmount,
     ) -> Result<Quote, ServiceError> {
-        let mut conn = self.db.conn().await?;
-        let coupon = user_coupon_load(&mut conn, user_coupon_id)
+        let coupon = self
+            .db
+            .read(|c| user_coupon_load(c, user_coupon_id).scope_boxed())
             .await?
             .filter(|coupon| coupon.user_id == user.as_str())
             .ok_or_else(|| ServiceError::not_found(USER_COUPON_ENTITY, user_coupon_id))?;
@@ -346,9 +355,8 @@ impl CouponStore {
         request: &CouponUseRequest,
     ) -> Result<CouponUse, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     barrier::run_action(
                         c,
                         saga,
@@ -387,8 +395,8 @@ impl CouponStore {
                         },
                     )
                     .await
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
@@ -397,9 +405,8 @@ impl CouponStore {
     /// again, once; a no-op (that blocks a late use) when it used none.
     pub async fn coupon_restore(&self, saga: &SagaId) -> Result<CouponRestore, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     barrier::run_compensation(
                         c,
                         saga,
@@ -431,8 +438,8 @@ impl CouponStore {
                         },
                     )
                     .await
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }

@@ -10,7 +10,7 @@ use commerce_proto::saga::v1::saga_barrier_service_server::{
 use tonic::{Request, Response, Status};
 
 use crate::barrier::{self, BarrierRow};
-use crate::db::Database;
+use crate::db::{Database, ScopedFutureExt};
 use crate::error::ServiceError;
 use crate::validate::{SagaId, in_range};
 
@@ -42,8 +42,9 @@ pub async fn purge_older_than(
     let cutoff = crate::time::now()
         .checked_sub_signed(age)
         .ok_or_else(|| ServiceError::invalid("older_than_seconds", "is too large"))?;
-    let mut conn = database.conn().await?;
-    barrier::purge(&mut conn, cutoff, limit).await
+    database
+        .read(|c| barrier::purge(c, cutoff, limit).scope_boxed())
+        .await
 }
 
 fn to_proto(row: BarrierRow) -> pb::BarrierEntry {
@@ -68,8 +69,10 @@ impl SagaBarrierService for BarrierAdmin {
         request: Request<pb::ListBarriersRequest>,
     ) -> Result<Response<pb::ListBarriersResponse>, Status> {
         let saga = SagaId::parse("saga_id", &request.into_inner().saga_id)?;
-        let mut conn = self.database.conn().await?;
-        let rows = barrier::list(&mut conn, &saga).await?;
+        let rows = self
+            .database
+            .read(|c| barrier::list(c, &saga).scope_boxed())
+            .await?;
         Ok(Response::new(pb::ListBarriersResponse {
             entries: rows.into_iter().map(to_proto).collect(),
         }))

@@ -3,20 +3,47 @@
 //! Sessions run in UTC and at READ COMMITTED: every invariant of the services
 //! is kept by row locks (`SELECT ... FOR UPDATE`) and unique keys, so the gap
 //! locks of REPEATABLE READ would only add deadlocks.
+//!
+//! # Cancellation
+//!
+//! Any future may be dropped at any `.await`: a gRPC deadline, the server's
+//! timeout layer, a client that went away. The MySQL protocol is a strict
+//! request/reply exchange, so a query dropped after it was sent leaves its
+//! reply (or the rest of a result set) unread on the socket; a connection
+//! given back to the pool in that state answers the *next* request with the
+//! previous one's reply. bb8 makes its own bookkeeping cancel-safe but gives
+//! such a connection back as healthy, and so does its own checkout test
+//! (`SELECT 1`, run inside the acquire timeout).
+//!
+//! The rule here: every use of a connection goes through [`Session::run`],
+//! which marks the session *in use* before the first byte is sent and clears
+//! the mark only when the operation has run to its end. A session still
+//! marked when it returns to the pool was interrupted, and the pool closes it
+//! instead of reusing it ([`SessionManager::has_broken`]). Nothing outside
+//! this module can reach a raw pooled connection.
+//!
+//! We chose this over running each operation on a task of its own (which
+//! would let it finish whatever happens to the caller) because it keeps the
+//! stores' code borrowing, not `'static`, and because a cancelled request then
+//! stops holding a pooled connection at once instead of finishing work nobody
+//! waits for. Its cost is a new connection after each interrupted operation;
+//! an interrupted transaction is rolled back by the server when the socket
+//! closes, and an interrupted commit is either done or not, which the saga
+//! barrier and idempotency keys already make harmless to repeat.
 
 use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
-use futures::FutureExt;
+use diesel_async::pooled_connection::PoolableConnection;
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnection, AsyncMysqlConnection, RunQueryDsl,
+    SimpleAsyncConnection, TransactionManager,
+};
 use rand::Rng;
+use scoped_futures::ScopedBoxFuture;
+pub use scoped_futures::ScopedFutureExt;
 
 use crate::error::ServiceError;
-
-/// A pooled connection, borrowed from [`Database`].
-pub type DbConn<'a> = PooledConnection<'a, AsyncMysqlConnection>;
 
 /// How many times a transaction that lost a deadlock is run again.
 const CONFLICT_ATTEMPTS: u32 = 5;
@@ -30,10 +57,74 @@ pub struct DbSettings {
     pub acquire_timeout: Duration,
 }
 
+/// The body of a transaction or a read: borrows the connection for `'c` and
+/// whatever the caller captured for `'a` (which outlives `'c`). Build one
+/// with `|c| async move { ... }.scope_boxed()` ([`ScopedFutureExt`]).
+pub type Work<'a, 'c, T> = ScopedBoxFuture<'a, 'c, Result<T, ServiceError>>;
+
+/// One MySQL session of the pool, and whether an operation on it began and
+/// never reached its end (see the module comment).
+pub struct Session {
+    conn: AsyncMysqlConnection,
+    interrupted: bool,
+}
+
+impl Session {
+    /// Runs `op` on the connection. If this future is dropped before `op`
+    /// ends, or `op` fails for a reason that leaves the protocol state
+    /// unknown, the session stays marked and the pool will close it.
+    pub async fn run<'a, 'c, T>(
+        &'c mut self,
+        op: impl FnOnce(&'c mut AsyncMysqlConnection) -> Work<'a, 'c, T>,
+    ) -> Result<T, ServiceError>
+    where
+        'a: 'c,
+    {
+        self.interrupted = true;
+        // Split the borrow: `op` holds `conn` for 'c while the flag is
+        // cleared after it.
+        let Session { conn, interrupted } = self;
+        let result = op(conn).await;
+        *interrupted = matches!(result, Err(ServiceError::Unavailable(_)));
+        result
+    }
+}
+
+/// The bb8 manager of [`Session`]s: connects with [`establish`], tests a
+/// session on checkout through [`Session::run`] (so an interrupted test is
+/// itself caught), and refuses interrupted sessions back into the pool.
+pub struct SessionManager {
+    url: String,
+}
+
+impl bb8::ManageConnection for SessionManager {
+    type Connection = Session;
+    type Error = ServiceError;
+
+    async fn connect(&self) -> Result<Session, ServiceError> {
+        let conn = establish(&self.url)
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("database connection: {e}")))?;
+        Ok(Session {
+            conn,
+            interrupted: false,
+        })
+    }
+
+    async fn is_valid(&self, session: &mut Session) -> Result<(), ServiceError> {
+        session.run(|c| select_one(c).scope_boxed()).await
+    }
+
+    fn has_broken(&self, session: &mut Session) -> bool {
+        // `is_broken` also catches a transaction left open or failed.
+        session.interrupted || session.conn.is_broken()
+    }
+}
+
 /// A cheaply cloneable handle to the service's database.
 #[derive(Clone)]
 pub struct Database {
-    pool: Pool<AsyncMysqlConnection>,
+    pool: bb8::Pool<SessionManager>,
 }
 
 impl std::fmt::Debug for Database {
@@ -49,13 +140,10 @@ impl Database {
     /// a database that is down at start or later gives UNAVAILABLE errors and
     /// the service recovers by itself when it returns.
     pub fn new(settings: &DbSettings) -> Self {
-        let mut config = ManagerConfig::default();
-        config.custom_setup = Box::new(|url| establish(url).boxed());
-        let manager = AsyncDieselConnectionManager::<AsyncMysqlConnection>::new_with_config(
-            &settings.url,
-            config,
-        );
-        let pool = Pool::builder()
+        let manager = SessionManager {
+            url: settings.url.clone(),
+        };
+        let pool = bb8::Pool::builder()
             .max_size(settings.max_connections)
             .min_idle(Some(0))
             .connection_timeout(settings.acquire_timeout)
@@ -64,25 +152,40 @@ impl Database {
         Self { pool }
     }
 
-    /// Borrows a connection, or fails UNAVAILABLE within the acquire timeout.
-    pub async fn conn(&self) -> Result<DbConn<'_>, ServiceError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| ServiceError::Unavailable(format!("database connection: {e}")))
+    /// Borrows a session, or fails UNAVAILABLE within the acquire timeout.
+    async fn session(&self) -> Result<bb8::PooledConnection<'_, SessionManager>, ServiceError> {
+        self.pool.get().await.map_err(|e| match e {
+            bb8::RunError::User(e) => e,
+            bb8::RunError::TimedOut => {
+                ServiceError::Unavailable("database connection: timed out".to_owned())
+            }
+        })
     }
 
-    /// Runs `op` (typically one whole transaction) again when it lost a
-    /// deadlock or a lock wait, so lock races never surface to callers. Other
-    /// errors are returned at once.
-    pub async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T, ServiceError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, ServiceError>>,
-    {
+    /// Runs `op` outside a transaction (a read, or one statement that needs
+    /// no other), cancel-safely.
+    pub async fn read<'a, T>(
+        &self,
+        op: impl for<'c> FnOnce(&'c mut AsyncMysqlConnection) -> Work<'a, 'c, T>,
+    ) -> Result<T, ServiceError> {
+        let mut session = self.session().await?;
+        session.run(op).await
+    }
+
+    /// Runs `body` in one transaction, cancel-safely, and runs it again (on a
+    /// fresh transaction) when it lost a deadlock or a lock wait, so lock
+    /// races never surface to callers. Other errors roll back and return.
+    pub async fn transaction<'a, T: Send + 'a>(
+        &self,
+        mut body: impl for<'c> FnMut(&'c mut AsyncMysqlConnection) -> Work<'a, 'c, T> + Send + 'a,
+    ) -> Result<T, ServiceError> {
         let mut attempt = 1;
         loop {
-            match op().await {
+            let mut session = self.session().await?;
+            let body = &mut body;
+            let result = session.run(|c| in_transaction(c, body).scope_boxed()).await;
+            drop(session);
+            match result {
                 Err(ServiceError::Conflict(cause)) if attempt < CONFLICT_ATTEMPTS => {
                     tracing::debug!(%cause, attempt, "transaction conflict, running it again");
                     let jitter = rand::rng().random_range(0..5u64 << attempt);
@@ -96,14 +199,36 @@ impl Database {
 
     /// True when a connection can be borrowed and answers a query.
     pub async fn ping(&self) -> bool {
-        match self.conn().await {
-            Ok(mut conn) => diesel::sql_query("SELECT 1")
-                .execute(&mut conn)
-                .await
-                .is_ok(),
-            Err(_) => false,
-        }
+        self.read(|c| select_one(c).scope_boxed()).await.is_ok()
     }
+}
+
+/// `body` between BEGIN and COMMIT, or ROLLBACK when it fails (what
+/// diesel-async's `transaction` does, without its closure bounds).
+async fn in_transaction<'a, T>(
+    conn: &mut AsyncMysqlConnection,
+    body: &mut (impl for<'c> FnMut(&'c mut AsyncMysqlConnection) -> Work<'a, 'c, T> + Send),
+) -> Result<T, ServiceError> {
+    type Ansi = AnsiTransactionManager;
+    Ansi::begin_transaction(conn).await?;
+    match body(&mut *conn).await {
+        Ok(value) => {
+            Ansi::commit_transaction(conn).await?;
+            Ok(value)
+        }
+        Err(error) => match Ansi::rollback_transaction(conn).await {
+            Ok(()) | Err(DieselError::BrokenTransactionManager) => Err(error),
+            Err(rollback) => Err(rollback.into()),
+        },
+    }
+}
+
+async fn select_one(conn: &mut AsyncMysqlConnection) -> Result<(), ServiceError> {
+    diesel::sql_query("SELECT 1")
+        .execute(conn)
+        .await
+        .map(drop)
+        .map_err(ServiceError::from)
 }
 
 /// Opens one session, in UTC and at READ COMMITTED.

@@ -19,7 +19,7 @@ pub mod time;
 pub mod validate;
 
 pub use config::{ServerArgs, ServerConfig, ServiceSpec};
-pub use db::{Database, DbConn};
+pub use db::{Database, Work};
 pub use error::ServiceError;
 pub use server::Application;
 pub use validate::{SagaId, UserId};

@@ -5,5 +5,7 @@
 
 #[path = "platform/barrier.rs"]
 mod barrier;
+#[path = "platform/cancel.rs"]
+mod cancel;
 #[path = "platform/server.rs"]
 mod server;

@@ -5,11 +5,11 @@
 
 use chrono::NaiveDateTime;
 use commerce_platform::barrier::{self, SagaPair};
-use commerce_platform::db::{is_unique_violation, last_insert_id};
+use commerce_platform::db::{ScopedFutureExt, is_unique_violation, last_insert_id};
 use commerce_platform::paging::PageRequest;
 use commerce_platform::{Database, SagaId, ServiceError, UserId};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
 use crate::domain::{
     Balance, ChargeAmount, ChargeOutcome, DeductAmount, DeductOutcome, IdempotencyKey, LedgerEntry,
@@ -98,13 +98,20 @@ impl PointStore {
     /// The balance of a user; 0 (and nothing created) for a user never seen.
     #[tracing::instrument(skip_all, fields(user_id = %user))]
     pub async fn balance_get(&self, user: &UserId) -> Result<Balance, ServiceError> {
-        let mut conn = self.db.conn().await?;
-        let stored = point_accounts::table
-            .find(user.as_str())
-            .select(point_accounts::balance)
-            .first::<i64>(&mut conn)
-            .await
-            .optional()?;
+        let stored = self
+            .db
+            .read(|c| {
+                async move {
+                    Ok(point_accounts::table
+                        .find(user.as_str())
+                        .select(point_accounts::balance)
+                        .first::<i64>(c)
+                        .await
+                        .optional()?)
+                }
+                .scope_boxed()
+            })
+            .await?;
         stored.map_or(Ok(Balance::ZERO), Balance::from_stored)
     }
 
@@ -115,19 +122,27 @@ impl PointStore {
         user: &UserId,
         page: PageRequest,
     ) -> Result<LedgerPage, ServiceError> {
-        let mut conn = self.db.conn().await?;
-        let total = point_ledger::table
-            .filter(point_ledger::user_id.eq(user.as_str()))
-            .count()
-            .get_result::<i64>(&mut conn)
-            .await?;
-        let rows = point_ledger::table
-            .filter(point_ledger::user_id.eq(user.as_str()))
-            .order(point_ledger::id.desc())
-            .limit(page.limit())
-            .offset(page.offset())
-            .select(LedgerRow::as_select())
-            .load(&mut conn)
+        let (total, rows) = self
+            .db
+            .read(|c| {
+                async move {
+                    let total = point_ledger::table
+                        .filter(point_ledger::user_id.eq(user.as_str()))
+                        .count()
+                        .get_result::<i64>(c)
+                        .await?;
+                    let rows = point_ledger::table
+                        .filter(point_ledger::user_id.eq(user.as_str()))
+                        .order(point_ledger::id.desc())
+                        .limit(page.limit())
+                        .offset(page.offset())
+                        .select(LedgerRow::as_select())
+                        .load(c)
+                        .await?;
+                    Ok((total, rows))
+                }
+                .scope_boxed()
+            })
             .await?;
         let entries = rows
             .into_iter()
@@ -148,9 +163,8 @@ impl PointStore {
         key: &IdempotencyKey,
     ) -> Result<ChargeOutcome, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     let balance = account_lock_or_create(c, user).await?;
                     if let Some(first) =
                         ledger_find(c, user, LedgerKind::Charge, key.as_str()).await?
@@ -177,8 +191,8 @@ impl PointStore {
                         entry,
                         balance: after.get(),
                     })
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
@@ -192,9 +206,8 @@ impl PointStore {
         amount: DeductAmount,
     ) -> Result<DeductOutcome, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     barrier::run_action(
                         c,
                         saga,
@@ -223,8 +236,8 @@ impl PointStore {
                         },
                     )
                     .await
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
@@ -234,9 +247,8 @@ impl PointStore {
     #[tracing::instrument(skip_all, fields(saga_id = %saga))]
     pub async fn points_refund(&self, saga: &SagaId) -> Result<RefundOutcome, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     barrier::run_compensation(
                         c,
                         saga,
@@ -245,8 +257,8 @@ impl PointStore {
                         async |c: &mut AsyncMysqlConnection| refund_use(c, saga).await,
                     )
                     .await
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }

@@ -2,6 +2,7 @@
 //! first blocks the action, failed actions leave nothing behind.
 
 use commerce_platform::barrier::{self, SagaPair};
+use commerce_platform::db::ScopedFutureExt;
 use commerce_platform::error::reason;
 use commerce_platform::migrate;
 use commerce_platform::{Database, SagaId, ServiceError};
@@ -46,49 +47,49 @@ async fn fixture() -> Fixture {
 /// The action: writes an effect row; fails (and must leave nothing) when
 /// `amount` is negative.
 async fn act(database: &Database, saga: &SagaId, amount: i64) -> Result<i64, ServiceError> {
-    let mut conn = database.conn().await?;
-    conn.transaction(async |c| {
-        barrier::run_action(
-            c,
-            saga,
-            PAIR.action,
-            async |c: &mut AsyncMysqlConnection| {
-                diesel::sql_query("INSERT INTO effects (saga_id, amount) VALUES (?, ?)")
-                    .bind::<Char, _>(saga.as_str())
-                    .bind::<BigInt, _>(amount)
-                    .execute(c)
-                    .await?;
-                if amount < 0 {
-                    return Err(ServiceError::rejected("NEGATIVE", "negative amount"));
-                }
-                Ok(amount)
-            },
-        )
+    database
+        .transaction(|c| {
+            barrier::run_action(
+                c,
+                saga,
+                PAIR.action,
+                async |c: &mut AsyncMysqlConnection| {
+                    diesel::sql_query("INSERT INTO effects (saga_id, amount) VALUES (?, ?)")
+                        .bind::<Char, _>(saga.as_str())
+                        .bind::<BigInt, _>(amount)
+                        .execute(c)
+                        .await?;
+                    if amount < 0 {
+                        return Err(ServiceError::rejected("NEGATIVE", "negative amount"));
+                    }
+                    Ok(amount)
+                },
+            )
+            .scope_boxed()
+        })
         .await
-    })
-    .await
 }
 
 /// The compensation: deletes the effect row; reports what it removed.
 async fn undo(database: &Database, saga: &SagaId) -> Result<Option<i64>, ServiceError> {
-    let mut conn = database.conn().await?;
-    conn.transaction(async |c| {
-        barrier::run_compensation(
-            c,
-            saga,
-            PAIR,
-            || None,
-            async |c: &mut AsyncMysqlConnection| {
-                diesel::sql_query("DELETE FROM effects WHERE saga_id = ?")
-                    .bind::<Char, _>(saga.as_str())
-                    .execute(c)
-                    .await?;
-                Ok(Some(1))
-            },
-        )
+    database
+        .transaction(|c| {
+            barrier::run_compensation(
+                c,
+                saga,
+                PAIR,
+                || None,
+                async |c: &mut AsyncMysqlConnection| {
+                    diesel::sql_query("DELETE FROM effects WHERE saga_id = ?")
+                        .bind::<Char, _>(saga.as_str())
+                        .execute(c)
+                        .await?;
+                    Ok(Some(1))
+                },
+            )
+            .scope_boxed()
+        })
         .await
-    })
-    .await
 }
 
 async fn effect_count(db: &TestDatabase) -> i64 {
@@ -152,9 +153,12 @@ async fn failed_action_leaves_nothing_and_its_compensation_is_a_noop() {
     let saga = SagaId::generate();
     assert!(act(&f.database, &saga, -1).await.is_err());
     assert_eq!(effect_count(&f.db).await, 0);
-    let mut conn = f.database.conn().await.unwrap();
-    assert!(barrier::list(&mut conn, &saga).await.unwrap().is_empty());
-    drop(conn);
+    let entries = f
+        .database
+        .read(|c| barrier::list(c, &saga).scope_boxed())
+        .await
+        .unwrap();
+    assert!(entries.is_empty());
     assert_eq!(undo(&f.database, &saga).await.unwrap(), None);
     f.db.drop_database().await.unwrap();
 }

@@ -1,9 +1,9 @@
 //! Brands, products, stock levels and likes.
 
-use commerce_platform::db::{is_unique_violation, last_insert_id};
+use commerce_platform::db::{ScopedFutureExt, is_unique_violation, last_insert_id};
 use commerce_platform::{ServiceError, UserId, time};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
 use super::ProductStore;
 use super::models::{
@@ -19,9 +19,8 @@ use crate::domain::{
 impl ProductStore {
     pub async fn brand_create(&self, brand: &NewBrand) -> Result<Brand, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     let now = time::now();
                     diesel::insert_into(brands::table)
                         .values((
@@ -34,8 +33,8 @@ impl ProductStore {
                         .await?;
                     let id = last_insert_id(c).await?;
                     brand_load(c, id).await
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
@@ -46,9 +45,8 @@ impl ProductStore {
         changes: &BrandChanges,
     ) -> Result<Brand, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     if !changes.is_empty() {
                         // diesel-async counts matched rows: 0 means no such brand.
                         let matched = diesel::update(brands::table.find(brand_id))
@@ -64,22 +62,22 @@ impl ProductStore {
                         }
                     }
                     brand_load(c, brand_id).await
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
 
     pub async fn brand_get(&self, brand_id: i64) -> Result<Brand, ServiceError> {
-        let mut conn = self.db.conn().await?;
-        brand_load(&mut conn, brand_id).await
+        self.db
+            .read(|c| async move { brand_load(c, brand_id).await }.scope_boxed())
+            .await
     }
 
     pub async fn product_create(&self, product: &NewProduct) -> Result<Product, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     let brand = brands::table
                         .find(product.brand_id)
                         .select(brands::id)
@@ -114,8 +112,8 @@ impl ProductStore {
                         .execute(c)
                         .await?;
                     product_load(c, id).await
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
@@ -126,9 +124,8 @@ impl ProductStore {
         changes: &ProductChanges,
     ) -> Result<Product, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     if !changes.is_empty() {
                         let matched = diesel::update(products::table.find(product_id))
                             .set(ProductChangeset {
@@ -144,49 +141,58 @@ impl ProductStore {
                         }
                     }
                     product_load(c, product_id).await
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
 
     pub async fn product_get(&self, product_id: i64) -> Result<Product, ServiceError> {
-        let mut conn = self.db.conn().await?;
-        product_load(&mut conn, product_id).await
+        self.db
+            .read(|c| async move { product_load(c, product_id).await }.scope_boxed())
+            .await
     }
 
     /// One page of products and the count over all pages.
     pub async fn products_list(&self, query: &ProductQuery) -> Result<ProductPage, ServiceError> {
-        let mut conn = self.db.conn().await?;
-        let mut rows = product_view().select(product_view_columns()).into_boxed();
-        let mut count = products::table.count().into_boxed();
-        if let Some(brand_id) = query.brand_id {
-            rows = rows.filter(products::brand_id.eq(brand_id));
-            count = count.filter(products::brand_id.eq(brand_id));
-        }
-        // Each order has an index, with and without the brand filter.
-        rows = match query.sort {
-            ProductSort::Latest => {
-                rows.order_by((products::created_at.desc(), products::id.desc()))
-            }
-            ProductSort::PriceAsc => rows.order_by((products::price.asc(), products::id.asc())),
-            ProductSort::LikesDesc => {
-                rows.order_by((products::like_count.desc(), products::id.desc()))
-            }
-        };
-        let rows = rows
-            .limit(query.page.limit())
-            .offset(query.page.offset())
-            .load::<ProductViewRow>(&mut conn)
-            .await?;
-        let total = count.get_result::<i64>(&mut conn).await?;
-        Ok(ProductPage {
-            products: rows
-                .into_iter()
-                .map(product_from_view)
-                .collect::<Result<_, _>>()?,
-            total,
-        })
+        self.db
+            .read(|c| {
+                async move {
+                    let mut rows = product_view().select(product_view_columns()).into_boxed();
+                    let mut count = products::table.count().into_boxed();
+                    if let Some(brand_id) = query.brand_id {
+                        rows = rows.filter(products::brand_id.eq(brand_id));
+                        count = count.filter(products::brand_id.eq(brand_id));
+                    }
+                    // Each order has an index, with and without the brand filter.
+                    rows = match query.sort {
+                        ProductSort::Latest => {
+                            rows.order_by((products::created_at.desc(), products::id.desc()))
+                        }
+                        ProductSort::PriceAsc => {
+                            rows.order_by((products::price.asc(), products::id.asc()))
+                        }
+                        ProductSort::LikesDesc => {
+                            rows.order_by((products::like_count.desc(), products::id.desc()))
+                        }
+                    };
+                    let rows = rows
+                        .limit(query.page.limit())
+                        .offset(query.page.offset())
+                        .load::<ProductViewRow>(c)
+                        .await?;
+                    let total = count.get_result::<i64>(c).await?;
+                    Ok(ProductPage {
+                        products: rows
+                            .into_iter()
+                            .map(product_from_view)
+                            .collect::<Result<_, _>>()?,
+                        total,
+                    })
+                }
+                .scope_boxed()
+            })
+            .await
     }
 
     /// Sets the available units; reserved and sold units are untouched.
@@ -196,9 +202,8 @@ impl ProductStore {
         available: StockUnits,
     ) -> Result<Stock, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     let stock: Stock = product_stock::table
                         .find(product_id)
                         .select(StockRow::as_select())
@@ -217,8 +222,8 @@ impl ProductStore {
                         .execute(c)
                         .await?;
                     Ok(stock)
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
@@ -230,9 +235,8 @@ impl ProductStore {
         product_id: i64,
     ) -> Result<LikeOutcome, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     let count = like_count_lock(c, product_id).await?;
                     let inserted = diesel::insert_into(product_likes::table)
                         .values((
@@ -255,8 +259,8 @@ impl ProductStore {
                         liked: true,
                         like_count,
                     })
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
@@ -268,9 +272,8 @@ impl ProductStore {
         product_id: i64,
     ) -> Result<LikeOutcome, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     let count = like_count_lock(c, product_id).await?;
                     let deleted =
                         diesel::delete(product_likes::table.find((user.as_str(), product_id)))
@@ -286,8 +289,8 @@ impl ProductStore {
                         liked: false,
                         like_count,
                     })
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }

@@ -2,9 +2,10 @@
 //! (compensation), each in one transaction with its barrier row.
 
 use commerce_platform::barrier::{self, SagaPair};
+use commerce_platform::db::ScopedFutureExt;
 use commerce_platform::{SagaId, ServiceError, time};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
 use super::ProductStore;
 use super::models::{ReservationLineRow, ReservationRow, SnapshotRow, StockRow, snapshot_from_row};
@@ -31,9 +32,8 @@ impl ProductStore {
         order: &ReserveOrder,
     ) -> Result<Reservation, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     barrier::run_action(
                         c,
                         &order.saga,
@@ -41,8 +41,8 @@ impl ProductStore {
                         async |c: &mut AsyncMysqlConnection| reserve(c, order).await,
                     )
                     .await
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
@@ -50,9 +50,8 @@ impl ProductStore {
     /// Turns the saga's reservation into sold units, once.
     pub async fn reservation_confirm(&self, saga: &SagaId) -> Result<Reservation, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     barrier::run_action(
                         c,
                         saga,
@@ -60,8 +59,8 @@ impl ProductStore {
                         async |c: &mut AsyncMysqlConnection| confirm(c, saga).await,
                     )
                     .await
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
@@ -70,9 +69,8 @@ impl ProductStore {
     /// no-op (that blocks a late reserve) when nothing was reserved.
     pub async fn reservation_release(&self, saga: &SagaId) -> Result<ReleaseOutcome, ServiceError> {
         self.db
-            .retrying(|| async {
-                let mut conn = self.db.conn().await?;
-                conn.transaction(async |c| {
+            .transaction(|c| {
+                async move {
                     barrier::run_compensation(
                         c,
                         saga,
@@ -81,24 +79,30 @@ impl ProductStore {
                         async |c: &mut AsyncMysqlConnection| release(c, saga).await,
                     )
                     .await
-                })
-                .await
+                }
+                .scope_boxed()
             })
             .await
     }
 
     /// The saga's reservation as it stands now, or NOT_FOUND.
     pub async fn reservation_get(&self, saga: &SagaId) -> Result<Reservation, ServiceError> {
-        let mut conn = self.db.conn().await?;
-        let row = reservations::table
-            .find(saga.as_str())
-            .select(ReservationRow::as_select())
-            .first(&mut conn)
+        self.db
+            .read(|c| {
+                async move {
+                    let row = reservations::table
+                        .find(saga.as_str())
+                        .select(ReservationRow::as_select())
+                        .first(c)
+                        .await
+                        .optional()?
+                        .ok_or_else(|| ServiceError::not_found("reservation", saga))?;
+                    let lines = lines_load(c, saga).await?;
+                    row.into_reservation(lines)
+                }
+                .scope_boxed()
+            })
             .await
-            .optional()?
-            .ok_or_else(|| ServiceError::not_found("reservation", saga))?;
-        let lines = lines_load(&mut conn, saga).await?;
-        row.into_reservation(lines)
     }
 }
 
