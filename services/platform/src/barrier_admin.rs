@@ -31,20 +31,51 @@ impl BarrierAdmin {
     }
 }
 
-/// Deletes up to `limit` barrier rows older than `age`.
+/// The youngest barrier rows a purge may delete. A row is what stops a late
+/// action (a call still in flight when its saga was compensated, or sent by
+/// an orchestrator that lost its lease) from applying to a saga that was
+/// already compensated, or a repeat from applying twice. Such calls arrive
+/// within a call deadline plus a lease: seconds to minutes. A day is far
+/// beyond that horizon, so purging younger rows is refused.
+pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// The oldest cutoff a purge accepts: a century, well inside DATETIME.
+pub const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Deletes up to `limit` barrier rows older than `age`, which must lie in
+/// `MIN_RETENTION..=MAX_RETENTION`.
 pub async fn purge_older_than(
     database: &Database,
     age: Duration,
     limit: i64,
 ) -> Result<u64, ServiceError> {
-    let age = chrono::Duration::from_std(age)
-        .map_err(|_| ServiceError::invalid("older_than_seconds", "is too large"))?;
+    let age_secs = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+    let age = retention("older_than_seconds", age_secs)?;
     let cutoff = crate::time::now()
         .checked_sub_signed(age)
         .ok_or_else(|| ServiceError::invalid("older_than_seconds", "is too large"))?;
     database
         .read(|c| barrier::purge(c, cutoff, limit).scope_boxed())
         .await
+}
+
+/// Checks a retention in seconds against [`MIN_RETENTION`] and
+/// [`MAX_RETENTION`].
+pub fn retention(field: &str, seconds: i64) -> Result<chrono::Duration, ServiceError> {
+    let (min, max) = (MIN_RETENTION.as_secs(), MAX_RETENTION.as_secs());
+    match u64::try_from(seconds) {
+        Ok(s) if s < min => Err(ServiceError::invalid(
+            field,
+            format!(
+                "must be at least {min} seconds: younger barrier rows may still have to stop a late saga call"
+            ),
+        )),
+        Ok(s) if s <= max => Ok(chrono::Duration::seconds(seconds)),
+        _ => Err(ServiceError::invalid(
+            field,
+            format!("must be between {min} and {max} seconds, got {seconds}"),
+        )),
+    }
 }
 
 fn to_proto(row: BarrierRow) -> pb::BarrierEntry {
@@ -83,17 +114,12 @@ impl SagaBarrierService for BarrierAdmin {
         request: Request<pb::PurgeBarriersRequest>,
     ) -> Result<Response<pb::PurgeBarriersResponse>, Status> {
         let request = request.into_inner();
-        let seconds = in_range(
-            "older_than_seconds",
-            request.older_than_seconds,
-            1,
-            i64::MAX,
-        )?;
+        retention("older_than_seconds", request.older_than_seconds)?;
         let limit = match request.limit {
             0 => 10_000,
             limit => in_range("limit", i64::from(limit), 1, 100_000)?,
         };
-        let age = Duration::from_secs(u64::try_from(seconds).unwrap_or(u64::MAX));
+        let age = Duration::from_secs(request.older_than_seconds.unsigned_abs());
         let purged = purge_older_than(&self.database, age, limit).await?;
         Ok(Response::new(pb::PurgeBarriersResponse {
             purged: i64::try_from(purged).unwrap_or(i64::MAX),

@@ -84,7 +84,8 @@ pub struct ServerArgs {
     /// Requests handled at once across all connections; more wait.
     #[arg(long, env = "CONCURRENCY_LIMIT", default_value_t = 256)]
     pub concurrency_limit: usize,
-    /// Saga barrier rows older than this are purged, in hours (0: never).
+    /// Saga barrier rows older than this are purged, in hours (0: never;
+    /// at least 24 otherwise, see `barrier_admin::MIN_RETENTION`).
     #[arg(long, env = "BARRIER_RETENTION_HOURS", default_value_t = 168)]
     pub barrier_retention_hours: u64,
     /// Log output.
@@ -115,6 +116,16 @@ impl ServerConfig {
         anyhow::ensure!(
             args.concurrency_limit > 0,
             "--concurrency-limit must be positive"
+        );
+        let (min_hours, max_hours) = (
+            crate::barrier_admin::MIN_RETENTION.as_secs() / 3600,
+            crate::barrier_admin::MAX_RETENTION.as_secs() / 3600,
+        );
+        anyhow::ensure!(
+            args.barrier_retention_hours == 0
+                || (min_hours..=max_hours).contains(&args.barrier_retention_hours),
+            "--barrier-retention-hours must be 0 (never purge) or {min_hours} to {max_hours}: \
+             younger barrier rows may still have to stop a late saga call"
         );
         Ok(Self {
             service: spec.name,
@@ -151,6 +162,45 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(30),
             concurrency_limit: 256,
             barrier_retention: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    const SPEC: ServiceSpec = ServiceSpec {
+        name: "bare",
+        default_listen: "127.0.0.1:0",
+        default_database_url: "mysql://root@127.0.0.1/bare",
+        migrations: &crate::migrate::BARRIER_MIGRATIONS,
+        saga_participant: true,
+    };
+
+    fn resolve(retention_hours: &str) -> anyhow::Result<ServerConfig> {
+        let cli = Cli::try_parse_from(["bare", "--barrier-retention-hours", retention_hours])?;
+        ServerConfig::resolve(&SPEC, &cli.server)
+    }
+
+    #[test]
+    fn barrier_retention_is_never_or_at_least_a_day() {
+        assert!(resolve("0").unwrap().barrier_retention.is_none());
+        assert_eq!(
+            resolve("24").unwrap().barrier_retention,
+            Some(Duration::from_secs(24 * 3600))
+        );
+        for refused in ["1", "23", "100000000"] {
+            let error = resolve(refused).unwrap_err().to_string();
+            assert!(error.contains("--barrier-retention-hours"), "{error}");
         }
     }
 }

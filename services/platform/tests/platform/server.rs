@@ -81,9 +81,23 @@ async fn health_reflection_and_barrier_admin_are_served() {
         Code::InvalidArgument,
         "older_than_seconds",
     );
+    // Rows young enough to still stop a late saga call are never purged,
+    // and nonsense ages are the caller's error, not the server's.
+    for older_than_seconds in [1, 3600, 86_399, -5, i64::MAX, 10_000_000_000_000] {
+        assert_status(
+            admin
+                .purge_barriers(PurgeBarriersRequest {
+                    older_than_seconds,
+                    limit: 10,
+                })
+                .await,
+            Code::InvalidArgument,
+            "older_than_seconds",
+        );
+    }
     let purged = admin
         .purge_barriers(PurgeBarriersRequest {
-            older_than_seconds: 3600,
+            older_than_seconds: 86_400,
             limit: 10,
         })
         .await
@@ -92,6 +106,48 @@ async fn health_reflection_and_barrier_admin_are_served() {
     assert_eq!(purged.purged, 0);
 
     server.stop().await.unwrap();
+    db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_is_not_serving_while_the_database_is_away() {
+    let db = TestDatabase::create("health").await.unwrap();
+    let (proxy, url) = db.through_proxy().await.unwrap();
+    let app = Application::build(&SPEC, ServerConfig::for_tests("bare", url))
+        .await
+        .unwrap();
+    let server = TestServer::start(app);
+    await_health(&server, "", ServingStatus::Serving).await;
+
+    proxy.cut().await;
+    await_health(&server, "", ServingStatus::NotServing).await;
+    await_health(
+        &server,
+        "commerce.saga.v1.SagaBarrierService",
+        ServingStatus::NotServing,
+    )
+    .await;
+    // A call that needs the database fails UNAVAILABLE, not INTERNAL.
+    let mut admin = SagaBarrierServiceClient::new(server.channel());
+    let refused = admin
+        .list_barriers(ListBarriersRequest {
+            saga_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+
+    proxy.restore();
+    await_health(&server, "", ServingStatus::Serving).await;
+    admin
+        .list_barriers(ListBarriersRequest {
+            saga_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap();
+
+    server.stop().await.unwrap();
+    drop(proxy);
     db.drop_database().await.unwrap();
 }
 
