@@ -1,8 +1,19 @@
 //! Compiles the `.proto` contracts with the pure-Rust `protox` compiler, so no
 //! `protoc` has to be installed, and keeps the descriptor set for reflection.
+//!
+//! Every generated server and client decodes with [`CODEC`] (see
+//! `src/codec.rs`), the standard health service included: it is generated
+//! here too, from a copy of `grpc/health/v1/health.proto`, over
+//! `tonic-health`'s message types. Alongside, `methods.rs` lists every method
+//! and, for each message a method takes or returns, whether it is decoded as
+//! a request (by a server) or as a response (by a client), which decides the
+//! status of bytes that do not decode.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use prost_types::FileDescriptorSet;
 use protox::prost::Message;
 
 const PROTOS: &[&str] = &[
@@ -13,13 +24,137 @@ const PROTOS: &[&str] = &[
     "commerce/order/v1/order.proto",
 ];
 
+/// The standard health service, served by every server with [`CODEC`].
+const HEALTH_PROTO: &str = "grpc/health/v1/health.proto";
+
+const CODEC: &str = "crate::codec::CommerceCodec";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    for proto in PROTOS {
+    for proto in PROTOS.iter().chain([&HEALTH_PROTO]) {
         println!("cargo:rerun-if-changed={proto}");
     }
-    let fds = protox::compile(PROTOS, ["."])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let fds = protox::compile(PROTOS, ["."])?;
     std::fs::write(out.join("commerce_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    let health = protox::compile([HEALTH_PROTO], ["."])?;
+    std::fs::write(out.join("methods.rs"), methods_rs(&[&fds, &health]))?;
+
+    tonic_prost_build::configure()
+        .codec_path(CODEC)
+        .compile_fds(fds)?;
+    // Only the server, over tonic-health's messages (and its server logic, see
+    // `src/health.rs`): the messages stay tonic-health's own types.
+    tonic_prost_build::configure()
+        .codec_path(CODEC)
+        .build_client(false)
+        .extern_path(".grpc.health.v1", "::tonic_health::pb")
+        .compile_fds(health)?;
     Ok(())
+}
+
+/// The Rust module that holds the messages of a proto package.
+fn rust_module(package: &str) -> String {
+    if let Some(rest) = package.strip_prefix("commerce.") {
+        return format!("crate::{}", rest.replace('.', "::"));
+    }
+    match package {
+        "grpc.health.v1" => "::tonic_health::pb".to_owned(),
+        "google.protobuf" => "::prost_types".to_owned(),
+        other => panic!("proto/build.rs: no Rust module known for package `{other}`"),
+    }
+}
+
+/// The Rust type of a message, from its fully qualified proto name
+/// (`.commerce.point.v1.ChargeRequest`).
+fn rust_type(full_name: &str, packages: &[String]) -> String {
+    let name = full_name.trim_start_matches('.');
+    if name == "google.protobuf.Empty" {
+        return "()".to_owned();
+    }
+    let package = packages
+        .iter()
+        .filter(|p| name.starts_with(&format!("{p}.")))
+        .max_by_key(|p| p.len())
+        .unwrap_or_else(|| panic!("proto/build.rs: no package for `{name}`"));
+    let message = &name[package.len() + 1..];
+    assert!(
+        !message.contains('.'),
+        "proto/build.rs: `{name}` is a nested message; a method's input or output must be top-level"
+    );
+    format!("{}::{message}", rust_module(package))
+}
+
+#[derive(Default)]
+struct Roles {
+    request: bool,
+    response: bool,
+}
+
+/// `methods.rs`: the method table, the decode role of every message a method
+/// takes or returns, and a decoder by proto name.
+fn methods_rs(sets: &[&FileDescriptorSet]) -> String {
+    let packages: Vec<String> = sets
+        .iter()
+        .flat_map(|set| set.file.iter().map(|f| f.package().to_owned()))
+        .collect();
+    let mut methods = String::new();
+    let mut messages: BTreeMap<String, Roles> = BTreeMap::new();
+    for file in sets.iter().flat_map(|set| &set.file) {
+        for service in &file.service {
+            for method in &service.method {
+                let _ = writeln!(
+                    methods,
+                    "    MethodInfo {{ path: \"/{}.{}/{}\", input: \"{}\", output: \"{}\", client_streaming: {}, server_streaming: {} }},",
+                    file.package(),
+                    service.name(),
+                    method.name(),
+                    method.input_type().trim_start_matches('.'),
+                    method.output_type().trim_start_matches('.'),
+                    method.client_streaming(),
+                    method.server_streaming(),
+                );
+                messages
+                    .entry(method.input_type().to_owned())
+                    .or_default()
+                    .request = true;
+                messages
+                    .entry(method.output_type().to_owned())
+                    .or_default()
+                    .response = true;
+            }
+        }
+    }
+
+    let mut code = String::from("// Generated by proto/build.rs from the compiled contracts.\n\n");
+    code.push_str("/// Every method of every service generated by this crate.\n");
+    code.push_str("pub const METHODS: &[MethodInfo] = &[\n");
+    code.push_str(&methods);
+    code.push_str("];\n\n");
+    let mut decode = String::new();
+    for (full_name, roles) in &messages {
+        let ty = rust_type(full_name, &packages);
+        let name = full_name.trim_start_matches('.');
+        // A message both taken and returned is decoded as a request: a
+        // server must answer INVALID_ARGUMENT for it; a client failing to
+        // decode it as a response then reports INVALID_ARGUMENT too.
+        let role = if roles.request {
+            "Request"
+        } else {
+            debug_assert!(roles.response);
+            "Response"
+        };
+        let _ = writeln!(
+            code,
+            "impl DecodeTarget for {ty} {{\n    const PROTO_NAME: &'static str = \"{name}\";\n    const ROLE: DecodeRole = DecodeRole::{role};\n}}"
+        );
+        let _ = writeln!(
+            decode,
+            "        \"{name}\" => Some(<{ty} as ::prost::Message>::decode(bytes).map(drop)),"
+        );
+    }
+    code.push_str("\n/// Decodes `bytes` as the message named `proto_name`, as a codec would.\n");
+    code.push_str("fn decode_by_name(proto_name: &str, bytes: &[u8]) -> Option<Result<(), ::prost::DecodeError>> {\n    match proto_name {\n");
+    code.push_str(&decode);
+    code.push_str("        _ => None,\n    }\n}\n");
+    code
 }

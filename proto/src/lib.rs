@@ -1,6 +1,17 @@
 //! Generated gRPC types, clients and servers of the commerce mesh, one module
 //! per versioned proto package, plus the descriptor set servers publish
-//! through reflection.
+//! through reflection, and how every server reads request bytes: the codec of
+//! every generated service ([`codec`]), the gRPC framing check in front of
+//! them ([`framing`]) and the health service decoded the same way
+//! ([`health`]).
+
+pub mod codec;
+pub mod framing;
+pub mod health;
+
+/// The prost the generated code uses, for callers that decode descriptors or
+/// raw messages themselves.
+pub use prost;
 
 /// Encoded `FileDescriptorSet` of every contract, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

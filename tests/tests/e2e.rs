@@ -9,6 +9,8 @@
 mod concurrency;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/fuzz.rs"]
+mod fuzz;
 #[path = "e2e/happy.rs"]
 mod happy;
 #[path = "e2e/harness.rs"]

@@ -116,7 +116,9 @@ impl Application {
             service_names,
             jobs,
         } = self;
-        let (health, health_service) = tonic_health::server::health_reporter();
+        // tonic-health's service, decoded with the mesh's codec (see
+        // commerce_proto::health).
+        let (health, health_service) = commerce_proto::health::health_reporter();
         // Every service is known to health checks (and Watch) from the start;
         // the probe below decides whether it is serving.
         report_health(&health, &service_names, ServingStatus::NotServing).await;
@@ -142,6 +144,8 @@ impl Application {
                     .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
                     .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
+            // Broken gRPC frames are INVALID_ARGUMENT, not tonic's INTERNAL.
+            .layer(commerce_proto::framing::RequestFramingLayer)
             .add_routes(routes.routes())
             // Nagle's algorithm would hold a response's last segment until
             // the peer's delayed ACK (40 ms) whenever headers, body and

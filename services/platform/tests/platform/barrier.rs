@@ -8,7 +8,7 @@ use commerce_platform::migrate;
 use commerce_platform::{Database, SagaId, ServiceError};
 use commerce_testkit::TestDatabase;
 use diesel::sql_types::{BigInt, Char};
-use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
 use std::time::Duration;
 
 const PAIR: SagaPair = SagaPair {
