@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
+#[path = "e2e/chaos.rs"]
+mod chaos;
 #[path = "e2e/concurrency.rs"]
 mod concurrency;
 #[path = "e2e/crash.rs"]
@@ -23,3 +25,5 @@ mod outage;
 mod rejections;
 #[path = "e2e/shop.rs"]
 mod shop;
+#[path = "e2e/storm.rs"]
+mod storm;

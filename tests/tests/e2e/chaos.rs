@@ -1,0 +1,1096 @@
+//! A chaos run: a few hundred orders from several clients while a random
+//! server (the orchestrator or a participant) is killed with SIGKILL and
+//! restarted every few seconds. Clients send PlaceOrder again under the same
+//! idempotency key whenever a call gets no answer, and each client places
+//! the orders of its own users one after another, so the test knows each
+//! user's balance and coupons when an order starts and can tell what the
+//! order must come to. Once the kills stop and every saga has ended, every
+//! invariant is checked on the stored data: stock adds up, balances are
+//! initial - what confirmed orders paid = ledger sum, a coupon is used iff
+//! exactly one confirmed order carries it, everything is terminal, and no
+//! order was rejected for a reason the data cannot explain.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use commerce_proto::order::v1 as order;
+use commerce_proto::order::v1::order_service_client::OrderServiceClient;
+use commerce_testkit::error_reason;
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel_async::RunQueryDsl;
+use futures::future::join_all;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use crate::harness::Mesh;
+use crate::shop;
+
+/// Concurrent clients; each owns [`USERS_PER_CLIENT`] users.
+const CLIENTS: usize = 8;
+const USERS_PER_CLIENT: usize = 3;
+/// Orders placed in all.
+const ORDERS: usize = 480;
+/// Kills, one every 1-3 s (fewer if the orders are all placed first).
+const KILLS: usize = 10;
+/// No new order after this long.
+const LOAD_BUDGET: Duration = Duration::from_secs(50);
+/// How long one order may take to end, outages included.
+const ORDER_BUDGET: Duration = Duration::from_secs(60);
+/// Units of every plentiful product: more than all orders can take.
+const PLENTY: i64 = 10_000;
+/// Units of the scarce product: fewer than the orders ask for.
+const SCARCE: i64 = 25;
+/// How many samples of each kind of violation the report shows.
+const SAMPLES: usize = 10;
+
+/// SplitMix64, seeded: the same orders and kill schedule every run.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn index(&mut self, len: usize) -> usize {
+        usize::try_from(self.below(len as u64)).unwrap()
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo + 1))
+    }
+}
+
+/// A product of the shop.
+#[derive(Clone)]
+struct Item {
+    price: i64,
+    initial: i64,
+}
+
+/// A coupon template: FIXED `value` off orders of at least `min_order`.
+#[derive(Clone, Copy)]
+struct Terms {
+    value: i64,
+    min_order: i64,
+}
+
+/// A user as its client knows it between two of its orders (all earlier
+/// orders ended).
+#[derive(Clone)]
+struct Buyer {
+    name: String,
+    charged: i64,
+    paid: i64,
+    /// (coupon id, terms).
+    coupons: Vec<(i64, Terms)>,
+    used: HashSet<i64>,
+    /// An earlier order did not end in time: what this user has is unknown.
+    unsure: bool,
+}
+
+/// What an order must come to, from what its user had when it started.
+#[derive(Debug, Clone)]
+struct Expected {
+    subtotal: i64,
+    discount: i64,
+    payable: i64,
+    /// Reasons it may be rejected with.
+    reasons: Vec<&'static str>,
+    may_confirm: bool,
+    /// False when the user's state was unknown at the start.
+    sure: bool,
+}
+
+/// One order as its client saw it.
+struct Placed {
+    user: String,
+    key: String,
+    lines: Vec<(i64, i64)>,
+    coupon: Option<i64>,
+    expected: Expected,
+    /// The final order, if it ended within [`ORDER_BUDGET`].
+    settled: Option<order::Order>,
+    /// PlaceOrder calls sent (1 when the first one was answered).
+    sends: u32,
+}
+
+/// What the clients saw go wrong.
+#[derive(Default)]
+struct Seen {
+    /// Transient failures by call and code (retried).
+    transient: BTreeMap<String, u64>,
+    /// INTERNAL answers from a server, and other statuses no call may get.
+    bad_status: Vec<String>,
+}
+
+impl Seen {
+    fn transient(&mut self, call: &str, status: &Status) {
+        *self
+            .transient
+            .entry(format!("{call} {:?}", status.code()))
+            .or_default() += 1;
+    }
+}
+
+/// A failure a client simply retries: the server is down or restarting, or
+/// the call was cut. An INTERNAL with an `ErrorInfo` is the server's own
+/// (a bug); one without comes from the transport.
+fn retryable(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable
+        | Code::Unknown
+        | Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::ResourceExhausted => true,
+        Code::Internal => error_reason(status).is_none(),
+        _ => false,
+    }
+}
+
+fn timed<T>(message: T, timeout: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+fn terminal(o: &order::Order) -> bool {
+    matches!(
+        shop::state(o),
+        order::OrderState::Confirmed | order::OrderState::Rejected
+    )
+}
+
+/// A deadline for a client's call: mostly patient, but a quarter of the
+/// calls give up after 1-25 ms (a client going away), which cancels the
+/// server's handler wherever it is.
+fn patience(rng: &mut Rng, patient: Duration) -> Duration {
+    if rng.chance(25) {
+        rng.millis(1, 25)
+    } else {
+        patient
+    }
+}
+
+/// Places the order, sending it again under its key until answered, then
+/// reads it until it has ended; `None` past [`ORDER_BUDGET`].
+async fn place_and_settle(
+    client: &mut OrderServiceClient<Channel>,
+    request: &order::PlaceOrderRequest,
+    rng: &mut Rng,
+    seen: &mut Seen,
+) -> (Option<order::Order>, u32) {
+    let deadline = Instant::now() + ORDER_BUDGET;
+    let mut sends = 0;
+    let mut refused = 0;
+    let mut current = None;
+    while current.is_none() && Instant::now() < deadline {
+        sends += 1;
+        match client
+            .place_order(timed(
+                request.clone(),
+                patience(rng, Duration::from_secs(3)),
+            ))
+            .await
+        {
+            Ok(answer) => current = Some(answer.into_inner()),
+            Err(status) if retryable(&status) => {
+                seen.transient("PlaceOrder", &status);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => {
+                seen.bad_status.push(format!(
+                    "PlaceOrder({}, {}): {:?} {:?} {}",
+                    request.user_id,
+                    request.idempotency_key,
+                    status.code(),
+                    error_reason(&status),
+                    status.message()
+                ));
+                // Reported; the key still makes sending again safe, a few
+                // times.
+                refused += 1;
+                if refused >= 3 {
+                    return (None, sends);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let mut pause = Duration::from_millis(20);
+    while let Some(o) = current.take() {
+        if terminal(&o) {
+            return (Some(o), sends);
+        }
+        if Instant::now() >= deadline {
+            return (None, sends);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+        let mut next = None;
+        while next.is_none() && Instant::now() < deadline {
+            let get = order::GetOrderRequest {
+                order_id: o.order_id.clone(),
+            };
+            let timeout = patience(rng, Duration::from_secs(2));
+            match client.get_order(timed(get, timeout)).await {
+                Ok(answer) => next = Some(answer.into_inner()),
+                Err(status) if retryable(&status) => {
+                    seen.transient("GetOrder", &status);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(status) => {
+                    seen.bad_status.push(format!(
+                        "GetOrder({}): {:?} {:?} {}",
+                        o.order_id,
+                        status.code(),
+                        error_reason(&status),
+                        status.message()
+                    ));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        current = next;
+    }
+    (None, sends)
+}
+
+/// What an order of `lines` with `coupon` must come to for `buyer`.
+fn expect(
+    buyer: &Buyer,
+    lines: &[(i64, i64)],
+    coupon: Option<i64>,
+    items: &HashMap<i64, Item>,
+) -> Expected {
+    let subtotal: i64 = lines.iter().map(|&(p, q)| items[&p].price * q).sum();
+    let mut reasons = Vec::new();
+    let mut discount = 0;
+    if let Some(c) = coupon {
+        let terms = buyer
+            .coupons
+            .iter()
+            .find(|(id, _)| *id == c)
+            .map(|&(_, t)| t)
+            .unwrap();
+        if buyer.used.contains(&c) {
+            reasons.push("COUPON_ALREADY_USED");
+        } else if subtotal < terms.min_order {
+            reasons.push("COUPON_MIN_ORDER_NOT_MET");
+        } else {
+            discount = terms.value.min(subtotal);
+        }
+    }
+    let payable = subtotal - discount;
+    if reasons.is_empty() && payable > buyer.charged - buyer.paid {
+        reasons.push("POINT_INSUFFICIENT");
+    }
+    let may_confirm = reasons.is_empty();
+    if lines.iter().any(|&(p, _)| items[&p].initial == SCARCE) {
+        reasons.push("STOCK_INSUFFICIENT");
+    }
+    Expected {
+        subtotal,
+        discount,
+        payable,
+        reasons,
+        may_confirm,
+        sure: !buyer.unsure,
+    }
+}
+
+/// One client: the orders of its users, one at a time.
+async fn client(
+    c: usize,
+    channel: Channel,
+    mut buyers: Vec<Buyer>,
+    items: &HashMap<i64, Item>,
+    next_order: &AtomicUsize,
+    started: Instant,
+) -> (Vec<Placed>, Seen, Vec<Buyer>) {
+    let mut orders = OrderServiceClient::new(channel);
+    let mut rng = Rng::new(0xC4A0_5000 + c as u64);
+    let mut ids: Vec<i64> = items.keys().copied().collect();
+    ids.sort_unstable();
+    let scarce: Vec<i64> = ids
+        .iter()
+        .copied()
+        .filter(|p| items[p].initial == SCARCE)
+        .collect();
+    let plenty: Vec<i64> = ids
+        .iter()
+        .copied()
+        .filter(|p| items[p].initial == PLENTY)
+        .collect();
+    let mut placed = Vec::new();
+    let mut seen = Seen::default();
+    for n in 0.. {
+        if started.elapsed() > LOAD_BUDGET || next_order.fetch_add(1, Ordering::SeqCst) >= ORDERS {
+            break;
+        }
+        let b = n % buyers.len();
+        let mut lines = vec![(plenty[rng.index(plenty.len())], 1 + rng.below(3) as i64)];
+        if rng.chance(40) {
+            let other = plenty[rng.index(plenty.len())];
+            if other != lines[0].0 {
+                lines.push((other, 1 + rng.below(3) as i64));
+            }
+        }
+        if rng.chance(12) {
+            lines.push((scarce[0], 1 + rng.below(3) as i64));
+        }
+        lines.sort_unstable();
+        let coupon = if rng.chance(35) {
+            let coupons = &buyers[b].coupons;
+            Some(coupons[rng.index(coupons.len())].0)
+        } else {
+            None
+        };
+        let expected = expect(&buyers[b], &lines, coupon, items);
+        let key = format!("chaos-{c}-{n}");
+        let request = shop::request(&buyers[b].name, &lines, coupon, &key);
+        let (settled, sends) = place_and_settle(&mut orders, &request, &mut rng, &mut seen).await;
+        let buyer = &mut buyers[b];
+        match &settled {
+            Some(o) if shop::state(o) == order::OrderState::Confirmed => {
+                buyer.paid += o.points_paid;
+                if let Some(c) = coupon {
+                    buyer.used.insert(c);
+                }
+            }
+            Some(_) => {}
+            None => buyer.unsure = true,
+        }
+        placed.push(Placed {
+            user: buyer.name.clone(),
+            key,
+            lines,
+            coupon,
+            expected,
+            settled,
+            sends,
+        });
+        tokio::time::sleep(rng.millis(80, 250)).await;
+    }
+    (placed, seen, buyers)
+}
+
+/// Kills a random server every 1-3 s, keeps it down 0.1-1 s and starts it
+/// again (waiting until it serves), at most [`KILLS`] times and only while
+/// orders are being placed. Returns the kills per server.
+async fn killer(mesh: &mut Mesh, load_done: &AtomicBool) -> BTreeMap<&'static str, usize> {
+    let mut rng = Rng::new(0x0C4A_0511);
+    let mut kills = BTreeMap::new();
+    // Rounds of the four servers in a shuffled order, the orchestrator
+    // twice (each kill also cancels its calls in flight at participants).
+    let mut schedule: Vec<usize> = Vec::new();
+    while schedule.len() < KILLS {
+        let mut round = vec![0, 0, 1, 2, 3];
+        for i in (1..round.len()).rev() {
+            round.swap(i, rng.index(i + 1));
+        }
+        schedule.extend(round);
+    }
+    for &target in schedule.iter().take(KILLS) {
+        tokio::time::sleep(rng.millis(800, 2_000)).await;
+        if load_done.load(Ordering::SeqCst) {
+            break;
+        }
+        let (name, node) = match target {
+            0 => ("orchestrator", &mut mesh.orchestrators[0]),
+            1 => ("product", &mut mesh.product),
+            2 => ("point", &mut mesh.point),
+            _ => ("coupon", &mut mesh.coupon),
+        };
+        node.kill().await;
+        *kills.entry(name).or_default() += 1;
+        tokio::time::sleep(rng.millis(100, 1_000)).await;
+        node.start().await;
+    }
+    kills
+}
+
+/// A log line without its terminal colours.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[derive(diesel::QueryableByName)]
+struct OrderRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    user_id: String,
+    #[diesel(sql_type = Text)]
+    idempotency_key: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    user_coupon_id: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    subtotal: i64,
+    #[diesel(sql_type = BigInt)]
+    discount: i64,
+    #[diesel(sql_type = BigInt)]
+    points_paid: i64,
+    #[diesel(sql_type = Text)]
+    reason: String,
+    #[diesel(sql_type = Text)]
+    reason_message: String,
+    #[diesel(sql_type = Text)]
+    saga_id: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct LineRow {
+    #[diesel(sql_type = Text)]
+    order_id: String,
+    #[diesel(sql_type = BigInt)]
+    product_id: i64,
+    #[diesel(sql_type = BigInt)]
+    quantity: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct SagaRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Text)]
+    order_id: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct LogRow {
+    #[diesel(sql_type = Text)]
+    saga_id: String,
+    #[diesel(sql_type = Text)]
+    step_name: String,
+    #[diesel(sql_type = Text)]
+    direction: String,
+    #[diesel(sql_type = Text)]
+    outcome: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    error: Option<String>,
+}
+
+#[derive(diesel::QueryableByName)]
+struct StockRow {
+    #[diesel(sql_type = BigInt)]
+    product_id: i64,
+    #[diesel(sql_type = BigInt)]
+    available: i64,
+    #[diesel(sql_type = BigInt)]
+    reserved: i64,
+    #[diesel(sql_type = BigInt)]
+    sold: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct LedgerRow {
+    #[diesel(sql_type = Text)]
+    user_id: String,
+    #[diesel(sql_type = BigInt)]
+    amount: i64,
+    #[diesel(sql_type = BigInt)]
+    balance_after: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct AccountRow {
+    #[diesel(sql_type = Text)]
+    user_id: String,
+    #[diesel(sql_type = BigInt)]
+    balance: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct CouponRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    user_id: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    used_by_saga: Option<String>,
+}
+
+/// Violations found, by kind.
+#[derive(Default)]
+struct Violations(BTreeMap<&'static str, Vec<String>>);
+
+impl Violations {
+    fn add(&mut self, kind: &'static str, what: String) {
+        self.0.entry(kind).or_default().push(what);
+    }
+
+    fn count(&self) -> usize {
+        self.0.values().map(Vec::len).sum()
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Waits (polling, bounded) until the saga admin counts no unfinished saga
+/// and no order is waiting for one.
+async fn wait_all_terminal(mesh: &Mesh) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut db = mesh.order_db.connect().await.unwrap();
+    while Instant::now() < deadline {
+        let counts = mesh
+            .sagas()
+            .count_sagas(timed(order::CountSagasRequest {}, Duration::from_secs(2)))
+            .await;
+        if let Ok(counts) = counts {
+            let c = counts.into_inner();
+            let pending: Vec<Count> = diesel::sql_query(
+                "SELECT COUNT(*) AS n FROM orders WHERE state NOT IN ('CONFIRMED', 'REJECTED')",
+            )
+            .load(&mut db)
+            .await
+            .unwrap();
+            if c.running + c.compensating + c.stuck == 0 && pending[0].n == 0 {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_orders_keep_every_invariant_while_servers_are_killed() {
+    let started = Instant::now();
+    let mut mesh = Mesh::start(1).await;
+
+    // The shop: five plentiful products, one scarce; two coupons a user.
+    let brand = shop::brand(&mesh, "Chaos").await;
+    let mut items = HashMap::new();
+    for (name, price, initial) in [
+        ("Tee", 1_000, PLENTY),
+        ("Cap", 2_500, PLENTY),
+        ("Mug", 4_000, PLENTY),
+        ("Bag", 7_000, PLENTY),
+        ("Coat", 12_000, PLENTY),
+        ("Limited", 3_000, SCARCE),
+    ] {
+        let id = shop::product(&mesh, brand, name, price, initial).await;
+        items.insert(id, Item { price, initial });
+    }
+    let ten_off = Terms {
+        value: 3_000,
+        min_order: 10_000,
+    };
+    let small_off = Terms {
+        value: 1_500,
+        min_order: 0,
+    };
+    let ten_off_id =
+        shop::fixed_template(&mesh, ten_off.value, ten_off.min_order, 1_000, false).await;
+    let small_off_id =
+        shop::fixed_template(&mesh, small_off.value, small_off.min_order, 1_000, false).await;
+    // Rich users can pay for every order they place, middling ones for a
+    // few, poor ones for almost none.
+    let mut buyers = Vec::new();
+    for i in 0..CLIENTS * USERS_PER_CLIENT {
+        let name = format!("chaos-user-{i}");
+        let charged = match i % 4 {
+            0 | 1 => 3_000_000,
+            2 => 60_000,
+            _ => 3_000,
+        };
+        shop::charge(&mesh, &name, charged).await;
+        let coupons = vec![
+            (shop::issue(&mesh, ten_off_id, &name).await, ten_off),
+            (shop::issue(&mesh, small_off_id, &name).await, small_off),
+        ];
+        buyers.push(Buyer {
+            name,
+            charged,
+            paid: 0,
+            coupons,
+            used: HashSet::new(),
+            unsure: false,
+        });
+    }
+
+    // The load and the kills, together.
+    let channel = mesh.orchestrator().channel();
+    let next_order = AtomicUsize::new(0);
+    let load_done = AtomicBool::new(false);
+    let load_started = Instant::now();
+    let load = async {
+        let results = join_all(buyers.chunks(USERS_PER_CLIENT).enumerate().map(|(c, own)| {
+            client(
+                c,
+                channel.clone(),
+                own.to_vec(),
+                &items,
+                &next_order,
+                load_started,
+            )
+        }))
+        .await;
+        load_done.store(true, Ordering::SeqCst);
+        results
+    };
+    let (results, kills) = tokio::join!(load, killer(&mut mesh, &load_done));
+    let load_time = load_started.elapsed();
+    let mut placed = Vec::new();
+    let mut seen = Seen::default();
+    let mut buyers = Vec::new();
+    for (p, s, b) in results {
+        placed.extend(p);
+        for (k, v) in s.transient {
+            *seen.transient.entry(k).or_default() += v;
+        }
+        seen.bad_status.extend(s.bad_status);
+        buyers.extend(b);
+    }
+
+    // Everything is up again: every saga must end.
+    let mut violations = Violations::default();
+    if !wait_all_terminal(&mesh).await {
+        violations.add(
+            "not terminal within a minute after the kills",
+            "see the sagas below".to_owned(),
+        );
+    }
+    for s in &seen.bad_status {
+        violations.add("INTERNAL or unexpected status to a client", s.clone());
+    }
+
+    // The stored truth.
+    let mut order_db = mesh.order_db.connect().await.unwrap();
+    let orders: Vec<OrderRow> = diesel::sql_query(
+        "SELECT id, user_id, idempotency_key, state, user_coupon_id, subtotal, discount, \
+         points_paid, reason, reason_message, saga_id FROM orders",
+    )
+    .load(&mut order_db)
+    .await
+    .unwrap();
+    let lines: Vec<LineRow> =
+        diesel::sql_query("SELECT order_id, product_id, quantity FROM order_lines")
+            .load(&mut order_db)
+            .await
+            .unwrap();
+    let sagas: Vec<SagaRow> = diesel::sql_query("SELECT id, kind, order_id, state FROM sagas")
+        .load(&mut order_db)
+        .await
+        .unwrap();
+    let log: Vec<LogRow> = diesel::sql_query(
+        "SELECT saga_id, step_name, direction, outcome, error FROM saga_log \
+         WHERE outcome IN ('FAILED', 'REJECTED') ORDER BY seq",
+    )
+    .load(&mut order_db)
+    .await
+    .unwrap();
+    let mut product_db = mesh.database("product").connect().await.unwrap();
+    let stock: Vec<StockRow> =
+        diesel::sql_query("SELECT product_id, available, reserved, sold FROM product_stock")
+            .load(&mut product_db)
+            .await
+            .unwrap();
+    let mut point_db = mesh.database("point").connect().await.unwrap();
+    let ledger: Vec<LedgerRow> =
+        diesel::sql_query("SELECT user_id, amount, balance_after FROM point_ledger ORDER BY id")
+            .load(&mut point_db)
+            .await
+            .unwrap();
+    let accounts: Vec<AccountRow> =
+        diesel::sql_query("SELECT user_id, balance FROM point_accounts")
+            .load(&mut point_db)
+            .await
+            .unwrap();
+    let mut coupon_db = mesh.database("coupon").connect().await.unwrap();
+    let coupons: Vec<CouponRow> =
+        diesel::sql_query("SELECT id, user_id, state, used_by_saga FROM user_coupons")
+            .load(&mut coupon_db)
+            .await
+            .unwrap();
+
+    // Every order placed is stored once, under its key, and nothing else.
+    let by_key: HashMap<(&str, &str), &OrderRow> = orders
+        .iter()
+        .map(|o| ((o.user_id.as_str(), o.idempotency_key.as_str()), o))
+        .collect();
+    if orders.len() != placed.len() || by_key.len() != orders.len() {
+        violations.add(
+            "orders stored vs placed",
+            format!("{} stored, {} placed", orders.len(), placed.len()),
+        );
+    }
+    let mut lines_of: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
+    for l in &lines {
+        lines_of
+            .entry(l.order_id.as_str())
+            .or_default()
+            .push((l.product_id, l.quantity));
+    }
+    let saga_of: HashMap<&str, &SagaRow> = sagas.iter().map(|s| (s.id.as_str(), s)).collect();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut confirmed = 0;
+    let mut sends = 0;
+    let mut unsure = 0;
+    for p in &placed {
+        sends += p.sends;
+        let Some(o) = by_key.get(&(p.user.as_str(), p.key.as_str())) else {
+            violations.add(
+                "order lost",
+                format!("{} {} was never stored", p.user, p.key),
+            );
+            continue;
+        };
+        let what = format!(
+            "{} {} {} lines {:?} coupon {:?}",
+            o.id, p.user, p.key, p.lines, p.coupon
+        );
+        if let Some(seen) = &p.settled
+            && (shop::state(seen).as_str_name() != format!("ORDER_STATE_{}", o.state)
+                || seen.reason != o.reason)
+        {
+            violations.add(
+                "client saw another end than stored",
+                format!(
+                    "{what}: saw {:?} {}, stored {} {}",
+                    shop::state(seen),
+                    seen.reason,
+                    o.state,
+                    o.reason
+                ),
+            );
+        }
+        let mut stored_lines = lines_of.get(o.id.as_str()).cloned().unwrap_or_default();
+        stored_lines.sort_unstable();
+        if stored_lines != p.lines || o.user_coupon_id != p.coupon {
+            violations.add(
+                "order stored with other lines",
+                format!("{what}: stored {stored_lines:?} {:?}", o.user_coupon_id),
+            );
+        }
+        match saga_of.get(o.saga_id.as_str()) {
+            Some(s)
+                if s.order_id == o.id
+                    && s.kind == "PLACE_ORDER"
+                    && matches!(
+                        (o.state.as_str(), s.state.as_str()),
+                        ("CONFIRMED", "COMPLETED") | ("REJECTED", "COMPENSATED")
+                    ) => {}
+            s => violations.add(
+                "order and saga not terminal together",
+                format!(
+                    "{what}: order {} saga {:?}",
+                    o.state,
+                    s.map(|s| (&s.kind, &s.state))
+                ),
+            ),
+        }
+        let e = &p.expected;
+        if !e.sure {
+            unsure += 1;
+        }
+        match o.state.as_str() {
+            "CONFIRMED" => {
+                confirmed += 1;
+                if (o.subtotal, o.discount, o.points_paid) != (e.subtotal, e.discount, e.payable) {
+                    violations.add(
+                        "confirmed order with wrong amounts",
+                        format!(
+                            "{what}: subtotal/discount/paid {}/{}/{}, expected {}/{}/{}",
+                            o.subtotal,
+                            o.discount,
+                            o.points_paid,
+                            e.subtotal,
+                            e.discount,
+                            e.payable
+                        ),
+                    );
+                }
+                if e.sure && !e.may_confirm {
+                    violations.add(
+                        "confirmed although it had to be rejected",
+                        format!("{what}: expected one of {:?}", e.reasons),
+                    );
+                }
+            }
+            "REJECTED" => {
+                *reasons.entry(o.reason.clone()).or_default() += 1;
+                if o.points_paid != 0 {
+                    violations.add(
+                        "rejected order shows points paid",
+                        format!("{what}: {} {} paid {}", o.state, o.reason, o.points_paid),
+                    );
+                }
+                if e.sure && !e.reasons.contains(&o.reason.as_str()) {
+                    violations.add(
+                        "rejection the data cannot explain",
+                        format!(
+                            "{what}: {} ({}), expected {}",
+                            o.reason,
+                            o.reason_message,
+                            if e.may_confirm {
+                                format!("CONFIRMED or {:?}", e.reasons)
+                            } else {
+                                format!("{:?}", e.reasons)
+                            }
+                        ),
+                    );
+                }
+            }
+            state => violations.add("order not terminal", format!("{what}: {state}")),
+        }
+    }
+    for s in &sagas {
+        if !matches!(s.state.as_str(), "COMPLETED" | "COMPENSATED") {
+            violations.add(
+                "saga not terminal",
+                format!("saga {} of order {}: {}", s.id, s.order_id, s.state),
+            );
+        }
+    }
+
+    // Participant failures the orchestrator logged: transient ones are
+    // expected around the kills; INTERNAL and refused undos are not.
+    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &log {
+        let error = e.error.clone().unwrap_or_default();
+        let code = error.split(':').next().unwrap_or_default().to_owned();
+        if e.outcome == "FAILED" {
+            *failures
+                .entry(format!("{} {}", e.step_name, code))
+                .or_default() += 1;
+            let transient = matches!(
+                code.as_str(),
+                "Unavailable"
+                    | "DeadlineExceeded"
+                    | "Cancelled"
+                    | "Unknown"
+                    | "Aborted"
+                    | "ResourceExhausted"
+            ) || (code == "Internal" && !error.contains("internal error"));
+            if !transient {
+                violations.add(
+                    "participant failure that is not transient",
+                    format!(
+                        "saga {} {} {}: {error}",
+                        e.saga_id, e.step_name, e.direction
+                    ),
+                );
+            }
+        } else if e.direction != "FORWARD" {
+            violations.add(
+                "undo refused",
+                format!("saga {} {}: {error}", e.saga_id, e.step_name),
+            );
+        }
+    }
+    // And what the servers logged as internal errors (with their cause).
+    // Connections the MySQL server closed on a server (it does so when a
+    // connection sends out of turn): a sign, not a violation.
+    let mut internal_logged: BTreeMap<String, usize> = BTreeMap::new();
+    let mut closed_logged: BTreeMap<String, usize> = BTreeMap::new();
+    for node in [
+        &mesh.orchestrators[0],
+        &mesh.product,
+        &mesh.point,
+        &mesh.coupon,
+    ] {
+        let text = std::fs::read_to_string(node.log()).unwrap_or_default();
+        let closed = text
+            .lines()
+            .filter(|l| l.contains("Connection to the server is closed"))
+            .count();
+        if closed > 0 {
+            closed_logged.insert(node.service.to_owned(), closed);
+        }
+        for line in text.lines().map(plain) {
+            // What `ServiceError::Internal` logs when it becomes a status.
+            if let Some(at) = line.find("commerce_platform::error: internal error") {
+                *internal_logged.entry(node.service.to_owned()).or_default() += 1;
+                let call = line
+                    .split_once("uri=")
+                    .and_then(|(_, uri)| uri.split(' ').next())
+                    .and_then(|uri| uri.rsplit('/').next())
+                    .unwrap_or("?");
+                violations.add(
+                    "internal error in a server log",
+                    format!(
+                        "{} {call}: {}",
+                        node.service,
+                        line[at..].chars().take(240).collect::<String>()
+                    ),
+                );
+            }
+        }
+    }
+
+    // Stock: available + reserved + sold = initial, nothing negative or
+    // still reserved, sold = units of confirmed orders.
+    let mut sold: HashMap<i64, i64> = HashMap::new();
+    for o in orders.iter().filter(|o| o.state == "CONFIRMED") {
+        for &(p, q) in lines_of.get(o.id.as_str()).into_iter().flatten() {
+            *sold.entry(p).or_default() += q;
+        }
+    }
+    for s in &stock {
+        let initial = items.get(&s.product_id).map_or(0, |i| i.initial);
+        let want_sold = sold.get(&s.product_id).copied().unwrap_or_default();
+        if s.available + s.reserved + s.sold != initial
+            || s.available < 0
+            || s.reserved != 0
+            || s.sold != want_sold
+        {
+            violations.add(
+                "stock",
+                format!(
+                    "product {}: available {} reserved {} sold {} (initial {initial}, \
+                     confirmed units {want_sold})",
+                    s.product_id, s.available, s.reserved, s.sold
+                ),
+            );
+        }
+    }
+
+    // Points: balance = charged - paid by confirmed orders = ledger sum,
+    // and every balance_after continues the chain.
+    let mut paid: HashMap<&str, i64> = HashMap::new();
+    for o in orders.iter().filter(|o| o.state == "CONFIRMED") {
+        *paid.entry(o.user_id.as_str()).or_default() += o.points_paid;
+    }
+    let mut sums: HashMap<&str, i64> = HashMap::new();
+    for l in &ledger {
+        let sum = sums.entry(l.user_id.as_str()).or_default();
+        *sum += l.amount;
+        if l.balance_after != *sum || l.balance_after < 0 {
+            violations.add(
+                "ledger chain",
+                format!(
+                    "{}: balance_after {} where the chain gives {sum}",
+                    l.user_id, l.balance_after
+                ),
+            );
+        }
+    }
+    let balances: HashMap<&str, i64> = accounts
+        .iter()
+        .map(|a| (a.user_id.as_str(), a.balance))
+        .collect();
+    for b in &buyers {
+        let name = b.name.as_str();
+        let balance = balances.get(name).copied().unwrap_or_default();
+        let sum = sums.get(name).copied().unwrap_or_default();
+        let want = b.charged - paid.get(name).copied().unwrap_or_default();
+        if balance != sum || balance != want || balance < 0 {
+            violations.add(
+                "points",
+                format!(
+                    "{name}: balance {balance}, ledger sum {sum}, charged - paid by confirmed \
+                     orders {want}"
+                ),
+            );
+        }
+    }
+
+    // Coupons: USED iff exactly one confirmed order carries it, by its saga.
+    let mut carried: HashMap<i64, Vec<&OrderRow>> = HashMap::new();
+    for o in orders.iter().filter(|o| o.state == "CONFIRMED") {
+        if let Some(c) = o.user_coupon_id {
+            carried.entry(c).or_default().push(o);
+        }
+    }
+    for c in &coupons {
+        let by = carried.get(&c.id).map(Vec::as_slice).unwrap_or_default();
+        let ok = match (c.state.as_str(), by) {
+            ("USED", [o]) => c.used_by_saga.as_deref() == Some(o.saga_id.as_str()),
+            ("AVAILABLE", []) => true,
+            _ => false,
+        };
+        if !ok {
+            violations.add(
+                "coupons",
+                format!(
+                    "coupon {} of {}: {} by {:?}, carried by {} confirmed order(s)",
+                    c.id,
+                    c.user_id,
+                    c.state,
+                    c.used_by_saga,
+                    by.len()
+                ),
+            );
+        }
+    }
+
+    let mut report = format!(
+        "chaos: {} orders placed in {:.1}s by {CLIENTS} clients ({sends} PlaceOrder sends), \
+         {confirmed} confirmed, {} rejected {reasons:?}\n  kills: {kills:?} ({} in all)\n  \
+         orders of users in an unknown state: {unsure}\n  transient failures seen by clients: \
+         {:?}\n  participant failures in the saga log: {failures:?}\n  internal errors in \
+         server logs: {internal_logged:?}\n  database connections closed by the server \
+         (server logs): {closed_logged:?}\n  VIOLATIONS: {}",
+        placed.len(),
+        load_time.as_secs_f64(),
+        placed.len() - confirmed,
+        kills.values().sum::<usize>(),
+        seen.transient,
+        violations.count()
+    );
+    for (kind, list) in &violations.0 {
+        let _ = write!(report, "\n  {kind}: {}", list.len());
+        for line in list.iter().take(SAMPLES) {
+            let _ = write!(report, "\n    {line}");
+        }
+    }
+    let _ = write!(
+        report,
+        "\n  total time {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    println!("{report}");
+    assert!(
+        violations.0.is_empty(),
+        "chaos: {} violations (details above); logs in {}",
+        violations.count(),
+        mesh.log_dir.display()
+    );
+    mesh.shutdown().await;
+}
