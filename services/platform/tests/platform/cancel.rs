@@ -69,9 +69,10 @@ async fn add_and_read(database: &Database, caller: i64, key: i64) -> Result<i64,
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_dropped_mid_query_never_answer_another_call() {
-    let db = TestDatabase::create("cancel").await.unwrap();
+/// A database with one counter per caller, and a pool smaller than the
+/// number of callers.
+async fn fixture(label: &str) -> (TestDatabase, Database) {
+    let db = TestDatabase::create(label).await.unwrap();
     let mut conn = db.connect().await.unwrap();
     conn.batch_execute("CREATE TABLE counters (caller BIGINT PRIMARY KEY, total BIGINT NOT NULL)")
         .await
@@ -81,12 +82,17 @@ async fn calls_dropped_mid_query_never_answer_another_call() {
             .await
             .unwrap();
     }
-    drop(conn);
     let database = Database::new(&DbSettings {
         url: db.url.clone(),
         max_connections: 3,
         acquire_timeout: Duration::from_secs(20),
     });
+    (db, database)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_dropped_mid_query_never_answer_another_call() {
+    let (db, database) = fixture("cancel").await;
 
     let tasks = (0..CALLERS).map(|caller| {
         let database = database.clone();
@@ -148,22 +154,7 @@ async fn calls_dropped_mid_query_never_answer_another_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_dropped_midway_commit_whole_or_not_at_all() {
-    let db = TestDatabase::create("canceltx").await.unwrap();
-    let mut conn = db.connect().await.unwrap();
-    conn.batch_execute("CREATE TABLE counters (caller BIGINT PRIMARY KEY, total BIGINT NOT NULL)")
-        .await
-        .unwrap();
-    for caller in 0..CALLERS {
-        conn.batch_execute(&format!("INSERT INTO counters VALUES ({caller}, 0)"))
-            .await
-            .unwrap();
-    }
-    drop(conn);
-    let database = Database::new(&DbSettings {
-        url: db.url.clone(),
-        max_connections: 3,
-        acquire_timeout: Duration::from_secs(20),
-    });
+    let (db, database) = fixture("canceltx").await;
 
     // Each caller adds 1 per call to its own counter; a completed call must
     // see at least what completed before it, and never another caller's sum.
