@@ -78,46 +78,134 @@ impl Balance {
 
     /// The balance after a charge, refused above [`MAX_BALANCE`].
     pub fn charge(self, amount: ChargeAmount) -> Result<Self, ServiceError> {
-        match self.0.checked_add(amount.get()) {
-            Some(after) if after <= MAX_BALANCE => Ok(Self(after)),
-            _ => Err(ServiceError::rejected(
-                reason::POINT_BALANCE_LIMIT,
-                format!(
-                    "charging {} points to a balance of {} would exceed the limit of {MAX_BALANCE}",
-                    amount.get(),
-                    self.0
-                ),
-            )),
-        }
+        self.apply(BalanceChange::charge(amount))
     }
 
     /// The balance after a deduction, refused when it would go negative.
     pub fn deduct(self, amount: DeductAmount) -> Result<Self, ServiceError> {
-        if amount.get() > self.0 {
-            return Err(ServiceError::rejected(
-                reason::POINT_INSUFFICIENT,
-                format!(
-                    "deducting {} points needs more than the balance of {}",
-                    amount.get(),
-                    self.0
-                ),
-            ));
-        }
-        Ok(Self(self.0 - amount.get()))
+        self.apply(BalanceChange::deduct(amount))
     }
 
     /// The balance after giving back `amount` previously deducted points. No
     /// cap: it restores a state the account had.
     pub fn refund(self, amount: i64) -> Result<Self, ServiceError> {
+        self.apply(BalanceChange::refund(amount)?)
+    }
+
+    /// The balance after `change`, or the change's refusal when this balance
+    /// is outside the bounds the change admits.
+    pub fn apply(self, change: BalanceChange) -> Result<Self, ServiceError> {
+        if !change.admits(self) {
+            return Err(change.refusal(self));
+        }
+        // In bounds, so the sum neither overflows nor goes negative.
+        Ok(Self(self.0 + change.amount()))
+    }
+}
+
+/// One change of a balance, as the domain checks it and as the store writes
+/// it: a relative `balance = balance + amount` guarded in SQL by the same
+/// bounds [`Balance::apply`] checks (`min_before() <= balance <=
+/// max_before()`), so a balance read wrongly can never make the store write a
+/// wrong amount: it refuses instead, with [`BalanceChange::refusal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalanceChange {
+    kind: LedgerKind,
+    /// Signed, as in the ledger: negative for a USE.
+    amount: i64,
+}
+
+impl BalanceChange {
+    /// A charge: the balance after it may not exceed [`MAX_BALANCE`].
+    pub fn charge(amount: ChargeAmount) -> Self {
+        Self {
+            kind: LedgerKind::Charge,
+            amount: amount.get(),
+        }
+    }
+
+    /// A saga's deduction: the balance may not go negative.
+    pub fn deduct(amount: DeductAmount) -> Self {
+        Self {
+            kind: LedgerKind::Use,
+            amount: -amount.get(),
+        }
+    }
+
+    /// Giving back `amount` (> 0) deducted points; only overflow bounds it.
+    pub fn refund(amount: i64) -> Result<Self, ServiceError> {
         if amount <= 0 {
             return Err(ServiceError::internal(format!(
                 "refund of {amount} points is not positive"
             )));
         }
-        self.0
-            .checked_add(amount)
-            .map(Self)
-            .ok_or_else(|| ServiceError::internal("balance overflow on refund"))
+        Ok(Self {
+            kind: LedgerKind::Refund,
+            amount,
+        })
+    }
+
+    /// The ledger kind this change is recorded as.
+    pub fn kind(self) -> LedgerKind {
+        self.kind
+    }
+
+    /// The signed amount added to the balance (and written to the ledger).
+    pub fn amount(self) -> i64 {
+        self.amount
+    }
+
+    /// The smallest balance this change may apply to.
+    pub fn min_before(self) -> i64 {
+        match self.kind {
+            // Never below zero after a deduction.
+            LedgerKind::Use => -self.amount,
+            LedgerKind::Charge | LedgerKind::Refund => 0,
+        }
+    }
+
+    /// The largest balance this change may apply to.
+    pub fn max_before(self) -> i64 {
+        match self.kind {
+            // Never above the limit after a charge.
+            LedgerKind::Charge => MAX_BALANCE - self.amount,
+            // Refunds may pass the limit (they restore a past state), not overflow.
+            LedgerKind::Refund => i64::MAX - self.amount,
+            LedgerKind::Use => i64::MAX,
+        }
+    }
+
+    /// Whether the change may apply to `before`.
+    pub fn admits(self, before: Balance) -> bool {
+        (self.min_before()..=self.max_before()).contains(&before.get())
+    }
+
+    /// Why the change cannot apply to `balance`: the business refusal of its
+    /// kind. The store answers with it too when its SQL guard matched no row.
+    pub fn refusal(self, balance: Balance) -> ServiceError {
+        match self.kind {
+            LedgerKind::Use => ServiceError::rejected(
+                reason::POINT_INSUFFICIENT,
+                format!(
+                    "deducting {} points needs more than the balance of {}",
+                    -self.amount,
+                    balance.get()
+                ),
+            ),
+            LedgerKind::Charge => ServiceError::rejected(
+                reason::POINT_BALANCE_LIMIT,
+                format!(
+                    "charging {} points to a balance of {} would exceed the limit of {MAX_BALANCE}",
+                    self.amount,
+                    balance.get()
+                ),
+            ),
+            LedgerKind::Refund => ServiceError::internal(format!(
+                "balance overflow on refunding {} points to a balance of {}",
+                self.amount,
+                balance.get()
+            )),
+        }
     }
 }
 
@@ -302,6 +390,73 @@ mod tests {
         assert_eq!(full.refund(5).unwrap().get(), MAX_BALANCE + 5);
         assert!(full.refund(0).is_err());
         assert!(Balance::from_stored(i64::MAX).unwrap().refund(1).is_err());
+    }
+
+    #[test]
+    fn balance_changes_admit_exactly_what_the_balance_rules_allow() {
+        let charge = BalanceChange::charge(ChargeAmount::parse("a", 500).unwrap());
+        assert_eq!((charge.kind(), charge.amount()), (LedgerKind::Charge, 500));
+        assert_eq!(
+            (charge.min_before(), charge.max_before()),
+            (0, MAX_BALANCE - 500)
+        );
+        let deduct = BalanceChange::deduct(DeductAmount::parse("a", 300).unwrap());
+        assert_eq!((deduct.kind(), deduct.amount()), (LedgerKind::Use, -300));
+        assert_eq!((deduct.min_before(), deduct.max_before()), (300, i64::MAX));
+        let refund = BalanceChange::refund(300).unwrap();
+        assert_eq!((refund.kind(), refund.amount()), (LedgerKind::Refund, 300));
+        assert_eq!(
+            (refund.min_before(), refund.max_before()),
+            (0, i64::MAX - 300)
+        );
+        assert!(BalanceChange::refund(0).is_err());
+        assert!(BalanceChange::refund(-3).is_err());
+
+        // The guard's bounds and the typed checks agree at every edge.
+        for raw in [
+            0,
+            1,
+            299,
+            300,
+            301,
+            MAX_BALANCE - 501,
+            MAX_BALANCE - 500,
+            MAX_BALANCE - 499,
+            MAX_BALANCE,
+            i64::MAX - 300,
+            i64::MAX - 299,
+            i64::MAX,
+        ] {
+            let balance = Balance::from_stored(raw).unwrap();
+            for change in [charge, deduct, refund] {
+                let applied = balance.apply(change);
+                assert_eq!(
+                    applied.is_ok(),
+                    change.admits(balance),
+                    "{change:?} on {raw}"
+                );
+                if let Ok(after) = applied {
+                    assert_eq!(after.get(), raw + change.amount());
+                    assert!(after.get() >= 0);
+                }
+            }
+        }
+        let error = Balance::from_stored(299)
+            .unwrap()
+            .apply(deduct)
+            .unwrap_err();
+        assert_eq!(reason_of(&error), reason::POINT_INSUFFICIENT);
+        assert_eq!(
+            error.to_string(),
+            deduct
+                .refusal(Balance::from_stored(299).unwrap())
+                .to_string()
+        );
+        let full = Balance::from_stored(MAX_BALANCE).unwrap();
+        assert_eq!(
+            reason_of(&full.apply(charge).unwrap_err()),
+            reason::POINT_BALANCE_LIMIT
+        );
     }
 
     #[test]

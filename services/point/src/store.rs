@@ -2,6 +2,15 @@
 //! [`PointStore`], the narrow interface the handlers use. Every write is one
 //! transaction that locks the account row, writes the ledger entry and the new
 //! balance together, so the balance always equals the sum of the ledger.
+//!
+//! Defence in depth: the domain decides a change from the balance read under
+//! the row lock, but the store never writes a balance computed from that
+//! read. It applies the change relatively (`balance = balance + ?`), guarded
+//! in the `WHERE` clause by the bounds the domain checks, checks the matched
+//! row, and writes into the ledger the balance read back after the update
+//! (see [`ledger_apply`]). A wrong read can make a call refuse, never write a
+//! wrong amount, and each entry's `balance_after` is the previous one plus
+//! its amount.
 
 use chrono::NaiveDateTime;
 use commerce_platform::barrier::{self, SagaPair};
@@ -12,8 +21,8 @@ use diesel::prelude::*;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
 use crate::domain::{
-    Balance, ChargeAmount, ChargeOutcome, DeductAmount, DeductOutcome, IdempotencyKey, LedgerEntry,
-    LedgerKind, RefundOutcome,
+    Balance, BalanceChange, ChargeAmount, ChargeOutcome, DeductAmount, DeductOutcome,
+    IdempotencyKey, LedgerEntry, LedgerKind, RefundOutcome,
 };
 
 /// The saga step of this service and its compensation. Persisted in the
@@ -171,25 +180,20 @@ impl PointStore {
                     {
                         return ChargeOutcome::replay(first, amount);
                     }
-                    let after = balance.charge(amount)?;
-                    let entry = ledger_apply(
-                        c,
-                        user,
-                        LedgerKind::Charge,
-                        amount.get(),
-                        after,
-                        key.as_str(),
-                    )
-                    .await
-                    .map_err(|e| match e {
-                        LedgerWriteError::Duplicate => ServiceError::Conflict(format!(
-                            "concurrent charge with key {key:?}; reading it again"
-                        )),
-                        LedgerWriteError::Failed(e) => e,
-                    })?;
+                    let change = BalanceChange::charge(amount);
+                    let expected = balance.apply(change)?;
+                    let entry = ledger_apply(c, user, change, key.as_str())
+                        .await
+                        .map_err(|e| match e {
+                            LedgerWriteError::Duplicate => ServiceError::Conflict(format!(
+                                "concurrent charge with key {key:?}; reading it again"
+                            )),
+                            LedgerWriteError::Failed(e) => e,
+                        })?;
+                    check_read(user, expected, &entry);
                     Ok(ChargeOutcome {
+                        balance: entry.balance_after,
                         entry,
-                        balance: after.get(),
                     })
                 }
                 .scope_boxed()
@@ -216,22 +220,17 @@ impl PointStore {
                             // An account never seen holds 0 points: the
                             // deduction is refused, so nothing is created.
                             let balance = account_lock(c, user).await?.unwrap_or(Balance::ZERO);
-                            let after = balance.deduct(amount)?;
-                            ledger_apply(
-                                c,
-                                user,
-                                LedgerKind::Use,
-                                -amount.get(),
-                                after,
-                                saga.as_str(),
-                            )
-                            .await
-                            .map_err(LedgerWriteError::into_internal)?;
+                            let change = BalanceChange::deduct(amount);
+                            let expected = balance.apply(change)?;
+                            let entry = ledger_apply(c, user, change, saga.as_str())
+                                .await
+                                .map_err(LedgerWriteError::into_internal)?;
+                            check_read(user, expected, &entry);
                             Ok(DeductOutcome {
                                 saga_id: saga.to_string(),
                                 user_id: user.to_string(),
                                 deducted: amount.get(),
-                                balance: after.get(),
+                                balance: entry.balance_after,
                             })
                         },
                     )
@@ -283,20 +282,21 @@ async fn refund_use(
         })?;
     let user = UserId::parse("point_ledger.user_id", &used.user_id)
         .map_err(|e| ServiceError::internal(e.to_string()))?;
-    let amount = -used.amount;
+    let change = BalanceChange::refund(-used.amount)?;
     let balance = account_lock(c, &user).await?.ok_or_else(|| {
         ServiceError::internal(format!("account of {user} vanished before refunding"))
     })?;
-    let after = balance.refund(amount)?;
-    ledger_apply(c, &user, LedgerKind::Refund, amount, after, saga.as_str())
+    let expected = balance.apply(change)?;
+    let entry = ledger_apply(c, &user, change, saga.as_str())
         .await
         .map_err(LedgerWriteError::into_internal)?;
+    check_read(&user, expected, &entry);
     Ok(RefundOutcome {
         saga_id: saga.to_string(),
         refunded: true,
         user_id: user.to_string(),
-        amount,
-        balance: after.get(),
+        amount: change.amount(),
+        balance: entry.balance_after,
     })
 }
 
@@ -362,15 +362,18 @@ async fn ledger_find(
 }
 
 /// Why writing a ledger entry failed.
-enum LedgerWriteError {
+#[derive(Debug)]
+pub enum LedgerWriteError {
     /// The (user, kind, reference) entry exists already.
     Duplicate,
+    /// Refused (the change's business refusal when its guard matched no
+    /// row) or failed.
     Failed(ServiceError),
 }
 
 impl LedgerWriteError {
     /// For writes the barrier already made unique: a duplicate is a bug.
-    fn into_internal(self) -> ServiceError {
+    pub fn into_internal(self) -> ServiceError {
         match self {
             Self::Duplicate => ServiceError::internal("duplicate saga ledger entry"),
             Self::Failed(e) => e,
@@ -384,22 +387,60 @@ impl From<ServiceError> for LedgerWriteError {
     }
 }
 
-/// Appends a ledger entry and sets the account (locked by the caller) to the
-/// balance right after it.
-async fn ledger_apply(
+/// Applies `change` to the user's balance and appends its ledger entry, in
+/// the caller's transaction (the callers lock the account row first and
+/// check the change with the domain; this is the backstop that holds even
+/// if that read was wrong):
+///
+/// 1. `UPDATE point_accounts SET balance = balance + :amount WHERE user_id =
+///    :user AND balance BETWEEN :min_before AND :max_before`, the bounds of
+///    [`BalanceChange`]; no matched row is the change's refusal
+///    ([`BalanceChange::refusal`], e.g. `POINT_INSUFFICIENT`), and nothing
+///    is written.
+/// 2. The balance read back under the row lock (which the update holds to
+///    the end of the transaction): the exact `balance_after`.
+/// 3. The ledger entry with that `balance_after`.
+///
+/// Public so that tests can call it with the domain check bypassed.
+pub async fn ledger_apply(
     c: &mut AsyncMysqlConnection,
     user: &UserId,
-    kind: LedgerKind,
-    amount: i64,
-    after: Balance,
+    change: BalanceChange,
     reference: &str,
 ) -> Result<LedgerEntry, LedgerWriteError> {
     let now = commerce_platform::time::now();
+    // diesel-async on MySQL counts matched rows; the guard is in WHERE, so
+    // a match is exactly an applied change.
+    let matched = diesel::update(
+        point_accounts::table
+            .find(user.as_str())
+            .filter(point_accounts::balance.ge(change.min_before()))
+            .filter(point_accounts::balance.le(change.max_before())),
+    )
+    .set((
+        point_accounts::balance.eq(point_accounts::balance + change.amount()),
+        point_accounts::updated_at.eq(now),
+    ))
+    .execute(c)
+    .await
+    .map_err(ServiceError::from)?;
+    let after = account_lock(c, user).await?;
+    let after = match (matched, after) {
+        (1, Some(after)) => after,
+        // Refused: explain it from the balance as it is now.
+        (0, current) => return Err(change.refusal(current.unwrap_or(Balance::ZERO)).into()),
+        (matched, after) => {
+            return Err(ServiceError::internal(format!(
+                "balance update of {user} matched {matched} rows, then read {after:?}"
+            ))
+            .into());
+        }
+    };
     let inserted = diesel::insert_into(point_ledger::table)
         .values((
             point_ledger::user_id.eq(user.as_str()),
-            point_ledger::kind.eq(kind.as_str()),
-            point_ledger::amount.eq(amount),
+            point_ledger::kind.eq(change.kind().as_str()),
+            point_ledger::amount.eq(change.amount()),
             point_ledger::balance_after.eq(after.get()),
             point_ledger::reference.eq(reference),
             point_ledger::created_at.eq(now),
@@ -412,26 +453,28 @@ async fn ledger_apply(
         Err(e) => return Err(LedgerWriteError::Failed(e.into())),
     }
     let id = last_insert_id(c).await?;
-    let updated = diesel::update(point_accounts::table.find(user.as_str()))
-        .set((
-            point_accounts::balance.eq(after.get()),
-            point_accounts::updated_at.eq(now),
-        ))
-        .execute(c)
-        .await
-        .map_err(ServiceError::from)?;
-    if updated != 1 {
-        return Err(LedgerWriteError::Failed(ServiceError::internal(format!(
-            "account of {user} missing while writing its ledger"
-        ))));
-    }
     Ok(LedgerEntry {
         id,
         user_id: user.to_string(),
-        kind,
-        amount,
+        kind: change.kind(),
+        amount: change.amount(),
         balance_after: after.get(),
         reference: reference.to_owned(),
         created_at: now,
     })
+}
+
+/// The balance written is the one read back; it differs from what the domain
+/// computed only if the balance read before the change was wrong, which the
+/// row lock rules out. Worth a loud line, not a refusal: what was written is
+/// exact either way.
+fn check_read(user: &UserId, expected: Balance, entry: &LedgerEntry) {
+    if entry.balance_after != expected.get() {
+        tracing::error!(
+            user_id = %user,
+            expected = expected.get(),
+            balance_after = entry.balance_after,
+            "balance read under the row lock disagreed with the balance after the change"
+        );
+    }
 }

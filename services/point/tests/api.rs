@@ -7,6 +7,8 @@
 mod charge;
 #[path = "api/concurrency.rs"]
 mod concurrency;
+#[path = "api/ledger.rs"]
+mod ledger;
 #[path = "api/operations.rs"]
 mod operations;
 #[path = "api/saga.rs"]

@@ -278,10 +278,31 @@ pub enum StockMove {
     SoldToAvailable,
 }
 
+/// What a move of `quantity` units needs of the stock it applies to: the
+/// source bucket holds at least `min_source` units and the target bucket at
+/// most `max_target` (so it cannot overflow). [`Stock::moved`] checks these
+/// bounds, and the store guards its relative `UPDATE` with the same ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoveBounds {
+    pub min_source: i64,
+    pub max_target: i64,
+}
+
+impl StockMove {
+    /// The bounds of moving `quantity` units; `None` for a negative quantity.
+    pub fn bounds(self, quantity: i64) -> Option<MoveBounds> {
+        (quantity >= 0).then(|| MoveBounds {
+            min_source: quantity,
+            max_target: i64::MAX - quantity,
+        })
+    }
+}
+
 impl Stock {
     /// The stock after moving `quantity` units, or `None` when the source
     /// bucket holds fewer units (or a bucket would overflow).
     pub fn moved(&self, step: StockMove, quantity: i64) -> Option<Stock> {
+        let bounds = step.bounds(quantity)?;
         let mut next = *self;
         let (from, to) = match step {
             StockMove::AvailableToReserved => (&mut next.available, &mut next.reserved),
@@ -289,23 +310,42 @@ impl Stock {
             StockMove::ReservedToAvailable => (&mut next.reserved, &mut next.available),
             StockMove::SoldToAvailable => (&mut next.sold, &mut next.available),
         };
-        if quantity < 0 || *from < quantity {
+        if *from < bounds.min_source || *to > bounds.max_target {
             return None;
         }
         *from -= quantity;
-        *to = to.checked_add(quantity)?;
+        *to += quantity;
         Some(next)
     }
 
     /// Like [`Stock::moved`], for moves of units a reservation already holds:
     /// a shortfall there means the stored state is corrupt.
     pub fn moved_held(&self, step: StockMove, quantity: i64) -> Result<Stock, ServiceError> {
-        self.moved(step, quantity).ok_or_else(|| {
-            ServiceError::internal(format!(
-                "stock of product {} cannot take {step:?} of {quantity} units: {self:?}",
-                self.product_id
-            ))
-        })
+        self.moved(step, quantity)
+            .ok_or_else(|| self.held_move_refusal(step, quantity))
+    }
+
+    /// Why held units cannot move: the stored state is corrupt (INTERNAL).
+    /// The store answers with it too when the guard of such a move matched
+    /// no row.
+    pub fn held_move_refusal(&self, step: StockMove, quantity: i64) -> ServiceError {
+        ServiceError::internal(format!(
+            "stock of product {} cannot take {step:?} of {quantity} units: {self:?}",
+            self.product_id
+        ))
+    }
+
+    /// Why `quantity` units of `product_name` cannot be reserved from this
+    /// stock: STOCK_INSUFFICIENT naming the product. The store answers with it
+    /// too when the guard of a reservation matched no row.
+    pub fn reserve_refusal(&self, product_name: &str, quantity: i64) -> ServiceError {
+        ServiceError::rejected(
+            reason::STOCK_INSUFFICIENT,
+            format!(
+                "product {} ({product_name:?}) has {} units available, {quantity} requested",
+                self.product_id, self.available
+            ),
+        )
     }
 
     /// The stock with `available` set by an administrator.
@@ -398,7 +438,8 @@ pub struct ReservedLine {
     pub unit_price: i64,
 }
 
-/// One line of a planned reservation: what to record and the stock after it.
+/// One line of a planned reservation: what to record and the stock after it
+/// (the store applies the move relatively, guarded, and does not write this).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedLine {
     pub line: ReservedLine,
@@ -439,15 +480,7 @@ pub fn plan_reservation(
             }
             let stock_after = stock
                 .moved(StockMove::AvailableToReserved, line.quantity)
-                .ok_or_else(|| {
-                    ServiceError::rejected(
-                        reason::STOCK_INSUFFICIENT,
-                        format!(
-                            "product {} ({:?}) has {} units available, {} requested",
-                            line.product_id, snapshot.product_name, stock.available, line.quantity
-                        ),
-                    )
-                })?;
+                .ok_or_else(|| stock.reserve_refusal(&snapshot.product_name, line.quantity))?;
             Ok(PlannedLine {
                 line: ReservedLine {
                     product_id: line.product_id,
@@ -714,6 +747,55 @@ mod tests {
             s.with_available(StockUnits::parse("available", 9).unwrap())
                 .available,
             9
+        );
+    }
+
+    #[test]
+    fn move_bounds_agree_with_the_moves() {
+        assert_eq!(StockMove::ReservedToSold.bounds(-1), None);
+        assert_eq!(
+            StockMove::AvailableToReserved.bounds(3),
+            Some(MoveBounds {
+                min_source: 3,
+                max_target: i64::MAX - 3
+            })
+        );
+        let steps = [
+            StockMove::AvailableToReserved,
+            StockMove::ReservedToSold,
+            StockMove::ReservedToAvailable,
+            StockMove::SoldToAvailable,
+        ];
+        for step in steps {
+            for units in [0, 2, 3, 4, i64::MAX - 3, i64::MAX - 2, i64::MAX] {
+                let s = Stock {
+                    product_id: 1,
+                    available: units,
+                    reserved: units,
+                    sold: units,
+                };
+                let bounds = step.bounds(3).unwrap();
+                let admitted = units >= bounds.min_source && units <= bounds.max_target;
+                let moved = s.moved(step, 3);
+                assert_eq!(moved.is_some(), admitted, "{step:?} from {units}");
+                if let Some(moved) = moved {
+                    let total = |s: Stock| {
+                        i128::from(s.available) + i128::from(s.reserved) + i128::from(s.sold)
+                    };
+                    assert_eq!(total(moved), total(s));
+                }
+            }
+        }
+        let short = stock(4, 2);
+        let refusal = short.reserve_refusal("Shoe", 3);
+        assert_eq!(reason_of(&refusal), reason::STOCK_INSUFFICIENT);
+        assert!(refusal.to_string().contains("product 4"), "{refusal}");
+        let held = short.moved_held(StockMove::ReservedToSold, 1).unwrap_err();
+        assert_eq!(
+            held.to_string(),
+            short
+                .held_move_refusal(StockMove::ReservedToSold, 1)
+                .to_string()
         );
     }
 

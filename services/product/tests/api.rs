@@ -15,5 +15,8 @@ mod reservations;
 #[path = "api/concurrency.rs"]
 mod concurrency;
 
+#[path = "api/stock.rs"]
+mod stock;
+
 #[path = "api/operations.rs"]
 mod operations;

@@ -196,6 +196,11 @@ impl ProductStore {
     }
 
     /// Sets the available units; reserved and sold units are untouched.
+    ///
+    /// The one absolute write of a stock level: the administrator names the
+    /// new `available` (validated by [`StockUnits`]), nothing is computed
+    /// from a read. Only that column is written, the matched row is checked,
+    /// and the answer is the row read back, not the one read before.
     pub async fn stock_set(
         &self,
         product_id: i64,
@@ -204,24 +209,27 @@ impl ProductStore {
         self.db
             .transaction(|c| {
                 async move {
-                    let stock: Stock = product_stock::table
-                        .find(product_id)
-                        .select(StockRow::as_select())
-                        .for_update()
-                        .first(c)
-                        .await
-                        .optional()?
-                        .ok_or_else(|| ServiceError::not_found("product", product_id))?
-                        .into();
+                    let stock: Stock = stock_row_lock(c, product_id)
+                        .await?
+                        .ok_or_else(|| ServiceError::not_found("product", product_id))?;
                     let stock = stock.with_available(available);
-                    diesel::update(product_stock::table.find(product_id))
+                    let matched = diesel::update(product_stock::table.find(product_id))
                         .set((
                             product_stock::available.eq(stock.available),
                             product_stock::updated_at.eq(time::now()),
                         ))
                         .execute(c)
                         .await?;
-                    Ok(stock)
+                    if matched != 1 {
+                        return Err(ServiceError::internal(format!(
+                            "stock update of product {product_id} matched {matched} rows"
+                        )));
+                    }
+                    stock_row_lock(c, product_id).await?.ok_or_else(|| {
+                        ServiceError::internal(format!(
+                            "stock of product {product_id} vanished while setting it"
+                        ))
+                    })
                 }
                 .scope_boxed()
             })
@@ -320,6 +328,22 @@ async fn product_load(
         .optional()?
         .ok_or_else(|| ServiceError::not_found("product", product_id))?;
     product_from_view(row)
+}
+
+/// The product's stock row, locked until the transaction ends; `None` for an
+/// unknown product.
+async fn stock_row_lock(
+    c: &mut AsyncMysqlConnection,
+    product_id: i64,
+) -> Result<Option<Stock>, ServiceError> {
+    Ok(product_stock::table
+        .find(product_id)
+        .select(StockRow::as_select())
+        .for_update()
+        .first::<StockRow>(c)
+        .await
+        .optional()?
+        .map(Stock::from))
 }
 
 /// Locks the product row (serialising likes of one product) and reads its

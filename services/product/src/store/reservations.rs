@@ -1,5 +1,12 @@
 //! Saga reservations of stock: reserve (action), confirm (action) and release
 //! (compensation), each in one transaction with its barrier row.
+//!
+//! Defence in depth: each step locks the stock rows and checks its moves
+//! with the domain, but never writes a stock level computed from that read.
+//! Every move is one relative `UPDATE` guarded in its `WHERE` clause by the
+//! bounds the domain checks ([`StockMove::bounds`]), and a guard that matches
+//! no row is the domain's refusal, so a wrong read can never write a wrong
+//! quantity (see [`stock_apply`]).
 
 use commerce_platform::barrier::{self, SagaPair};
 use commerce_platform::db::ScopedFutureExt;
@@ -14,6 +21,28 @@ use crate::domain::{
     ReleaseOutcome, Reservation, ReservationState, ReserveOrder, ReservedLine, Stock, StockMove,
     plan_reservation,
 };
+
+/// Applies a move of `$quantity` units from the `$from` to the `$to` column
+/// of one stock row, relatively and guarded: evaluates to the number of
+/// matched rows (diesel-async on MySQL counts matched, not changed, rows;
+/// the guard is in WHERE, so a match is an applied move).
+macro_rules! stock_move_sql {
+    ($c:expr, $product_id:expr, $quantity:expr, $bounds:expr, $now:expr, $from:ident -> $to:ident) => {
+        diesel::update(
+            product_stock::table
+                .find($product_id)
+                .filter(product_stock::$from.ge($bounds.min_source))
+                .filter(product_stock::$to.le($bounds.max_target)),
+        )
+        .set((
+            product_stock::$from.eq(product_stock::$from - $quantity),
+            product_stock::$to.eq(product_stock::$to + $quantity),
+            product_stock::updated_at.eq($now),
+        ))
+        .execute($c)
+        .await
+    };
+}
 
 /// Barrier operation of `ReserveStock`. Persisted: never rename.
 pub const RESERVE_STOCK: &str = "reserve_stock";
@@ -134,7 +163,15 @@ async fn reserve(
 
     let now = time::now();
     for planned in &plan {
-        stock_store(c, &planned.stock_after, now).await?;
+        let line = &planned.line;
+        let step = StockMove::AvailableToReserved;
+        if !stock_apply(c, line.product_id, step, line.quantity, now).await? {
+            // The domain found enough units in the row it read, the guard
+            // did not: refuse from the row as it is (the whole reservation
+            // rolls back with this error).
+            let current = stock_read(c, line.product_id).await?;
+            return Err(current.reserve_refusal(&line.product_name, line.quantity));
+        }
     }
     diesel::insert_into(reservations::table)
         .values((
@@ -234,24 +271,58 @@ async fn stock_lock(
         .collect())
 }
 
-async fn stock_store(
+/// Moves `quantity` units of one product with one guarded relative UPDATE
+/// (for `AvailableToReserved`: `SET available = available - q, reserved =
+/// reserved + q WHERE product_id = ? AND available >= q AND reserved <=
+/// i64::MAX - q`). False when the guard matched no row: nothing was written
+/// and the caller refuses.
+async fn stock_apply(
     c: &mut AsyncMysqlConnection,
-    stock: &Stock,
+    product_id: i64,
+    step: StockMove,
+    quantity: i64,
     now: chrono::NaiveDateTime,
-) -> Result<(), ServiceError> {
-    diesel::update(product_stock::table.find(stock.product_id))
-        .set((
-            product_stock::available.eq(stock.available),
-            product_stock::reserved.eq(stock.reserved),
-            product_stock::sold.eq(stock.sold),
-            product_stock::updated_at.eq(now),
+) -> Result<bool, ServiceError> {
+    let bounds = step.bounds(quantity).ok_or_else(|| {
+        ServiceError::internal(format!(
+            "cannot move {quantity} units of product {product_id}"
         ))
-        .execute(c)
-        .await?;
-    Ok(())
+    })?;
+    let matched = match step {
+        StockMove::AvailableToReserved => {
+            stock_move_sql!(c, product_id, quantity, bounds, now, available -> reserved)
+        }
+        StockMove::ReservedToSold => {
+            stock_move_sql!(c, product_id, quantity, bounds, now, reserved -> sold)
+        }
+        StockMove::ReservedToAvailable => {
+            stock_move_sql!(c, product_id, quantity, bounds, now, reserved -> available)
+        }
+        StockMove::SoldToAvailable => {
+            stock_move_sql!(c, product_id, quantity, bounds, now, sold -> available)
+        }
+    }?;
+    match matched {
+        0 => Ok(false),
+        1 => Ok(true),
+        n => Err(ServiceError::internal(format!(
+            "stock update of product {product_id} matched {n} rows"
+        ))),
+    }
 }
 
-/// Moves every line's units of a held reservation (`lines` in product-id order).
+/// One stock row as it is now (locked, like every stock row a step reads).
+async fn stock_read(c: &mut AsyncMysqlConnection, product_id: i64) -> Result<Stock, ServiceError> {
+    stock_lock(c, &[product_id])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ServiceError::internal(format!("product {product_id} has no stock row")))
+}
+
+/// Moves every line's units of a held reservation (`lines` in product-id
+/// order): the rows are locked in that order and each move checked by the
+/// domain, then applied relatively and guarded.
 async fn stock_move(
     c: &mut AsyncMysqlConnection,
     lines: &[ReservedLine],
@@ -270,7 +341,11 @@ async fn stock_move(
                     line.product_id
                 ))
             })?;
-        stock_store(c, &current.moved_held(step, line.quantity)?, now).await?;
+        current.moved_held(step, line.quantity)?;
+        if !stock_apply(c, line.product_id, step, line.quantity, now).await? {
+            let current = stock_read(c, line.product_id).await?;
+            return Err(current.held_move_refusal(step, line.quantity));
+        }
     }
     Ok(())
 }
@@ -317,4 +392,146 @@ async fn state_store(
         .execute(c)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The SQL guard of stock moves, on a real database, with the domain's
+    //! check bypassed (as a wrong read of the stock row would bypass it).
+
+    #![allow(clippy::unwrap_used)]
+
+    use commerce_platform::ServerConfig;
+    use commerce_platform::db::ScopedFutureExt;
+    use commerce_testkit::TestDatabase;
+
+    use super::*;
+    use crate::domain::{
+        BrandDescription, BrandName, NewBrand, NewProduct, Price, ProductName, ProductStatus,
+        StockUnits,
+    };
+
+    /// Runs [`stock_apply`] in a transaction of its own.
+    async fn try_apply(
+        store: &ProductStore,
+        product_id: i64,
+        step: StockMove,
+        quantity: i64,
+    ) -> Result<bool, ServiceError> {
+        store
+            .db
+            .transaction(|c| {
+                async move { stock_apply(c, product_id, step, quantity, time::now()).await }
+                    .scope_boxed()
+            })
+            .await
+    }
+
+    async fn apply(store: &ProductStore, product_id: i64, step: StockMove, quantity: i64) -> bool {
+        try_apply(store, product_id, step, quantity).await.unwrap()
+    }
+
+    /// Sets a stock row directly, to stage states no call produces.
+    async fn stage(store: &ProductStore, product_id: i64, available: i64, reserved: i64) {
+        store
+            .db
+            .transaction(|c| {
+                async move {
+                    diesel::update(product_stock::table.find(product_id))
+                        .set((
+                            product_stock::available.eq(available),
+                            product_stock::reserved.eq(reserved),
+                        ))
+                        .execute(c)
+                        .await?;
+                    Ok(())
+                }
+                .scope_boxed()
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn levels(store: &ProductStore, product_id: i64) -> (i64, i64, i64) {
+        let stock = store.product_get(product_id).await.unwrap().stock;
+        (stock.available, stock.reserved, stock.sold)
+    }
+
+    #[tokio::test]
+    async fn the_sql_guard_refuses_moves_the_stock_cannot_take_and_writes_nothing() {
+        let db = TestDatabase::create("product_guard").await.unwrap();
+        let app = crate::build(ServerConfig::for_tests("product", db.url.clone()))
+            .await
+            .unwrap();
+        let store = ProductStore::new(app.database().clone());
+        let brand = store
+            .brand_create(&NewBrand {
+                name: BrandName::parse("name", "Acme").unwrap(),
+                description: BrandDescription::parse("description", "").unwrap(),
+            })
+            .await
+            .unwrap();
+        let product = store
+            .product_create(&NewProduct {
+                brand_id: brand.id,
+                name: ProductName::parse("name", "Shoe").unwrap(),
+                price: Price::parse("price", 1_000).unwrap(),
+                status: ProductStatus::OnSale,
+                stock: StockUnits::parse("stock", 5).unwrap(),
+            })
+            .await
+            .unwrap();
+        let id = product.id;
+        use StockMove::*;
+
+        // 5 available: 3 reserved, then 1 of them sold.
+        assert!(apply(&store, id, AvailableToReserved, 3).await);
+        assert!(apply(&store, id, ReservedToSold, 1).await);
+        assert_eq!(levels(&store, id).await, (2, 2, 1));
+
+        // Each move of one unit more than its source holds (what a row read
+        // too high would let the domain allow) is refused and writes nothing.
+        for (step, quantity) in [
+            (AvailableToReserved, 3),
+            (ReservedToSold, 3),
+            (ReservedToAvailable, 3),
+            (SoldToAvailable, 2),
+        ] {
+            assert!(
+                !apply(&store, id, step, quantity).await,
+                "{step:?} {quantity}"
+            );
+            assert_eq!(levels(&store, id).await, (2, 2, 1), "{step:?} {quantity}");
+        }
+        // A negative quantity is a bug, never a move.
+        assert!(try_apply(&store, id, SoldToAvailable, -1).await.is_err());
+        // A target bucket that would overflow is refused too (MySQL would
+        // fail the statement otherwise).
+        stage(&store, id, 2, i64::MAX - 1).await;
+        assert!(!apply(&store, id, AvailableToReserved, 2).await);
+        assert!(apply(&store, id, AvailableToReserved, 1).await);
+        assert_eq!(levels(&store, id).await, (1, i64::MAX, 1));
+        stage(&store, id, 2, 2).await;
+        // An unknown product matches no row.
+        assert!(!apply(&store, id + 1_000, AvailableToReserved, 1).await);
+
+        // Within bounds, the move is relative to the row as it is, whatever
+        // was read: exactly the source bucket, down to zero.
+        assert!(apply(&store, id, AvailableToReserved, 2).await);
+        assert_eq!(levels(&store, id).await, (0, 4, 1));
+        assert!(apply(&store, id, ReservedToAvailable, 4).await);
+        assert!(apply(&store, id, SoldToAvailable, 1).await);
+        assert_eq!(levels(&store, id).await, (5, 0, 0));
+
+        // Through the saga step (domain check, then the guard): a reservation
+        // of more than is available is STOCK_INSUFFICIENT and leaves nothing.
+        let saga = SagaId::parse("saga_id", &uuid::Uuid::new_v4().to_string()).unwrap();
+        let order = ReserveOrder::parse(saga.as_str(), &[(id, 6)]).unwrap();
+        let refused = store.reservation_create(&order).await.unwrap_err();
+        assert_eq!(refused.reason(), "STOCK_INSUFFICIENT");
+        assert_eq!(levels(&store, id).await, (5, 0, 0));
+
+        drop(app);
+        db.drop_database().await.unwrap();
+    }
 }
