@@ -4,6 +4,7 @@
 //! (its own after a restart, or any whose lease expired) from their logs.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
@@ -14,8 +15,8 @@ use tokio::sync::Semaphore;
 
 use crate::domain::order::{OrderEvent, OrderState, PlaceOrder, reason};
 use crate::domain::saga::{
-    Direction, LogEntry, Move, Outcome, RetryPolicy, SagaKind, SagaParams, SagaState, Step,
-    StepOutput, next_move, rejection,
+    Direction, ForwardRetry, LogEntry, Move, Outcome, RetryPolicy, SagaKind, SagaParams, SagaState,
+    Step, StepOutput, first_started, next_move, rejection,
 };
 use crate::fault::{Faults, Phase};
 use crate::participants::{Participants, StepError};
@@ -57,6 +58,10 @@ pub struct Engine {
     participants: Participants,
     config: EngineConfig,
     faults: Faults,
+    /// Fenced writes refused since this process started: each one a saga
+    /// this instance was driving and another instance (or an operator's
+    /// takeover) had claimed meanwhile.
+    leases_lost: AtomicU64,
 }
 
 impl Engine {
@@ -71,11 +76,58 @@ impl Engine {
             participants,
             config,
             faults,
+            leases_lost: AtomicU64::new(0),
         }
     }
 
     pub fn store(&self) -> &OrderStore {
         &self.store
+    }
+
+    /// How many sagas this instance lost to another holder since it started
+    /// (each a refused fenced write; each also logged at WARN).
+    pub fn leases_lost(&self) -> u64 {
+        self.leases_lost.load(Ordering::Relaxed)
+    }
+
+    /// One fenced write of saga progress. `Ok(false)`: the lease is no
+    /// longer ours, nothing was written, and the caller stops driving the
+    /// saga; that is logged (WARN, with the saga and who holds it now) and
+    /// counted here, whether the drive came from a request or from recovery.
+    async fn write(
+        &self,
+        saga_id: &SagaId,
+        params: &SagaParams,
+        lease: &Lease,
+        write: &SagaWrite,
+    ) -> Result<bool, ServiceError> {
+        if self
+            .store
+            .saga_write(saga_id, params.order_id(), lease, write)
+            .await?
+        {
+            return Ok(true);
+        }
+        let leases_lost = self.leases_lost.fetch_add(1, Ordering::Relaxed) + 1;
+        // Best effort: who holds the saga now, for the operator.
+        let (holder, holder_fence, saga_state) = match self.store.saga_row(saga_id).await {
+            Ok(row) => (row.lease_owner.unwrap_or_default(), row.fence, row.state),
+            Err(_) => (String::new(), 0, String::new()),
+        };
+        let step = write.entries.first().map_or("", |(step, _)| step.name());
+        tracing::warn!(
+            %saga_id,
+            order_id = params.order_id(),
+            step,
+            owner = %lease.owner,
+            fence = lease.fence,
+            holder = %holder,
+            holder_fence,
+            saga_state = %saga_state,
+            leases_lost,
+            "saga lease lost: fenced write refused, nothing written; no longer driving this saga"
+        );
+        Ok(false)
     }
 
     fn lease_until(&self, extra: Duration) -> NaiveDateTime {
@@ -263,11 +315,7 @@ impl Engine {
                     // Reached only when a saga was turned around without a
                     // step outcome (an operator's forced compensation).
                     let write = self.finish_write(&params, &log, terminal, Vec::new());
-                    if !self
-                        .store
-                        .saga_write(saga_id, params.order_id(), &lease, &write)
-                        .await?
-                    {
+                    if !self.write(saga_id, &params, &lease, &write).await? {
                         return Ok(Driven::LeaseLost);
                     }
                     return Ok(Driven::Finished(terminal.state()));
@@ -291,11 +339,7 @@ impl Engine {
                     lease_until: Some(self.lease_until(Duration::ZERO)),
                     order: Vec::new(),
                 };
-                if !self
-                    .store
-                    .saga_write(saga_id, params.order_id(), &lease, &write)
-                    .await?
-                {
+                if !self.write(saga_id, &params, &lease, &write).await? {
                     return Ok(Driven::LeaseLost);
                 }
                 log.push(entry);
@@ -317,11 +361,24 @@ impl Engine {
             let mut reason_code = None;
             match result {
                 Ok(output) => {
-                    if let StepOutput::Reserved { lines, pricing } = &output {
-                        order.push(OrderChange::Priced {
-                            lines: lines.clone(),
-                            pricing: *pricing,
-                        });
+                    // The order's amounts follow what the participants did:
+                    // the price once reserved, the points once deducted, and
+                    // none once refunded (the REJECTED transition also
+                    // clears the discount).
+                    match (&output, step, params.kind()) {
+                        (StepOutput::Reserved { lines, pricing }, _, _) => {
+                            order.push(OrderChange::Priced {
+                                lines: lines.clone(),
+                                pricing: *pricing,
+                            });
+                        }
+                        (StepOutput::PointsDeducted { amount }, _, SagaKind::PlaceOrder) => {
+                            order.push(OrderChange::PointsPaid(*amount));
+                        }
+                        (_, Step::RefundPoints, SagaKind::PlaceOrder) => {
+                            order.push(OrderChange::PointsPaid(0));
+                        }
+                        _ => {}
                     }
                     outcome.output = Some(output);
                 }
@@ -336,17 +393,40 @@ impl Engine {
                         StepError::Rejected { reason, message } => format!("{reason}: {message}"),
                         StepError::Transient(detail) => detail,
                     };
-                    if !must_succeed && attempt >= self.config.retry.forward_attempts {
-                        tracing::warn!(step = step.name(), attempt, %detail, "retries exhausted: compensating");
-                        outcome.outcome = Outcome::Rejected;
-                        outcome.error =
-                            Some(format!("{}: {detail}", reason::STEP_RETRIES_EXHAUSTED));
-                        reason_code = Some(reason::STEP_RETRIES_EXHAUSTED.to_owned());
+                    // A step that must succeed is retried however long it
+                    // takes (STUCK marks it for operators); a forward step
+                    // for its time budget, counted from its first STARTED.
+                    let retry = if must_succeed {
+                        ForwardRetry::After(self.config.retry.backoff(attempt))
                     } else {
-                        tracing::info!(step = step.name(), attempt, %detail, "step failed: will retry");
-                        outcome.outcome = Outcome::Failed;
-                        outcome.error = Some(detail);
-                        backoff = Some(self.config.retry.backoff(attempt));
+                        let since = first_started(&log, index, direction).unwrap_or_else(now);
+                        self.config.retry.forward_retry(attempt, since, now())
+                    };
+                    match retry {
+                        ForwardRetry::Exhausted { elapsed } => {
+                            tracing::warn!(
+                                step = step.name(),
+                                attempt,
+                                elapsed_ms = elapsed.as_millis() as u64,
+                                budget_ms = self.config.retry.forward_budget.as_millis() as u64,
+                                %detail,
+                                "forward retry budget spent: compensating"
+                            );
+                            outcome.outcome = Outcome::Rejected;
+                            outcome.error = Some(format!(
+                                "{}: {} kept failing for {} s (attempts: {attempt}); last: {detail}",
+                                reason::STEP_RETRIES_EXHAUSTED,
+                                step.name(),
+                                elapsed.as_secs(),
+                            ));
+                            reason_code = Some(reason::STEP_RETRIES_EXHAUSTED.to_owned());
+                        }
+                        ForwardRetry::After(wait) => {
+                            tracing::info!(step = step.name(), attempt, %detail, "step failed: will retry");
+                            outcome.outcome = Outcome::Failed;
+                            outcome.error = Some(detail);
+                            backoff = Some(wait);
+                        }
                     }
                 }
             }
@@ -373,11 +453,7 @@ impl Engine {
                     lease_until,
                     order,
                 };
-                if !self
-                    .store
-                    .saga_write(saga_id, params.order_id(), &lease, &write)
-                    .await?
-                {
+                if !self.write(saga_id, &params, &lease, &write).await? {
                     return Ok(Driven::LeaseLost);
                 }
                 if stuck {
@@ -427,11 +503,7 @@ impl Engine {
             };
             let finished = matches!(next, Move::Completed | Move::Compensated);
             let written = Instant::now();
-            if !self
-                .store
-                .saga_write(saga_id, params.order_id(), &lease, &write)
-                .await?
-            {
+            if !self.write(saga_id, &params, &lease, &write).await? {
                 return Ok(Driven::LeaseLost);
             }
             // Where a step's time goes: the participant call (its network
@@ -534,8 +606,15 @@ impl Engine {
                         let engine = Arc::clone(&self);
                         tokio::spawn(async move {
                             let _permit = permit;
-                            if let Err(error) = engine.drive(&saga_id, lease).await {
-                                tracing::warn!(%saga_id, %error, "resumed saga interrupted");
+                            match engine.drive(&saga_id, lease).await {
+                                // A lost lease was logged where the write
+                                // was refused.
+                                Ok(driven) => {
+                                    tracing::debug!(%saga_id, ?driven, "resumed saga drive ended");
+                                }
+                                Err(error) => {
+                                    tracing::warn!(%saga_id, %error, "resumed saga interrupted");
+                                }
                             }
                         });
                     }
@@ -567,5 +646,6 @@ fn entry(step: usize, direction: Direction, attempt: u32, outcome: Outcome) -> L
         outcome,
         output: None,
         error: None,
+        at: now(),
     }
 }

@@ -15,6 +15,8 @@ use commerce_proto::order::v1::order_service_server::OrderServiceServer;
 use commerce_proto::order::v1::saga_admin_service_server::SagaAdminServiceServer;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
+#[cfg(test)]
+mod db_tests;
 pub mod domain;
 pub mod engine;
 pub mod fault;
@@ -64,9 +66,15 @@ pub struct OrchestratorArgs {
     /// Largest retry backoff, in ms.
     #[arg(long, env = "RETRY_MAX_MS", default_value_t = 5_000)]
     pub retry_max_ms: u64,
-    /// Attempts of a forward step before the saga compensates.
-    #[arg(long, env = "FORWARD_ATTEMPTS", default_value_t = 12)]
-    pub forward_attempts: u32,
+    /// How long a failing forward step is retried, in ms, counted from its
+    /// first STARTED in the step log (so a restart does not reset it); then
+    /// the saga compensates (STEP_RETRIES_EXHAUSTED).
+    #[arg(long, env = "FORWARD_RETRY_BUDGET_MS", default_value_t = 300_000)]
+    pub forward_retry_budget_ms: u64,
+    /// Replaced by --forward-retry-budget-ms; still accepted (and ignored,
+    /// with a warning) so older scripts keep starting.
+    #[arg(long, env = "FORWARD_ATTEMPTS", hide = true)]
+    pub forward_attempts: Option<u32>,
     /// Attempts of a compensation before the saga is marked STUCK.
     #[arg(long, env = "STUCK_AFTER", default_value_t = 30)]
     pub stuck_after: u32,
@@ -97,6 +105,14 @@ pub async fn build(config: ServerConfig, args: OrchestratorArgs) -> anyhow::Resu
         owner.len() <= 64,
         "--instance-id must be at most 64 characters"
     );
+    if let Some(attempts) = args.forward_attempts {
+        tracing::warn!(
+            attempts,
+            budget_ms = args.forward_retry_budget_ms,
+            "--forward-attempts / FORWARD_ATTEMPTS is ignored: forward retries are bounded by \
+             --forward-retry-budget-ms / FORWARD_RETRY_BUDGET_MS"
+        );
+    }
     let participants = Participants::new(&ParticipantConfig {
         product: args.product_addr.clone(),
         point: args.point_addr.clone(),
@@ -112,7 +128,7 @@ pub async fn build(config: ServerConfig, args: OrchestratorArgs) -> anyhow::Resu
             retry: RetryPolicy {
                 base: Duration::from_millis(args.retry_base_ms),
                 max: Duration::from_millis(args.retry_max_ms),
-                forward_attempts: args.forward_attempts.max(1),
+                forward_budget: Duration::from_millis(args.forward_retry_budget_ms),
                 stuck_after: args.stuck_after.max(1),
                 stuck_retry: Duration::from_secs(args.stuck_retry_secs),
             },

@@ -246,11 +246,17 @@ pub enum Placed {
 /// A change to the order made with a saga write.
 #[derive(Debug, Clone)]
 pub enum OrderChange {
-    /// The stock is reserved: record the snapshot and the amounts.
+    /// The stock is reserved: record the snapshot, the subtotal and the
+    /// quoted discount (points are recorded once deducted).
     Priced {
         lines: Vec<SnapshotLine>,
         pricing: Pricing,
     },
+    /// The points the point service deducted for the order (0 once
+    /// refunded by the order's compensation).
+    PointsPaid(i64),
+    /// Through the state machine. REJECTED also clears the discount and the
+    /// points paid: a rejected order's saga undid both.
     Transition {
         event: OrderEvent,
         reason: Option<(String, String)>,
@@ -557,6 +563,24 @@ impl OrderStore {
             .await
     }
 
+    /// The saga row alone (who holds it, in which state).
+    pub async fn saga_row(&self, saga_id: &SagaId) -> Result<SagaRow, ServiceError> {
+        self.db
+            .read(|c| {
+                async move {
+                    sagas::table
+                        .find(saga_id.as_str())
+                        .select(SagaRow::as_select())
+                        .first(c)
+                        .await
+                        .optional()?
+                        .ok_or_else(|| ServiceError::not_found("saga", saga_id))
+                }
+                .scope_boxed()
+            })
+            .await
+    }
+
     /// Writes saga progress if `lease` is still current; `Ok(false)` when it
     /// is not (another instance took the saga over: stop driving it).
     pub async fn saga_write(
@@ -770,6 +794,7 @@ fn started(step: usize, direction: Direction, attempt: u32) -> LogEntry {
         outcome: Outcome::Started,
         output: None,
         error: None,
+        at: now(),
     }
 }
 
@@ -790,6 +815,7 @@ fn to_entry(row: &LogRow) -> Result<LogEntry, ServiceError> {
             .map(serde_json::from_str::<StepOutput>)
             .transpose()?,
         error: row.error.clone(),
+        at: row.created_at,
     })
 }
 
@@ -835,7 +861,6 @@ async fn log_insert(
     if entries.is_empty() {
         return Ok(());
     }
-    let at = now();
     let rows = entries
         .iter()
         .map(|(step, entry)| {
@@ -855,7 +880,8 @@ async fn log_insert(
                     .error
                     .as_ref()
                     .map(|e| e.chars().take(1000).collect::<String>()),
-                created_at: at,
+                // As the engine saw it: the retry budget reads it back.
+                created_at: entry.at,
             })
         })
         .collect::<Result<Vec<_>, ServiceError>>()?;
@@ -980,7 +1006,15 @@ async fn order_apply(
                 .set((
                     orders::subtotal.eq(pricing.subtotal),
                     orders::discount.eq(pricing.discount),
-                    orders::points_paid.eq(pricing.payable),
+                    orders::updated_at.eq(now()),
+                ))
+                .execute(c)
+                .await?;
+        }
+        OrderChange::PointsPaid(amount) => {
+            diesel::update(orders::table.find(order_id))
+                .set((
+                    orders::points_paid.eq(*amount),
                     orders::updated_at.eq(now()),
                 ))
                 .execute(c)
@@ -993,19 +1027,24 @@ async fn order_apply(
                 .find_map(|s| s.apply(*event).ok().map(|next| (s, next)))
                 .ok_or_else(|| ServiceError::internal(format!("no state accepts {event:?}")))?;
             let (code, message) = reason.clone().unwrap_or_default();
-            let matched = diesel::update(
-                orders::table
-                    .filter(orders::id.eq(order_id))
-                    .filter(orders::state.eq(from.as_str())),
-            )
-            .set((
+            let this_order = orders::table
+                .filter(orders::id.eq(order_id))
+                .filter(orders::state.eq(from.as_str()));
+            let changes = (
                 orders::state.eq(to.as_str()),
                 orders::reason.eq(code),
                 orders::reason_message.eq(message.chars().take(500).collect::<String>()),
                 orders::updated_at.eq(now()),
-            ))
-            .execute(c)
-            .await?;
+            );
+            let matched = if to == OrderState::Rejected {
+                // Every step was undone: nothing paid, no coupon applied.
+                diesel::update(this_order)
+                    .set((changes, orders::discount.eq(0), orders::points_paid.eq(0)))
+                    .execute(c)
+                    .await?
+            } else {
+                diesel::update(this_order).set(changes).execute(c).await?
+            };
             if matched == 0 {
                 return Err(ServiceError::internal(format!(
                     "order {order_id} is not {} as its saga expects",

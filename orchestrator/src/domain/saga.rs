@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use chrono::NaiveDateTime;
 use commerce_platform::error::ServiceError;
 use commerce_platform::{SagaId, UserId};
 use rand::Rng;
@@ -224,6 +225,9 @@ pub struct LogEntry {
     pub output: Option<StepOutput>,
     /// Rejections: the reason code; failures: code and message.
     pub error: Option<String>,
+    /// When the event was logged (`saga_log.created_at`): the forward retry
+    /// budget counts from a step's first STARTED, so it survives a restart.
+    pub at: NaiveDateTime,
 }
 
 /// Where a saga stands, as stored on its row.
@@ -370,13 +374,31 @@ pub fn rejection(log: &[LogEntry]) -> Option<&LogEntry> {
         .find(|e| e.direction == Direction::Forward && e.outcome == Outcome::Rejected)
 }
 
+/// When `step` was first STARTED in `direction`, as logged.
+pub fn first_started(log: &[LogEntry], step: usize, direction: Direction) -> Option<NaiveDateTime> {
+    log.iter()
+        .filter(|e| e.step == step && e.direction == direction && e.outcome == Outcome::Started)
+        .map(|e| e.at)
+        .min()
+}
+
+/// What follows a transient failure of a forward step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardRetry {
+    /// Try again after this backoff.
+    After(Duration),
+    /// The step has been retried for its whole budget: compensate.
+    Exhausted { elapsed: Duration },
+}
+
 /// Retry bounds and backoff.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub base: Duration,
     pub max: Duration,
-    /// Attempts of a forward step before the saga compensates.
-    pub forward_attempts: u32,
+    /// How long a forward step is retried, counted from its first STARTED
+    /// in the step log, before the saga compensates.
+    pub forward_budget: Duration,
     /// Attempts of a step that must succeed (a compensation, a cancel step)
     /// before the saga is marked STUCK for operators.
     pub stuck_after: u32,
@@ -395,6 +417,24 @@ impl RetryPolicy {
         let low = self.base.min(exp);
         let spread = exp.saturating_sub(low).as_millis() as u64;
         low + Duration::from_millis(rand::rng().random_range(0..=spread))
+    }
+
+    /// After attempt `attempt` of a forward step first STARTED at
+    /// `first_started` failed at `now`: wait and try again while the budget
+    /// lasts (the last wait ends with the budget, so one attempt is made at
+    /// its very end), then give up. A clock that went backwards counts as no
+    /// time spent.
+    pub fn forward_retry(
+        &self,
+        attempt: u32,
+        first_started: NaiveDateTime,
+        now: NaiveDateTime,
+    ) -> ForwardRetry {
+        let elapsed = (now - first_started).to_std().unwrap_or_default();
+        match self.forward_budget.checked_sub(elapsed) {
+            Some(left) if !left.is_zero() => ForwardRetry::After(self.backoff(attempt).min(left)),
+            _ => ForwardRetry::Exhausted { elapsed },
+        }
     }
 }
 
@@ -417,6 +457,7 @@ mod tests {
             outcome,
             output: None,
             error: None,
+            at: NaiveDateTime::default(),
         }
     }
 
@@ -565,7 +606,7 @@ mod tests {
         let policy = RetryPolicy {
             base: Duration::from_millis(10),
             max: Duration::from_millis(100),
-            forward_attempts: 5,
+            forward_budget: Duration::from_secs(60),
             stuck_after: 5,
             stuck_retry: Duration::from_secs(60),
         };
@@ -576,5 +617,64 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn forward_retries_are_bounded_by_time_not_attempts() {
+        let policy = RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            forward_budget: Duration::from_secs(300),
+            stuck_after: 5,
+            stuck_retry: Duration::from_secs(60),
+        };
+        let t0 = NaiveDateTime::default();
+        let after = |ms: i64| t0 + chrono::Duration::milliseconds(ms);
+        // Many attempts, still within the budget: retried, backoff capped.
+        for attempt in [1, 12, 400, u32::MAX] {
+            match policy.forward_retry(attempt, t0, after(15_000)) {
+                ForwardRetry::After(d) => assert!(d <= Duration::from_secs(5), "{d:?}"),
+                other => panic!("attempt {attempt}: {other:?}"),
+            }
+        }
+        // The last wait ends with the budget.
+        assert_eq!(
+            policy.forward_retry(30, t0, after(299_990)),
+            ForwardRetry::After(Duration::from_millis(10))
+        );
+        // Past it: compensate.
+        assert_eq!(
+            policy.forward_retry(2, t0, after(300_000)),
+            ForwardRetry::Exhausted {
+                elapsed: Duration::from_secs(300)
+            }
+        );
+        // A clock that went backwards spends nothing.
+        assert!(matches!(
+            policy.forward_retry(1, after(1_000), t0),
+            ForwardRetry::After(_)
+        ));
+    }
+
+    #[test]
+    fn the_budget_counts_from_the_first_started_of_the_step() {
+        let at = |ms: i64, mut e: LogEntry| {
+            e.at = NaiveDateTime::default() + chrono::Duration::milliseconds(ms);
+            e
+        };
+        let log = [
+            at(0, entry(0, F, 1, Started)),
+            at(5, entry(0, F, 1, Succeeded)),
+            at(10, entry(1, F, 1, Started)),
+            at(20, entry(1, F, 1, Failed)),
+            at(900, entry(1, F, 2, Started)),
+            at(950, entry(1, F, 2, Failed)),
+        ];
+        assert_eq!(
+            first_started(&log, 1, F),
+            Some(NaiveDateTime::default() + chrono::Duration::milliseconds(10))
+        );
+        assert_eq!(first_started(&log, 2, F), None);
+        assert_eq!(first_started(&log, 1, C), None);
     }
 }

@@ -54,8 +54,10 @@ pub struct Mesh {
 }
 
 /// Orchestrator flags for tests: short leases and backoffs so recovery and
-/// retries happen within a test's patience, never relied on for ordering.
-fn orchestrator_args(mesh_ports: (&Node, &Node, &Node), instance: &str) -> Vec<String> {
+/// retries happen within a test's patience, never relied on for ordering;
+/// a forward retry budget longer than any outage a test stages. Tests that
+/// need other values start an orchestrator of their own from these.
+pub fn orchestrator_args(mesh_ports: (&Node, &Node, &Node), instance: &str) -> Vec<String> {
     let (product, point, coupon) = mesh_ports;
     [
         "--product-addr",
@@ -74,8 +76,8 @@ fn orchestrator_args(mesh_ports: (&Node, &Node, &Node), instance: &str) -> Vec<S
         "20",
         "--retry-max-ms",
         "300",
-        "--forward-attempts",
-        "400",
+        "--forward-retry-budget-ms",
+        "120000",
         "--stuck-after",
         "1000",
         "--recovery-interval-ms",

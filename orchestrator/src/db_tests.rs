@@ -1,0 +1,436 @@
+//! The store and the engine against a real MariaDB (each test its own
+//! database): fenced writes after a lost lease, the forward retry budget read
+//! from the step log, and the amounts a rejected order shows. Participants
+//! are addresses that refuse connections, so every call fails transiently.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use commerce_platform::db::DbSettings;
+use commerce_platform::time::now;
+use commerce_platform::{Database, SagaId, migrate};
+use commerce_testkit::TestDatabase;
+use diesel_async::SimpleAsyncConnection;
+
+use crate::domain::order::{OrderEvent, PlaceOrder, Pricing, SnapshotLine, reason};
+use crate::domain::saga::{
+    Direction, LogEntry, Outcome, RetryPolicy, SagaParams, SagaState, Step, StepOutput,
+};
+use crate::engine::{Driven, Engine, EngineConfig};
+use crate::fault::Faults;
+use crate::participants::{ParticipantConfig, Participants};
+use crate::store::{Lease, NewSaga, OrderChange, OrderStore, Placed, SagaWrite};
+
+struct Fixture {
+    db: TestDatabase,
+    store: OrderStore,
+}
+
+async fn fixture() -> Fixture {
+    let db = TestDatabase::create("orchestrator").await.unwrap();
+    migrate::run(&db.url, &[&crate::MIGRATIONS], Duration::from_secs(10))
+        .await
+        .unwrap();
+    let database = Database::new(&DbSettings {
+        url: db.url.clone(),
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(5),
+    });
+    Fixture {
+        db,
+        store: OrderStore::new(database),
+    }
+}
+
+fn in_a_minute() -> chrono::NaiveDateTime {
+    now() + chrono::Duration::seconds(60)
+}
+
+/// Records an order (one line, no coupon) with its saga leased to `owner`.
+async fn place(store: &OrderStore, user: &str, owner: &str) -> (String, SagaId, Lease) {
+    let request = PlaceOrder::parse(user, [(7, 2)].into_iter(), None, "key-1").unwrap();
+    let order_id = uuid::Uuid::now_v7().hyphenated().to_string();
+    let saga_id = SagaId::generate();
+    let params = SagaParams::PlaceOrder {
+        order_id: order_id.clone(),
+        user: request.user.clone(),
+        lines: request.lines.clone(),
+        user_coupon_id: None,
+    };
+    let placed = store
+        .order_place(
+            &order_id,
+            &request,
+            &NewSaga {
+                id: &saga_id,
+                params: &params,
+                owner,
+                lease_until: in_a_minute(),
+            },
+        )
+        .await
+        .unwrap();
+    let Placed::Created(lease) = placed else {
+        panic!("a new order")
+    };
+    (order_id, saga_id, lease)
+}
+
+fn event(step: usize, direction: Direction, attempt: u32, outcome: Outcome) -> LogEntry {
+    LogEntry {
+        step,
+        direction,
+        attempt,
+        outcome,
+        output: None,
+        error: None,
+        at: now(),
+    }
+}
+
+fn reserved(subtotal: i64, discount: i64) -> (StepOutput, Pricing) {
+    let pricing = Pricing::new(subtotal, discount);
+    let lines = vec![SnapshotLine {
+        product_id: 7,
+        quantity: 2,
+        product_name: "Lamp".into(),
+        brand_id: 1,
+        brand_name: "Acme".into(),
+        unit_price: subtotal / 2,
+    }];
+    (
+        StepOutput::Reserved {
+            lines: lines.clone(),
+            pricing,
+        },
+        pricing,
+    )
+}
+
+/// A write of step outcomes with order changes, keeping the saga RUNNING.
+fn progress(entries: Vec<(Step, LogEntry)>, order: Vec<OrderChange>) -> SagaWrite {
+    SagaWrite {
+        entries,
+        state: SagaState::Running,
+        current_step: 1,
+        attempts: 1,
+        reason: None,
+        next_attempt_at: now(),
+        lease_until: Some(in_a_minute()),
+        order,
+    }
+}
+
+/// Everything a saga write can change, to compare before and after.
+async fn snapshot(store: &OrderStore, saga_id: &SagaId, order_id: &str) -> String {
+    let saga = store.saga_load(saga_id).await.unwrap();
+    let order = store.order_get(order_id).await.unwrap();
+    format!("{:?}\n{:?}\n{:?}", saga.row, saga.raw_log, order)
+}
+
+#[tokio::test]
+async fn a_writer_that_lost_its_lease_writes_nothing() {
+    let f = fixture().await;
+    // Taken over by an operator's retry, or claimed once the lease expired.
+    for takeover in ["operator", "expiry"] {
+        let (order_id, saga_id, stale) = place(&f.store, &format!("u-{takeover}"), "a").await;
+        let fresh = match takeover {
+            "operator" => f
+                .store
+                .saga_take_over(&saga_id, "b", in_a_minute(), false)
+                .await
+                .unwrap(),
+            _ => {
+                let mut conn = f.db.connect().await.unwrap();
+                conn.batch_execute(&format!(
+                    "UPDATE sagas SET lease_expires_at = '2000-01-01 00:00:00' \
+                     WHERE id = '{saga_id}'"
+                ))
+                .await
+                .unwrap();
+                let claimed = f
+                    .store
+                    .sagas_claim("b", in_a_minute(), 10, None)
+                    .await
+                    .unwrap();
+                assert_eq!(claimed.len(), 1, "{takeover}");
+                assert_eq!(claimed[0].0, saga_id, "{takeover}");
+                claimed[0].1.clone()
+            }
+        };
+        assert_eq!(fresh.owner, "b");
+        assert!(fresh.fence > stale.fence, "{takeover}: {fresh:?} {stale:?}");
+        let before = snapshot(&f.store, &saga_id, &order_id).await;
+
+        // The stale writer's late outcome: the step done, the order priced
+        // and confirmed. None of it lands.
+        let (output, pricing) = reserved(10_000, 0);
+        let mut done = event(0, Direction::Forward, 1, Outcome::Succeeded);
+        done.output = Some(output);
+        let mut late = progress(
+            vec![
+                (Step::ReserveStock, done),
+                (
+                    Step::DeductPoints,
+                    event(1, Direction::Forward, 1, Outcome::Started),
+                ),
+            ],
+            vec![
+                OrderChange::Priced {
+                    lines: Vec::new(),
+                    pricing,
+                },
+                OrderChange::PointsPaid(10_000),
+                OrderChange::Transition {
+                    event: OrderEvent::Confirm,
+                    reason: None,
+                },
+            ],
+        );
+        late.state = SagaState::Completed;
+        let written = f
+            .store
+            .saga_write(&saga_id, &order_id, &stale, &late)
+            .await
+            .unwrap();
+        assert!(!written, "{takeover}: the stale write is refused");
+        assert_eq!(
+            snapshot(&f.store, &saga_id, &order_id).await,
+            before,
+            "{takeover}: nothing changed"
+        );
+
+        // The new holder writes.
+        let failed = event(0, Direction::Forward, 1, Outcome::Failed);
+        let written = f
+            .store
+            .saga_write(
+                &saga_id,
+                &order_id,
+                &fresh,
+                &progress(vec![(Step::ReserveStock, failed)], Vec::new()),
+            )
+            .await
+            .unwrap();
+        assert!(written, "{takeover}: the holder's write lands");
+        let log = f.store.saga_load(&saga_id).await.unwrap().log;
+        assert_eq!(log.len(), 2, "{takeover}: {log:?}");
+    }
+    f.db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rejected_order_pays_nothing_and_a_confirmed_one_what_was_deducted() {
+    let f = fixture().await;
+    for end in [OrderEvent::Reject, OrderEvent::Confirm] {
+        let (order_id, saga_id, lease) = place(&f.store, &format!("u-{end:?}"), "a").await;
+        let (output, pricing) = reserved(10_000, 3_000);
+        let mut done = event(0, Direction::Forward, 1, Outcome::Succeeded);
+        done.output = Some(output);
+        let priced = OrderChange::Priced {
+            lines: Vec::new(),
+            pricing,
+        };
+        assert!(
+            f.store
+                .saga_write(
+                    &saga_id,
+                    &order_id,
+                    &lease,
+                    &progress(vec![(Step::ReserveStock, done)], vec![priced]),
+                )
+                .await
+                .unwrap()
+        );
+        // Priced, nothing deducted yet: nothing paid.
+        let o = f.store.order_get(&order_id).await.unwrap().order;
+        assert_eq!((o.subtotal, o.discount, o.points_paid), (10_000, 3_000, 0));
+
+        let mut deducted = event(1, Direction::Forward, 1, Outcome::Succeeded);
+        deducted.output = Some(StepOutput::PointsDeducted { amount: 7_000 });
+        assert!(
+            f.store
+                .saga_write(
+                    &saga_id,
+                    &order_id,
+                    &lease,
+                    &progress(
+                        vec![(Step::DeductPoints, deducted)],
+                        vec![OrderChange::PointsPaid(7_000)],
+                    ),
+                )
+                .await
+                .unwrap()
+        );
+        let o = f.store.order_get(&order_id).await.unwrap().order;
+        assert_eq!(o.points_paid, 7_000);
+
+        let reason = (end == OrderEvent::Reject).then(|| {
+            (
+                "COUPON_ALREADY_USED".to_owned(),
+                "used by another order".to_owned(),
+            )
+        });
+        let mut last = progress(
+            Vec::new(),
+            vec![OrderChange::Transition { event: end, reason }],
+        );
+        last.lease_until = None;
+        assert!(
+            f.store
+                .saga_write(&saga_id, &order_id, &lease, &last)
+                .await
+                .unwrap()
+        );
+        let o = f.store.order_get(&order_id).await.unwrap().order;
+        match end {
+            OrderEvent::Reject => {
+                assert_eq!(o.state, "REJECTED");
+                assert_eq!((o.subtotal, o.discount, o.points_paid), (10_000, 0, 0));
+            }
+            _ => {
+                assert_eq!(o.state, "CONFIRMED");
+                assert_eq!(
+                    (o.subtotal, o.discount, o.points_paid),
+                    (10_000, 3_000, 7_000)
+                );
+            }
+        }
+    }
+    f.db.drop_database().await.unwrap();
+}
+
+/// A loopback address nothing listens on: calls fail at once (refused).
+fn refusing_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+fn engine(store: &OrderStore, forward_budget: Duration) -> Arc<Engine> {
+    let participants = Participants::new(&ParticipantConfig {
+        product: refusing_addr(),
+        point: refusing_addr(),
+        coupon: refusing_addr(),
+        call_timeout: Duration::from_millis(500),
+    })
+    .unwrap();
+    Arc::new(Engine::new(
+        store.clone(),
+        participants,
+        EngineConfig {
+            owner: "a".to_owned(),
+            lease: Duration::from_secs(60),
+            retry: RetryPolicy {
+                base: Duration::from_millis(1),
+                max: Duration::from_millis(20),
+                forward_budget,
+                stuck_after: 1,
+                stuck_retry: Duration::from_secs(3600),
+            },
+            recovery_interval: Duration::from_secs(3600),
+            recovery_batch: 10,
+            max_recovering: 1,
+        },
+        Faults::default(),
+    ))
+}
+
+#[tokio::test]
+async fn the_engine_stops_and_counts_when_its_lease_is_lost() {
+    let f = fixture().await;
+    let engine = engine(&f.store, Duration::from_secs(3600));
+    let (order_id, saga_id, stale) = place(&f.store, "u-lost", "a").await;
+    f.store
+        .saga_take_over(&saga_id, "b", in_a_minute(), false)
+        .await
+        .unwrap();
+    let before = snapshot(&f.store, &saga_id, &order_id).await;
+    assert_eq!(engine.leases_lost(), 0);
+
+    // The drive calls the (refusing) product service, then its FAILED
+    // write is refused: it stops, writes nothing, and counts it.
+    let driven = engine.drive(&saga_id, stale).await.unwrap();
+    assert_eq!(driven, Driven::LeaseLost);
+    assert_eq!(engine.leases_lost(), 1);
+    assert_eq!(snapshot(&f.store, &saga_id, &order_id).await, before);
+    f.db.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_forward_budget_counts_from_the_step_log_across_restarts() {
+    let f = fixture().await;
+
+    // A step first STARTED ten minutes ago (by a run of the orchestrator
+    // that stopped since), budget one minute: the resumed attempt fails and
+    // the budget is already spent, so the saga compensates at once; the
+    // release cannot reach the product service either, and with
+    // stuck_after = 1 the saga is STUCK.
+    let (_, old, lease) = place(&f.store, "u-old", "a").await;
+    let mut conn = f.db.connect().await.unwrap();
+    conn.batch_execute(&format!(
+        "UPDATE saga_log SET created_at = created_at - INTERVAL 10 MINUTE WHERE saga_id = '{old}'"
+    ))
+    .await
+    .unwrap();
+    let driven = engine(&f.store, Duration::from_secs(60))
+        .drive(&old, lease)
+        .await
+        .unwrap();
+    assert_eq!(driven, Driven::Stuck);
+    let saga = f.store.saga_load(&old).await.unwrap();
+    assert_eq!(
+        (saga.row.state.as_str(), saga.row.reason.as_str()),
+        ("STUCK", reason::STEP_RETRIES_EXHAUSTED)
+    );
+    let forward: Vec<_> = saga
+        .log
+        .iter()
+        .filter(|e| e.direction == Direction::Forward)
+        .map(|e| (e.attempt, e.outcome))
+        .collect();
+    assert_eq!(
+        forward,
+        [(1, Outcome::Started), (1, Outcome::Rejected)],
+        "one attempt, then the spent budget: {:?}",
+        saga.raw_log
+    );
+    let rejected = saga
+        .log
+        .iter()
+        .find(|e| e.outcome == Outcome::Rejected)
+        .unwrap();
+    assert!(
+        rejected
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("STEP_RETRIES_EXHAUSTED: reserve_stock kept failing for "),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected.error.as_deref().unwrap().contains("(attempts: 1)"),
+        "{rejected:?}"
+    );
+
+    // A step started just now with a budget of a few seconds is retried
+    // (however many attempts fit) before it compensates.
+    let (_, fresh, lease) = place(&f.store, "u-fresh", "a").await;
+    let driven = engine(&f.store, Duration::from_secs(3))
+        .drive(&fresh, lease)
+        .await
+        .unwrap();
+    assert_eq!(driven, Driven::Stuck);
+    let saga = f.store.saga_load(&fresh).await.unwrap();
+    let failed = saga
+        .log
+        .iter()
+        .filter(|e| e.direction == Direction::Forward && e.outcome == Outcome::Failed)
+        .count();
+    assert!(failed >= 1, "retried before giving up: {:?}", saga.raw_log);
+    assert_eq!(saga.row.reason, reason::STEP_RETRIES_EXHAUSTED);
+    f.db.drop_database().await.unwrap();
+}
