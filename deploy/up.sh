@@ -14,7 +14,7 @@
 #   COMMERCE_DB_PASSWORD                   as for setup.sh
 #   SKIP_SEED=1                            start the servers; seed nothing, place no order
 # and any server variable (DB_POOL_SIZE, REQUEST_TIMEOUT_MS, RUST_LOG, ...) or
-# orchestrator variable (SAGA_LEASE_MS, FORWARD_ATTEMPTS, ...), passed through.
+# orchestrator variable (SAGA_LEASE_MS, FORWARD_RETRY_BUDGET_MS, ...), passed through.
 set -euo pipefail
 
 LOG_TAG="up"

@@ -359,7 +359,10 @@ impl SagaAdminService for SagaAdminApi {
         &self,
         _request: Request<pb::CountSagasRequest>,
     ) -> Result<Response<pb::CountSagasResponse>, Status> {
-        let mut counts = pb::CountSagasResponse::default();
+        let mut counts = pb::CountSagasResponse {
+            leases_lost: i64::try_from(self.engine.leases_lost()).unwrap_or(i64::MAX),
+            ..Default::default()
+        };
         for (state, n) in self.engine.store().saga_counts().await? {
             match state {
                 SagaState::Running => counts.running = n,

@@ -71,10 +71,6 @@ pub struct OrchestratorArgs {
     /// the saga compensates (STEP_RETRIES_EXHAUSTED).
     #[arg(long, env = "FORWARD_RETRY_BUDGET_MS", default_value_t = 300_000)]
     pub forward_retry_budget_ms: u64,
-    /// Replaced by --forward-retry-budget-ms; still accepted (and ignored,
-    /// with a warning) so older scripts keep starting.
-    #[arg(long, env = "FORWARD_ATTEMPTS", hide = true)]
-    pub forward_attempts: Option<u32>,
     /// Attempts of a compensation before the saga is marked STUCK.
     #[arg(long, env = "STUCK_AFTER", default_value_t = 30)]
     pub stuck_after: u32,
@@ -105,14 +101,6 @@ pub async fn build(config: ServerConfig, args: OrchestratorArgs) -> anyhow::Resu
         owner.len() <= 64,
         "--instance-id must be at most 64 characters"
     );
-    if let Some(attempts) = args.forward_attempts {
-        tracing::warn!(
-            attempts,
-            budget_ms = args.forward_retry_budget_ms,
-            "--forward-attempts / FORWARD_ATTEMPTS is ignored: forward retries are bounded by \
-             --forward-retry-budget-ms / FORWARD_RETRY_BUDGET_MS"
-        );
-    }
     let participants = Participants::new(&ParticipantConfig {
         product: args.product_addr.clone(),
         point: args.point_addr.clone(),

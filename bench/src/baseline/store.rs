@@ -185,7 +185,7 @@ async fn order_finish(
     decision: Decision,
     at: NaiveDateTime,
 ) -> Result<OrderRecord, ServiceError> {
-    let (snapshot, pricing) = match decision {
+    let (snapshot, subtotal) = match decision {
         Decision::Confirmed {
             lines,
             pricing,
@@ -199,21 +199,23 @@ async fn order_finish(
                 points_pay(c, &order.user, pricing.payable, after, &row.id, at).await?;
             }
             row.state = OrderState::Confirmed.as_str().to_owned();
-            (Some(lines), Some(pricing))
+            row.discount = pricing.discount;
+            row.points_paid = pricing.payable;
+            (Some(lines), Some(pricing.subtotal))
         }
         Decision::Rejected { rejection, priced } => {
             row.state = OrderState::Rejected.as_str().to_owned();
             row.reason = rejection.reason.to_owned();
             row.reason_message = rejection.message;
+            // Like the saga's: a rejected order keeps what was asked and
+            // its subtotal, and pays nothing.
             priced.map_or((None, None), |(lines, pricing)| {
-                (Some(lines), Some(pricing))
+                (Some(lines), Some(pricing.subtotal))
             })
         }
     };
-    if let Some(pricing) = pricing {
-        row.subtotal = pricing.subtotal;
-        row.discount = pricing.discount;
-        row.points_paid = pricing.payable;
+    if let Some(subtotal) = subtotal {
+        row.subtotal = subtotal;
     }
     let lines: Vec<OrderLineRow> = match snapshot {
         Some(lines) => lines

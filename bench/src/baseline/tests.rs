@@ -338,10 +338,13 @@ async fn each_rejection_is_a_rejected_order_that_changes_nothing() -> anyhow::Re
     }
 
     // Not enough points is found once the order is priced: like the saga,
-    // the rejected order keeps its snapshot and amounts.
+    // the rejected order keeps its snapshot and subtotal, and pays nothing.
     let poor = baseline.place("u3", &[(11, 1)], None, "poor").await?;
     assert_eq!(poor.reason, "POINT_INSUFFICIENT");
-    assert_eq!((poor.subtotal, poor.points_paid), (1_000, 1_000));
+    assert_eq!(
+        (poor.subtotal, poor.discount, poor.points_paid),
+        (1_000, 0, 0)
+    );
     assert_eq!(poor.lines[0].product_name, "Shoe");
     // Before that point, only the requested lines are kept.
     let short = baseline.place("u1", &[(12, 9)], None, "short").await?;

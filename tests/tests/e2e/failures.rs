@@ -393,6 +393,13 @@ async fn a_writer_that_lost_its_lease_writes_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(after, done, "the same through the stale instance");
+    // Operators see the count on the instance that lost the lease.
+    let counts = SagaAdminServiceClient::new(mesh.orchestrators[1].channel())
+        .count_sagas(order::CountSagasRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counts.leases_lost, 1, "{counts:?}");
     assert_eq!(
         get_order(&mesh, &placed.order_id).await,
         order,
