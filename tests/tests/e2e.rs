@@ -19,6 +19,8 @@ mod fuzz;
 mod happy;
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "e2e/invariants.rs"]
+mod invariants;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/outage.rs"]

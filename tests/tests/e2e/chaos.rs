@@ -19,13 +19,13 @@ use commerce_proto::order::v1 as order;
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
 use commerce_testkit::error_reason;
 use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel_async::RunQueryDsl;
 use futures::future::join_all;
 use tokio::time::Instant;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Response, Status};
 
 use crate::harness::Mesh;
+use crate::invariants::{self, Coupons, Points, Rng, Violations, describe, with_deadline};
 use crate::shop;
 
 /// Concurrent clients; each owns [`USERS_PER_CLIENT`] users.
@@ -45,39 +45,6 @@ const PLENTY: i64 = 10_000;
 const SCARCE: i64 = 25;
 /// How many samples of each kind of violation the report shows.
 const SAMPLES: usize = 10;
-
-/// SplitMix64, seeded: the same orders and kill schedule every run.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn index(&mut self, len: usize) -> usize {
-        usize::try_from(self.below(len as u64)).unwrap()
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo + 1))
-    }
-}
 
 /// A product of the shop.
 #[derive(Clone)]
@@ -167,12 +134,6 @@ fn retryable(status: &Status) -> bool {
     }
 }
 
-fn timed<T>(message: T, timeout: Duration) -> Request<T> {
-    let mut request = Request::new(message);
-    request.set_timeout(timeout);
-    request
-}
-
 fn terminal(o: &order::Order) -> bool {
     matches!(
         shop::state(o),
@@ -191,6 +152,39 @@ fn patience(rng: &mut Rng, patient: Duration) -> Duration {
     }
 }
 
+/// Sends a call until it is answered or `deadline` passes: a transient
+/// failure is counted under the call's name (`what` up to its parenthesis)
+/// and retried; any other is reported as `what` and retried until there
+/// were `refusals` of them. The answer, and the calls sent.
+async fn until_answered<T>(
+    seen: &mut Seen,
+    what: &str,
+    deadline: Instant,
+    refusals: u32,
+    mut call: impl AsyncFnMut() -> Result<Response<T>, Status>,
+) -> (Option<T>, u32) {
+    let name = what.split('(').next().unwrap_or(what);
+    let mut sends = 0;
+    let mut refused = 0;
+    while Instant::now() < deadline {
+        sends += 1;
+        match call().await {
+            Ok(answer) => return (Some(answer.into_inner()), sends),
+            Err(status) if retryable(&status) => seen.transient(name, &status),
+            Err(status) => {
+                seen.bad_status
+                    .push(format!("{what}: {}", describe(&status)));
+                refused += 1;
+                if refused >= refusals {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (None, sends)
+}
+
 /// Places the order, sending it again under its key until answered, then
 /// reads it until it has ended; `None` past [`ORDER_BUDGET`].
 async fn place_and_settle(
@@ -200,77 +194,38 @@ async fn place_and_settle(
     seen: &mut Seen,
 ) -> (Option<order::Order>, u32) {
     let deadline = Instant::now() + ORDER_BUDGET;
-    let mut sends = 0;
-    let mut refused = 0;
-    let mut current = None;
-    while current.is_none() && Instant::now() < deadline {
-        sends += 1;
-        match client
-            .place_order(timed(
-                request.clone(),
-                patience(rng, Duration::from_secs(3)),
-            ))
+    let what = format!(
+        "PlaceOrder({}, {})",
+        request.user_id, request.idempotency_key
+    );
+    // A refusal is reported; the key still makes sending again safe, a few
+    // times.
+    let (mut current, sends) = until_answered(seen, &what, deadline, 3, async || {
+        let timeout = patience(rng, Duration::from_secs(3));
+        client
+            .place_order(with_deadline(request.clone(), timeout))
             .await
-        {
-            Ok(answer) => current = Some(answer.into_inner()),
-            Err(status) if retryable(&status) => {
-                seen.transient("PlaceOrder", &status);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => {
-                seen.bad_status.push(format!(
-                    "PlaceOrder({}, {}): {:?} {:?} {}",
-                    request.user_id,
-                    request.idempotency_key,
-                    status.code(),
-                    error_reason(&status),
-                    status.message()
-                ));
-                // Reported; the key still makes sending again safe, a few
-                // times.
-                refused += 1;
-                if refused >= 3 {
-                    return (None, sends);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    })
+    .await;
     let mut pause = Duration::from_millis(20);
     while let Some(o) = current.take() {
         if terminal(&o) {
             return (Some(o), sends);
         }
         if Instant::now() >= deadline {
-            return (None, sends);
+            break;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(250));
-        let mut next = None;
-        while next.is_none() && Instant::now() < deadline {
-            let get = order::GetOrderRequest {
-                order_id: o.order_id.clone(),
-            };
+        let what = format!("GetOrder({})", o.order_id);
+        let get = order::GetOrderRequest {
+            order_id: o.order_id,
+        };
+        (current, _) = until_answered(seen, &what, deadline, u32::MAX, async || {
             let timeout = patience(rng, Duration::from_secs(2));
-            match client.get_order(timed(get, timeout)).await {
-                Ok(answer) => next = Some(answer.into_inner()),
-                Err(status) if retryable(&status) => {
-                    seen.transient("GetOrder", &status);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(status) => {
-                    seen.bad_status.push(format!(
-                        "GetOrder({}): {:?} {:?} {}",
-                        o.order_id,
-                        status.code(),
-                        error_reason(&status),
-                        status.message()
-                    ));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        current = next;
+            client.get_order(with_deadline(get.clone(), timeout)).await
+        })
+        .await;
     }
     (None, sends)
 }
@@ -510,62 +465,6 @@ struct LogRow {
 }
 
 #[derive(diesel::QueryableByName)]
-struct StockRow {
-    #[diesel(sql_type = BigInt)]
-    product_id: i64,
-    #[diesel(sql_type = BigInt)]
-    available: i64,
-    #[diesel(sql_type = BigInt)]
-    reserved: i64,
-    #[diesel(sql_type = BigInt)]
-    sold: i64,
-}
-
-#[derive(diesel::QueryableByName)]
-struct LedgerRow {
-    #[diesel(sql_type = Text)]
-    user_id: String,
-    #[diesel(sql_type = BigInt)]
-    amount: i64,
-    #[diesel(sql_type = BigInt)]
-    balance_after: i64,
-}
-
-#[derive(diesel::QueryableByName)]
-struct AccountRow {
-    #[diesel(sql_type = Text)]
-    user_id: String,
-    #[diesel(sql_type = BigInt)]
-    balance: i64,
-}
-
-#[derive(diesel::QueryableByName)]
-struct CouponRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Text)]
-    user_id: String,
-    #[diesel(sql_type = Text)]
-    state: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    used_by_saga: Option<String>,
-}
-
-/// Violations found, by kind.
-#[derive(Default)]
-struct Violations(BTreeMap<&'static str, Vec<String>>);
-
-impl Violations {
-    fn add(&mut self, kind: &'static str, what: String) {
-        self.0.entry(kind).or_default().push(what);
-    }
-
-    fn count(&self) -> usize {
-        self.0.values().map(Vec::len).sum()
-    }
-}
-
-#[derive(diesel::QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
     n: i64,
@@ -575,20 +474,22 @@ struct Count {
 /// and no order is waiting for one.
 async fn wait_all_terminal(mesh: &Mesh) -> bool {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut db = mesh.order_db.connect().await.unwrap();
     while Instant::now() < deadline {
         let counts = mesh
             .sagas()
-            .count_sagas(timed(order::CountSagasRequest {}, Duration::from_secs(2)))
+            .count_sagas(with_deadline(
+                order::CountSagasRequest {},
+                Duration::from_secs(2),
+            ))
             .await;
         if let Ok(counts) = counts {
             let c = counts.into_inner();
-            let pending: Vec<Count> = diesel::sql_query(
+            let pending: Vec<Count> = invariants::load(
+                mesh,
+                "order",
                 "SELECT COUNT(*) AS n FROM orders WHERE state NOT IN ('CONFIRMED', 'REJECTED')",
             )
-            .load(&mut db)
-            .await
-            .unwrap();
+            .await;
             if c.running + c.compensating + c.stuck == 0 && pending[0].n == 0 {
                 return true;
             }
@@ -596,6 +497,194 @@ async fn wait_all_terminal(mesh: &Mesh) -> bool {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     false
+}
+
+/// An order placed, as stored: as its client saw it end, with the lines and
+/// coupon asked, terminal together with its saga, and (when its user's state
+/// was known at its start) with the amounts and the outcome that state
+/// implies.
+fn check_order(
+    violations: &mut Violations,
+    p: &Placed,
+    o: &OrderRow,
+    lines_of: &HashMap<&str, Vec<(i64, i64)>>,
+    saga_of: &HashMap<&str, &SagaRow>,
+) {
+    let what = format!(
+        "{} {} {} lines {:?} coupon {:?}",
+        o.id, p.user, p.key, p.lines, p.coupon
+    );
+    if let Some(seen) = &p.settled
+        && (shop::state(seen).as_str_name() != format!("ORDER_STATE_{}", o.state)
+            || seen.reason != o.reason)
+    {
+        violations.add(
+            "client saw another end than stored",
+            format!(
+                "{what}: saw {:?} {}, stored {} {}",
+                shop::state(seen),
+                seen.reason,
+                o.state,
+                o.reason
+            ),
+        );
+    }
+    let mut stored_lines = lines_of.get(o.id.as_str()).cloned().unwrap_or_default();
+    stored_lines.sort_unstable();
+    if stored_lines != p.lines || o.user_coupon_id != p.coupon {
+        violations.add(
+            "order stored with other lines",
+            format!("{what}: stored {stored_lines:?} {:?}", o.user_coupon_id),
+        );
+    }
+    match saga_of.get(o.saga_id.as_str()) {
+        Some(s)
+            if s.order_id == o.id
+                && s.kind == "PLACE_ORDER"
+                && matches!(
+                    (o.state.as_str(), s.state.as_str()),
+                    ("CONFIRMED", "COMPLETED") | ("REJECTED", "COMPENSATED")
+                ) => {}
+        s => violations.add(
+            "order and saga not terminal together",
+            format!(
+                "{what}: order {} saga {:?}",
+                o.state,
+                s.map(|s| (&s.kind, &s.state))
+            ),
+        ),
+    }
+    let e = &p.expected;
+    match o.state.as_str() {
+        "CONFIRMED" => {
+            if (o.subtotal, o.discount, o.points_paid) != (e.subtotal, e.discount, e.payable) {
+                violations.add(
+                    "confirmed order with wrong amounts",
+                    format!(
+                        "{what}: subtotal/discount/paid {}/{}/{}, expected {}/{}/{}",
+                        o.subtotal, o.discount, o.points_paid, e.subtotal, e.discount, e.payable
+                    ),
+                );
+            }
+            if e.sure && !e.may_confirm {
+                violations.add(
+                    "confirmed although it had to be rejected",
+                    format!("{what}: expected one of {:?}", e.reasons),
+                );
+            }
+        }
+        "REJECTED" => {
+            if o.points_paid != 0 {
+                violations.add(
+                    "rejected order shows points paid",
+                    format!("{what}: {} {} paid {}", o.state, o.reason, o.points_paid),
+                );
+            }
+            if e.sure && !e.reasons.contains(&o.reason.as_str()) {
+                violations.add(
+                    "rejection the data cannot explain",
+                    format!(
+                        "{what}: {} ({}), expected {}",
+                        o.reason,
+                        o.reason_message,
+                        if e.may_confirm {
+                            format!("CONFIRMED or {:?}", e.reasons)
+                        } else {
+                            format!("{:?}", e.reasons)
+                        }
+                    ),
+                );
+            }
+        }
+        state => violations.add("order not terminal", format!("{what}: {state}")),
+    }
+}
+
+/// Participant failures the orchestrator logged, by step and code:
+/// transient ones are expected around the kills; INTERNAL and refused undos
+/// are not.
+fn participant_failures(violations: &mut Violations, log: &[LogRow]) -> BTreeMap<String, usize> {
+    let mut failures = BTreeMap::new();
+    for e in log {
+        let error = e.error.clone().unwrap_or_default();
+        let code = error.split(':').next().unwrap_or_default().to_owned();
+        if e.outcome == "FAILED" {
+            *failures
+                .entry(format!("{} {}", e.step_name, code))
+                .or_default() += 1;
+            let transient = matches!(
+                code.as_str(),
+                "Unavailable"
+                    | "DeadlineExceeded"
+                    | "Cancelled"
+                    | "Unknown"
+                    | "Aborted"
+                    | "ResourceExhausted"
+            ) || (code == "Internal" && !error.contains("internal error"));
+            if !transient {
+                violations.add(
+                    "participant failure that is not transient",
+                    format!(
+                        "saga {} {} {}: {error}",
+                        e.saga_id, e.step_name, e.direction
+                    ),
+                );
+            }
+        } else if e.direction != "FORWARD" {
+            violations.add(
+                "undo refused",
+                format!("saga {} {}: {error}", e.saga_id, e.step_name),
+            );
+        }
+    }
+    failures
+}
+
+/// What the servers logged as internal errors (each with its cause, a
+/// violation), per server; and, per server, the connections the MySQL server
+/// closed on it (it does so when a connection sends out of turn): a sign,
+/// not a violation.
+fn server_logs(
+    violations: &mut Violations,
+    mesh: &Mesh,
+) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+    let mut internal_logged = BTreeMap::new();
+    let mut closed_logged = BTreeMap::new();
+    for node in [
+        &mesh.orchestrators[0],
+        &mesh.product,
+        &mesh.point,
+        &mesh.coupon,
+    ] {
+        let text = std::fs::read_to_string(node.log()).unwrap_or_default();
+        let closed = text
+            .lines()
+            .filter(|l| l.contains("Connection to the server is closed"))
+            .count();
+        if closed > 0 {
+            closed_logged.insert(node.service.to_owned(), closed);
+        }
+        for line in text.lines().map(plain) {
+            // What `ServiceError::Internal` logs when it becomes a status.
+            if let Some(at) = line.find("commerce_platform::error: internal error") {
+                *internal_logged.entry(node.service.to_owned()).or_default() += 1;
+                let call = line
+                    .split_once("uri=")
+                    .and_then(|(_, uri)| uri.split(' ').next())
+                    .and_then(|uri| uri.rsplit('/').next())
+                    .unwrap_or("?");
+                violations.add(
+                    "internal error in a server log",
+                    format!(
+                        "{} {call}: {}",
+                        node.service,
+                        line[at..].chars().take(240).collect::<String>()
+                    ),
+                );
+            }
+        }
+    }
+    (internal_logged, closed_logged)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -700,56 +789,27 @@ async fn chaos_orders_keep_every_invariant_while_servers_are_killed() {
         violations.add("INTERNAL or unexpected status to a client", s.clone());
     }
 
-    // The stored truth.
-    let mut order_db = mesh.order_db.connect().await.unwrap();
-    let orders: Vec<OrderRow> = diesel::sql_query(
+    // Every order placed is stored once, under its key, as placed and as
+    // its client saw it end, and nothing else; every saga ended.
+    let orders: Vec<OrderRow> = invariants::load(
+        &mesh,
+        "order",
         "SELECT id, user_id, idempotency_key, state, user_coupon_id, subtotal, discount, \
          points_paid, reason, reason_message, saga_id FROM orders",
     )
-    .load(&mut order_db)
-    .await
-    .unwrap();
-    let lines: Vec<LineRow> =
-        diesel::sql_query("SELECT order_id, product_id, quantity FROM order_lines")
-            .load(&mut order_db)
-            .await
-            .unwrap();
-    let sagas: Vec<SagaRow> = diesel::sql_query("SELECT id, kind, order_id, state FROM sagas")
-        .load(&mut order_db)
-        .await
-        .unwrap();
-    let log: Vec<LogRow> = diesel::sql_query(
-        "SELECT saga_id, step_name, direction, outcome, error FROM saga_log \
-         WHERE outcome IN ('FAILED', 'REJECTED') ORDER BY seq",
+    .await;
+    let lines: Vec<LineRow> = invariants::load(
+        &mesh,
+        "order",
+        "SELECT order_id, product_id, quantity FROM order_lines",
     )
-    .load(&mut order_db)
-    .await
-    .unwrap();
-    let mut product_db = mesh.database("product").connect().await.unwrap();
-    let stock: Vec<StockRow> =
-        diesel::sql_query("SELECT product_id, available, reserved, sold FROM product_stock")
-            .load(&mut product_db)
-            .await
-            .unwrap();
-    let mut point_db = mesh.database("point").connect().await.unwrap();
-    let ledger: Vec<LedgerRow> =
-        diesel::sql_query("SELECT user_id, amount, balance_after FROM point_ledger ORDER BY id")
-            .load(&mut point_db)
-            .await
-            .unwrap();
-    let accounts: Vec<AccountRow> =
-        diesel::sql_query("SELECT user_id, balance FROM point_accounts")
-            .load(&mut point_db)
-            .await
-            .unwrap();
-    let mut coupon_db = mesh.database("coupon").connect().await.unwrap();
-    let coupons: Vec<CouponRow> =
-        diesel::sql_query("SELECT id, user_id, state, used_by_saga FROM user_coupons")
-            .load(&mut coupon_db)
-            .await
-            .unwrap();
-
-    // Every order placed is stored once, under its key, and nothing else.
+    .await;
+    let sagas: Vec<SagaRow> = invariants::load(
+        &mesh,
+        "order",
+        "SELECT id, kind, order_id, state FROM sagas",
+    )
+    .await;
     let by_key: HashMap<(&str, &str), &OrderRow> = orders
         .iter()
         .map(|o| ((o.user_id.as_str(), o.idempotency_key.as_str()), o))
@@ -768,116 +828,13 @@ async fn chaos_orders_keep_every_invariant_while_servers_are_killed() {
             .push((l.product_id, l.quantity));
     }
     let saga_of: HashMap<&str, &SagaRow> = sagas.iter().map(|s| (s.id.as_str(), s)).collect();
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut confirmed = 0;
-    let mut sends = 0;
-    let mut unsure = 0;
     for p in &placed {
-        sends += p.sends;
-        let Some(o) = by_key.get(&(p.user.as_str(), p.key.as_str())) else {
-            violations.add(
+        match by_key.get(&(p.user.as_str(), p.key.as_str())) {
+            Some(o) => check_order(&mut violations, p, o, &lines_of, &saga_of),
+            None => violations.add(
                 "order lost",
                 format!("{} {} was never stored", p.user, p.key),
-            );
-            continue;
-        };
-        let what = format!(
-            "{} {} {} lines {:?} coupon {:?}",
-            o.id, p.user, p.key, p.lines, p.coupon
-        );
-        if let Some(seen) = &p.settled
-            && (shop::state(seen).as_str_name() != format!("ORDER_STATE_{}", o.state)
-                || seen.reason != o.reason)
-        {
-            violations.add(
-                "client saw another end than stored",
-                format!(
-                    "{what}: saw {:?} {}, stored {} {}",
-                    shop::state(seen),
-                    seen.reason,
-                    o.state,
-                    o.reason
-                ),
-            );
-        }
-        let mut stored_lines = lines_of.get(o.id.as_str()).cloned().unwrap_or_default();
-        stored_lines.sort_unstable();
-        if stored_lines != p.lines || o.user_coupon_id != p.coupon {
-            violations.add(
-                "order stored with other lines",
-                format!("{what}: stored {stored_lines:?} {:?}", o.user_coupon_id),
-            );
-        }
-        match saga_of.get(o.saga_id.as_str()) {
-            Some(s)
-                if s.order_id == o.id
-                    && s.kind == "PLACE_ORDER"
-                    && matches!(
-                        (o.state.as_str(), s.state.as_str()),
-                        ("CONFIRMED", "COMPLETED") | ("REJECTED", "COMPENSATED")
-                    ) => {}
-            s => violations.add(
-                "order and saga not terminal together",
-                format!(
-                    "{what}: order {} saga {:?}",
-                    o.state,
-                    s.map(|s| (&s.kind, &s.state))
-                ),
             ),
-        }
-        let e = &p.expected;
-        if !e.sure {
-            unsure += 1;
-        }
-        match o.state.as_str() {
-            "CONFIRMED" => {
-                confirmed += 1;
-                if (o.subtotal, o.discount, o.points_paid) != (e.subtotal, e.discount, e.payable) {
-                    violations.add(
-                        "confirmed order with wrong amounts",
-                        format!(
-                            "{what}: subtotal/discount/paid {}/{}/{}, expected {}/{}/{}",
-                            o.subtotal,
-                            o.discount,
-                            o.points_paid,
-                            e.subtotal,
-                            e.discount,
-                            e.payable
-                        ),
-                    );
-                }
-                if e.sure && !e.may_confirm {
-                    violations.add(
-                        "confirmed although it had to be rejected",
-                        format!("{what}: expected one of {:?}", e.reasons),
-                    );
-                }
-            }
-            "REJECTED" => {
-                *reasons.entry(o.reason.clone()).or_default() += 1;
-                if o.points_paid != 0 {
-                    violations.add(
-                        "rejected order shows points paid",
-                        format!("{what}: {} {} paid {}", o.state, o.reason, o.points_paid),
-                    );
-                }
-                if e.sure && !e.reasons.contains(&o.reason.as_str()) {
-                    violations.add(
-                        "rejection the data cannot explain",
-                        format!(
-                            "{what}: {} ({}), expected {}",
-                            o.reason,
-                            o.reason_message,
-                            if e.may_confirm {
-                                format!("CONFIRMED or {:?}", e.reasons)
-                            } else {
-                                format!("{:?}", e.reasons)
-                            }
-                        ),
-                    );
-                }
-            }
-            state => violations.add("order not terminal", format!("{what}: {state}")),
         }
     }
     for s in &sagas {
@@ -888,198 +845,69 @@ async fn chaos_orders_keep_every_invariant_while_servers_are_killed() {
             );
         }
     }
+    let log: Vec<LogRow> = invariants::load(
+        &mesh,
+        "order",
+        "SELECT saga_id, step_name, direction, outcome, error FROM saga_log \
+         WHERE outcome IN ('FAILED', 'REJECTED') ORDER BY seq",
+    )
+    .await;
+    let failures = participant_failures(&mut violations, &log);
+    let (internal_logged, closed_logged) = server_logs(&mut violations, &mesh);
 
-    // Participant failures the orchestrator logged: transient ones are
-    // expected around the kills; INTERNAL and refused undos are not.
-    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
-    for e in &log {
-        let error = e.error.clone().unwrap_or_default();
-        let code = error.split(':').next().unwrap_or_default().to_owned();
-        if e.outcome == "FAILED" {
-            *failures
-                .entry(format!("{} {}", e.step_name, code))
-                .or_default() += 1;
-            let transient = matches!(
-                code.as_str(),
-                "Unavailable"
-                    | "DeadlineExceeded"
-                    | "Cancelled"
-                    | "Unknown"
-                    | "Aborted"
-                    | "ResourceExhausted"
-            ) || (code == "Internal" && !error.contains("internal error"));
-            if !transient {
-                violations.add(
-                    "participant failure that is not transient",
-                    format!(
-                        "saga {} {} {}: {error}",
-                        e.saga_id, e.step_name, e.direction
-                    ),
-                );
-            }
-        } else if e.direction != "FORWARD" {
-            violations.add(
-                "undo refused",
-                format!("saga {} {}: {error}", e.saga_id, e.step_name),
-            );
-        }
-    }
-    // And what the servers logged as internal errors (with their cause).
-    // Connections the MySQL server closed on a server (it does so when a
-    // connection sends out of turn): a sign, not a violation.
-    let mut internal_logged: BTreeMap<String, usize> = BTreeMap::new();
-    let mut closed_logged: BTreeMap<String, usize> = BTreeMap::new();
-    for node in [
-        &mesh.orchestrators[0],
-        &mesh.product,
-        &mesh.point,
-        &mesh.coupon,
-    ] {
-        let text = std::fs::read_to_string(node.log()).unwrap_or_default();
-        let closed = text
-            .lines()
-            .filter(|l| l.contains("Connection to the server is closed"))
-            .count();
-        if closed > 0 {
-            closed_logged.insert(node.service.to_owned(), closed);
-        }
-        for line in text.lines().map(plain) {
-            // What `ServiceError::Internal` logs when it becomes a status.
-            if let Some(at) = line.find("commerce_platform::error: internal error") {
-                *internal_logged.entry(node.service.to_owned()).or_default() += 1;
-                let call = line
-                    .split_once("uri=")
-                    .and_then(|(_, uri)| uri.split(' ').next())
-                    .and_then(|uri| uri.rsplit('/').next())
-                    .unwrap_or("?");
-                violations.add(
-                    "internal error in a server log",
-                    format!(
-                        "{} {call}: {}",
-                        node.service,
-                        line[at..].chars().take(240).collect::<String>()
-                    ),
-                );
-            }
-        }
-    }
-
-    // Stock: available + reserved + sold = initial, nothing negative or
-    // still reserved, sold = units of confirmed orders.
+    // The participants agree with the confirmed orders: the units sold are
+    // theirs, each balance is charged - what they paid, and a coupon is USED
+    // iff exactly one of them carries it, by its saga.
+    let confirmed: Vec<&OrderRow> = orders.iter().filter(|o| o.state == "CONFIRMED").collect();
     let mut sold: HashMap<i64, i64> = HashMap::new();
-    for o in orders.iter().filter(|o| o.state == "CONFIRMED") {
+    let mut balances: HashMap<&str, i64> = buyers
+        .iter()
+        .map(|b| (b.name.as_str(), b.charged))
+        .collect();
+    let mut carried: HashMap<i64, Vec<&str>> = HashMap::new();
+    for o in &confirmed {
         for &(p, q) in lines_of.get(o.id.as_str()).into_iter().flatten() {
             *sold.entry(p).or_default() += q;
         }
-    }
-    for s in &stock {
-        let initial = items.get(&s.product_id).map_or(0, |i| i.initial);
-        let want_sold = sold.get(&s.product_id).copied().unwrap_or_default();
-        if s.available + s.reserved + s.sold != initial
-            || s.available < 0
-            || s.reserved != 0
-            || s.sold != want_sold
-        {
-            violations.add(
-                "stock",
-                format!(
-                    "product {}: available {} reserved {} sold {} (initial {initial}, \
-                     confirmed units {want_sold})",
-                    s.product_id, s.available, s.reserved, s.sold
-                ),
-            );
+        if let Some(balance) = balances.get_mut(o.user_id.as_str()) {
+            *balance -= o.points_paid;
         }
-    }
-
-    // Points: balance = charged - paid by confirmed orders = ledger sum,
-    // and every balance_after continues the chain.
-    let mut paid: HashMap<&str, i64> = HashMap::new();
-    for o in orders.iter().filter(|o| o.state == "CONFIRMED") {
-        *paid.entry(o.user_id.as_str()).or_default() += o.points_paid;
-    }
-    let mut sums: HashMap<&str, i64> = HashMap::new();
-    for l in &ledger {
-        let sum = sums.entry(l.user_id.as_str()).or_default();
-        *sum += l.amount;
-        if l.balance_after != *sum || l.balance_after < 0 {
-            violations.add(
-                "ledger chain",
-                format!(
-                    "{}: balance_after {} where the chain gives {sum}",
-                    l.user_id, l.balance_after
-                ),
-            );
-        }
-    }
-    let balances: HashMap<&str, i64> = accounts
-        .iter()
-        .map(|a| (a.user_id.as_str(), a.balance))
-        .collect();
-    for b in &buyers {
-        let name = b.name.as_str();
-        let balance = balances.get(name).copied().unwrap_or_default();
-        let sum = sums.get(name).copied().unwrap_or_default();
-        let want = b.charged - paid.get(name).copied().unwrap_or_default();
-        if balance != sum || balance != want || balance < 0 {
-            violations.add(
-                "points",
-                format!(
-                    "{name}: balance {balance}, ledger sum {sum}, charged - paid by confirmed \
-                     orders {want}"
-                ),
-            );
-        }
-    }
-
-    // Coupons: USED iff exactly one confirmed order carries it, by its saga.
-    let mut carried: HashMap<i64, Vec<&OrderRow>> = HashMap::new();
-    for o in orders.iter().filter(|o| o.state == "CONFIRMED") {
         if let Some(c) = o.user_coupon_id {
-            carried.entry(c).or_default().push(o);
+            carried.entry(c).or_default().push(&o.saga_id);
         }
     }
-    for c in &coupons {
-        let by = carried.get(&c.id).map(Vec::as_slice).unwrap_or_default();
-        let ok = match (c.state.as_str(), by) {
-            ("USED", [o]) => c.used_by_saga.as_deref() == Some(o.saga_id.as_str()),
-            ("AVAILABLE", []) => true,
-            _ => false,
-        };
-        if !ok {
-            violations.add(
-                "coupons",
-                format!(
-                    "coupon {} of {}: {} by {:?}, carried by {} confirmed order(s)",
-                    c.id,
-                    c.user_id,
-                    c.state,
-                    c.used_by_saga,
-                    by.len()
-                ),
-            );
-        }
-    }
+    let initial = |p| items.get(&p).map_or(0, |i: &Item| i.initial);
+    invariants::check_stock(
+        &mut violations,
+        &invariants::stock(&mesh).await,
+        initial,
+        &sold,
+    );
+    Points::read(&mesh).await.check(&mut violations, &balances);
+    Coupons::read(&mesh).await.check(&mut violations, &carried);
 
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for o in orders.iter().filter(|o| o.state == "REJECTED") {
+        *reasons.entry(&o.reason).or_default() += 1;
+    }
     let mut report = format!(
-        "chaos: {} orders placed in {:.1}s by {CLIENTS} clients ({sends} PlaceOrder sends), \
-         {confirmed} confirmed, {} rejected {reasons:?}\n  kills: {kills:?} ({} in all)\n  \
-         orders of users in an unknown state: {unsure}\n  transient failures seen by clients: \
+        "chaos: {} orders placed in {:.1}s by {CLIENTS} clients ({} PlaceOrder sends), \
+         {} confirmed, {} rejected {reasons:?}\n  kills: {kills:?} ({} in all)\n  \
+         orders of users in an unknown state: {}\n  transient failures seen by clients: \
          {:?}\n  participant failures in the saga log: {failures:?}\n  internal errors in \
          server logs: {internal_logged:?}\n  database connections closed by the server \
          (server logs): {closed_logged:?}\n  VIOLATIONS: {}",
         placed.len(),
         load_time.as_secs_f64(),
-        placed.len() - confirmed,
+        placed.iter().map(|p| p.sends).sum::<u32>(),
+        confirmed.len(),
+        placed.len() - confirmed.len(),
         kills.values().sum::<usize>(),
+        placed.iter().filter(|p| !p.expected.sure).count(),
         seen.transient,
         violations.count()
     );
-    for (kind, list) in &violations.0 {
-        let _ = write!(report, "\n  {kind}: {}", list.len());
-        for line in list.iter().take(SAMPLES) {
-            let _ = write!(report, "\n    {line}");
-        }
-    }
+    violations.write(&mut report, SAMPLES);
     let _ = write!(
         report,
         "\n  total time {:.1}s",
@@ -1087,7 +915,7 @@ async fn chaos_orders_keep_every_invariant_while_servers_are_killed() {
     );
     println!("{report}");
     assert!(
-        violations.0.is_empty(),
+        violations.count() == 0,
         "chaos: {} violations (details above); logs in {}",
         violations.count(),
         mesh.log_dir.display()
