@@ -135,11 +135,9 @@ impl PointStore {
             .db
             .read(|c| {
                 async move {
-                    let total = point_ledger::table
-                        .filter(point_ledger::user_id.eq(user.as_str()))
-                        .count()
-                        .get_result::<i64>(c)
-                        .await?;
+                    // Page first, count second: the ledger only grows, so
+                    // the total can never be less than what the page shows
+                    // (counting first, a charge landing in between could).
                     let rows = point_ledger::table
                         .filter(point_ledger::user_id.eq(user.as_str()))
                         .order(point_ledger::id.desc())
@@ -147,6 +145,11 @@ impl PointStore {
                         .offset(page.offset())
                         .select(LedgerRow::as_select())
                         .load(c)
+                        .await?;
+                    let total = point_ledger::table
+                        .filter(point_ledger::user_id.eq(user.as_str()))
+                        .count()
+                        .get_result::<i64>(c)
                         .await?;
                     Ok((total, rows))
                 }
