@@ -1,4 +1,5 @@
-//! The MySQL connection pool and the classification of database failures.
+//! The MySQL connection pool, cancel-safe access to it, and the helpers
+//! every store shares (unique-key violations, insert ids).
 //!
 //! Sessions run in UTC and at READ COMMITTED: every invariant of the services
 //! is kept by row locks (`SELECT ... FOR UPDATE`) and unique keys, so the gap
@@ -243,47 +244,6 @@ async fn establish(url: &str) -> diesel::ConnectionResult<AsyncMysqlConnection> 
             .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
     }
     Ok(conn)
-}
-
-/// Maps a diesel error to what it means for the caller. The MySQL driver
-/// keeps only the server's message for most errors, so deadlocks and lost
-/// connections are recognised by their wording.
-pub fn classify(error: DieselError) -> ServiceError {
-    match &error {
-        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
-            ServiceError::Conflict(error.to_string())
-        }
-        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
-        | DieselError::BrokenTransactionManager => ServiceError::Unavailable(error.to_string()),
-        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
-            let message = info.message();
-            if message.contains("try restarting transaction") {
-                // 1213 deadlock, 1205 lock wait timeout.
-                ServiceError::Conflict(message.to_owned())
-            } else if is_connection_failure(message) {
-                ServiceError::Unavailable(message.to_owned())
-            } else {
-                ServiceError::Internal(error.to_string())
-            }
-        }
-        _ => ServiceError::Internal(error.to_string()),
-    }
-}
-
-fn is_connection_failure(message: &str) -> bool {
-    const SIGNS: &[&str] = &[
-        "Input/output error",
-        "Connection",
-        "connection",
-        "broken pipe",
-        "Broken pipe",
-        "server has gone away",
-        "Lost connection",
-        "Driver error",
-        "closed",
-        "timed out",
-    ];
-    SIGNS.iter().any(|sign| message.contains(sign))
 }
 
 /// True when the error is a violation of a unique key.

@@ -1,9 +1,11 @@
 //! The one error type of every server and its single mapping to
 //! `tonic::Status`, with `google.rpc.ErrorInfo` (and `google.rpc.BadRequest`
-//! for invalid fields) so a REST BFF can translate errors by reason.
+//! for invalid fields) so a REST BFF can translate errors by reason; and what
+//! a diesel error means for the caller.
 
 use std::collections::HashMap;
 
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -147,10 +149,51 @@ impl From<ServiceError> for Status {
     }
 }
 
-impl From<diesel::result::Error> for ServiceError {
-    fn from(error: diesel::result::Error) -> Self {
-        crate::db::classify(error)
+impl From<DieselError> for ServiceError {
+    fn from(error: DieselError) -> Self {
+        classify(error)
     }
+}
+
+/// Maps a diesel error to what it means for the caller. The MySQL driver
+/// keeps only the server's message for most errors, so deadlocks and lost
+/// connections are recognised by their wording.
+fn classify(error: DieselError) -> ServiceError {
+    match &error {
+        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
+            ServiceError::Conflict(error.to_string())
+        }
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+        | DieselError::BrokenTransactionManager => ServiceError::Unavailable(error.to_string()),
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            let message = info.message();
+            if message.contains("try restarting transaction") {
+                // 1213 deadlock, 1205 lock wait timeout.
+                ServiceError::Conflict(message.to_owned())
+            } else if is_connection_failure(message) {
+                ServiceError::Unavailable(message.to_owned())
+            } else {
+                ServiceError::Internal(error.to_string())
+            }
+        }
+        _ => ServiceError::Internal(error.to_string()),
+    }
+}
+
+fn is_connection_failure(message: &str) -> bool {
+    const SIGNS: &[&str] = &[
+        "Input/output error",
+        "Connection",
+        "connection",
+        "broken pipe",
+        "Broken pipe",
+        "server has gone away",
+        "Lost connection",
+        "Driver error",
+        "closed",
+        "timed out",
+    ];
+    SIGNS.iter().any(|sign| message.contains(sign))
 }
 
 impl From<serde_json::Error> for ServiceError {
