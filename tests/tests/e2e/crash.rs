@@ -39,27 +39,6 @@ async fn reservation(mesh: &Mesh, saga_id: &str) -> product::ReservationState {
     product::ReservationState::try_from(reservation.state).unwrap()
 }
 
-/// The kinds of the ledger entries a saga left at the point service.
-async fn ledger_kinds(mesh: &Mesh, user: &str, saga_id: &str) -> Vec<point::LedgerKind> {
-    let mut kinds: Vec<point::LedgerKind> = mesh
-        .points()
-        .list_ledger(point::ListLedgerRequest {
-            user_id: user.to_owned(),
-            page: 0,
-            size: 100,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entries
-        .into_iter()
-        .filter(|e| e.reference == saga_id)
-        .map(|e| point::LedgerKind::try_from(e.kind).unwrap())
-        .collect();
-    kinds.sort_by_key(|k| *k as i32);
-    kinds
-}
-
 /// Restarts the orchestrator armed to abort at `point`.
 async fn arm(mesh: &mut Mesh, point: &str) {
     let node = &mut mesh.orchestrators[0];
@@ -155,7 +134,7 @@ async fn crash_at_every_step_boundary_resumes_to_confirmed_once() {
             "{point}"
         );
         assert_eq!(
-            ledger_kinds(&mesh, &user, &order.saga_id).await,
+            shop::ledger_kinds(&mesh, &user, &order.saga_id).await,
             [point::LedgerKind::Use],
             "{point}: one deduction"
         );
@@ -215,7 +194,9 @@ async fn crash_while_compensating_still_ends_rejected_with_everything_back() {
             "{point}"
         );
         assert!(
-            ledger_kinds(&mesh, &user, &order.saga_id).await.is_empty(),
+            shop::ledger_kinds(&mesh, &user, &order.saga_id)
+                .await
+                .is_empty(),
             "{point}: nothing deducted, nothing refunded"
         );
         let one = HashMap::from([(user.clone(), 5_000)]);
@@ -332,7 +313,7 @@ async fn crash_at_every_step_of_a_cancellation_resumes_to_cancelled() {
             "{point}"
         );
         assert_eq!(
-            ledger_kinds(&mesh, &user, &placed.saga_id).await,
+            shop::ledger_kinds(&mesh, &user, &placed.saga_id).await,
             [point::LedgerKind::Use, point::LedgerKind::Refund],
             "{point}: one deduction, one refund"
         );

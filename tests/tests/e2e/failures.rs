@@ -11,16 +11,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
 
 use commerce_proto::coupon::v1 as coupon;
 use commerce_proto::order::v1 as order;
-use commerce_proto::order::v1::order_service_client::OrderServiceClient;
 use commerce_proto::order::v1::saga_admin_service_client::SagaAdminServiceClient;
 use commerce_proto::order::v1::{OrderState, SagaState, StepDirection, StepOutcome};
 use commerce_proto::point::v1 as point;
-use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::harness::{Mesh, Node, orchestrator_args};
 use crate::shop::{self, assert_invariants};
@@ -49,59 +45,6 @@ fn orchestrator(mesh: &Mesh, instance: &str, flags: &[(&str, &str)]) -> Node {
         &mesh.log_dir,
         instance,
     )
-}
-
-/// Places an order with a short deadline, so the orchestrator answers
-/// PENDING while the saga cannot finish (or the call runs out: then it is
-/// sent again with the same key, as a client would).
-async fn place_pending(
-    mesh: &Mesh,
-    client: &OrderServiceClient<Channel>,
-    request: order::PlaceOrderRequest,
-) -> order::Order {
-    shop::eventually(mesh, "an answer to PlaceOrder", || async {
-        let mut call = tonic::Request::new(request.clone());
-        call.set_timeout(Duration::from_millis(500));
-        match client.clone().place_order(call).await {
-            Ok(placed) => Some(placed.into_inner()),
-            Err(status) => {
-                assert!(
-                    matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
-                    "only the deadline may fail the call: {status:?}"
-                );
-                None
-            }
-        }
-    })
-    .await
-}
-
-/// The kinds of the ledger entries a saga left at the point service.
-async fn ledger_kinds(mesh: &Mesh, user: &str, saga_id: &str) -> Vec<i32> {
-    mesh.points()
-        .list_ledger(point::ListLedgerRequest {
-            user_id: user.to_owned(),
-            page: 0,
-            size: 100,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entries
-        .into_iter()
-        .filter(|e| e.reference == saga_id)
-        .map(|e| e.kind)
-        .collect()
-}
-
-async fn get_order(mesh: &Mesh, order_id: &str) -> order::Order {
-    mesh.orders()
-        .get_order(order::GetOrderRequest {
-            order_id: order_id.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 fn count(log: &[order::StepLogEntry], step: &str, d: StepDirection, o: StepOutcome) -> usize {
@@ -136,7 +79,7 @@ async fn a_stuck_compensation_finishes_after_the_operators_retry() {
     // cannot either.
     mesh.point.kill().await;
     let key = uuid::Uuid::new_v4().to_string();
-    let placed = place_pending(
+    let placed = shop::place_pending(
         &mesh,
         &mesh.orders(),
         shop::request("sam", &[(lamp, 2)], None, &key),
@@ -193,7 +136,7 @@ async fn a_stuck_compensation_finishes_after_the_operators_retry() {
         .unwrap()
         .into_inner();
     assert_eq!((counts.stuck, counts.running), (1, 0), "{counts:?}");
-    let waiting = get_order(&mesh, &placed.order_id).await;
+    let waiting = shop::order(&mesh, &placed.order_id).await;
     assert_eq!(shop::state(&waiting), OrderState::Pending, "{waiting:?}");
     assert_eq!(waiting.points_paid, 0, "{waiting:?}");
     let s = shop::stock(&mesh, lamp).await;
@@ -224,7 +167,7 @@ async fn a_stuck_compensation_finishes_after_the_operators_retry() {
     let s = shop::stock(&mesh, lamp).await;
     assert_eq!((s.available, s.reserved, s.sold), (10, 0, 0));
     assert_eq!(shop::balance(&mesh, "sam").await, 30_000);
-    assert!(ledger_kinds(&mesh, "sam", &saga_id).await.is_empty());
+    assert!(shop::ledger_kinds(&mesh, "sam", &saga_id).await.is_empty());
 
     let charged = HashMap::from([("sam".to_owned(), 30_000)]);
     assert_invariants(&mesh, &[(lamp, 10)], &charged).await;
@@ -286,7 +229,11 @@ async fn a_participant_refusing_connections_ends_the_order_when_the_budget_is_sp
     let s = shop::stock(&mesh, chair).await;
     assert_eq!((s.available, s.reserved, s.sold), (6, 0, 0));
     assert_eq!(shop::balance(&mesh, "rita").await, 50_000);
-    assert!(ledger_kinds(&mesh, "rita", &order.saga_id).await.is_empty());
+    assert!(
+        shop::ledger_kinds(&mesh, "rita", &order.saga_id)
+            .await
+            .is_empty()
+    );
 
     // Back up, the coupon service shows the coupon untouched.
     mesh.coupon.start().await;
@@ -342,7 +289,7 @@ async fn a_writer_that_lost_its_lease_writes_nothing() {
     mesh.orchestrators.push(stale);
 
     let key = uuid::Uuid::new_v4().to_string();
-    let placed = place_pending(
+    let placed = shop::place_pending(
         &mesh,
         &mesh.orders_at(1),
         shop::request("lena", &[(desk, 1)], None, &key),
@@ -401,14 +348,14 @@ async fn a_writer_that_lost_its_lease_writes_nothing() {
         .into_inner();
     assert_eq!(counts.leases_lost, 1, "{counts:?}");
     assert_eq!(
-        get_order(&mesh, &placed.order_id).await,
+        shop::order(&mesh, &placed.order_id).await,
         order,
         "order unchanged"
     );
     assert_eq!(shop::balance(&mesh, "lena").await, 15_000);
     assert_eq!(
-        ledger_kinds(&mesh, "lena", &saga_id).await,
-        [point::LedgerKind::Use as i32],
+        shop::ledger_kinds(&mesh, "lena", &saga_id).await,
+        [point::LedgerKind::Use],
         "one deduction"
     );
 

@@ -18,31 +18,6 @@ use tonic::transport::Channel;
 use crate::harness::Mesh;
 use crate::shop::{self, assert_invariants};
 
-/// The deadline clients set on PlaceOrder while a participant is down.
-const SHORT_DEADLINE: Duration = Duration::from_millis(500);
-
-/// Places an order with a short deadline: the orchestrator answers PENDING
-/// before it when the saga cannot finish. A call that gets no answer is
-/// sent again with the same key (the order it may have recorded is the one
-/// answered then).
-async fn place_pending(mesh: &Mesh, request: order::PlaceOrderRequest) -> order::Order {
-    shop::eventually(mesh, "a PENDING answer to PlaceOrder", || async {
-        let mut call = tonic::Request::new(request.clone());
-        call.set_timeout(SHORT_DEADLINE);
-        match mesh.orders().place_order(call).await {
-            Ok(placed) => Some(placed.into_inner()),
-            Err(status) => {
-                assert!(
-                    matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
-                    "only the deadline may fail the call: {status:?}"
-                );
-                None
-            }
-        }
-    })
-    .await
-}
-
 /// Waits until the saga's log holds a FAILED attempt of `step`.
 async fn failed_attempt_logged(mesh: &Mesh, saga_id: &str, step: &str) {
     shop::eventually(
@@ -76,7 +51,12 @@ async fn orders_wait_out_a_point_service_outage_then_confirm() {
     let mut pending = Vec::new();
     for user in &users {
         let key = uuid::Uuid::new_v4().to_string();
-        let placed = place_pending(&mesh, shop::request(user, &[(lamp, 2)], None, &key)).await;
+        let placed = shop::place_pending(
+            &mesh,
+            &mesh.orders(),
+            shop::request(user, &[(lamp, 2)], None, &key),
+        )
+        .await;
         assert_eq!(shop::state(&placed), OrderState::Pending, "{placed:?}");
         pending.push(placed);
     }
@@ -138,7 +118,12 @@ async fn operator_compensates_a_saga_waiting_on_a_down_participant() {
 
     mesh.point.kill().await;
     let key = uuid::Uuid::new_v4().to_string();
-    let placed = place_pending(&mesh, shop::request("oscar", &[(desk, 1)], None, &key)).await;
+    let placed = shop::place_pending(
+        &mesh,
+        &mesh.orders(),
+        shop::request("oscar", &[(desk, 1)], None, &key),
+    )
+    .await;
     failed_attempt_logged(&mesh, &placed.saga_id, "deduct_points").await;
 
     let saga = mesh

@@ -6,8 +6,12 @@ use std::time::Duration;
 
 use commerce_proto::coupon::v1 as coupon;
 use commerce_proto::order::v1 as order;
+use commerce_proto::order::v1::order_service_client::OrderServiceClient;
 use commerce_proto::point::v1 as point;
 use commerce_proto::product::v1 as product;
+
+use tonic::Code;
+use tonic::transport::Channel;
 
 use crate::harness::Mesh;
 
@@ -199,6 +203,65 @@ pub async fn settled(mesh: &Mesh, order_id: &str) -> order::Order {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(250));
     }
+}
+
+/// The order as it stands now.
+pub async fn order(mesh: &Mesh, order_id: &str) -> order::Order {
+    mesh.orders()
+        .get_order(order::GetOrderRequest {
+            order_id: order_id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Places an order through `client` with a short deadline: the orchestrator
+/// answers PENDING before it when the saga cannot finish. A call that gets
+/// no answer is sent again with the same key (the order it may have recorded
+/// is the one answered then).
+pub async fn place_pending(
+    mesh: &Mesh,
+    client: &OrderServiceClient<Channel>,
+    request: order::PlaceOrderRequest,
+) -> order::Order {
+    eventually(mesh, "an answer to PlaceOrder", || async {
+        let mut call = tonic::Request::new(request.clone());
+        call.set_timeout(Duration::from_millis(500));
+        match client.clone().place_order(call).await {
+            Ok(placed) => Some(placed.into_inner()),
+            Err(status) => {
+                assert!(
+                    matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+                    "only the deadline may fail the call: {status:?}"
+                );
+                None
+            }
+        }
+    })
+    .await
+}
+
+/// The kinds of the ledger entries a saga left at the point service,
+/// sorted.
+pub async fn ledger_kinds(mesh: &Mesh, user: &str, saga_id: &str) -> Vec<point::LedgerKind> {
+    let mut kinds: Vec<point::LedgerKind> = mesh
+        .points()
+        .list_ledger(point::ListLedgerRequest {
+            user_id: user.to_owned(),
+            page: 0,
+            size: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .filter(|e| e.reference == saga_id)
+        .map(|e| point::LedgerKind::try_from(e.kind).unwrap())
+        .collect();
+    kinds.sort_by_key(|k| *k as i32);
+    kinds
 }
 
 /// Every order of `users`.
