@@ -14,14 +14,14 @@ use commerce_platform::{Database, SagaId, migrate};
 use commerce_testkit::TestDatabase;
 use diesel_async::SimpleAsyncConnection;
 
-use crate::domain::order::{OrderEvent, PlaceOrder, Pricing, SnapshotLine, reason};
+use crate::domain::order::{OrderEvent, OrderState, PlaceOrder, Pricing, SnapshotLine, reason};
 use crate::domain::saga::{
-    Direction, LogEntry, Outcome, RetryPolicy, SagaParams, SagaState, Step, StepOutput,
+    Direction, LogEntry, Outcome, Rejection, RetryPolicy, SagaParams, SagaState, Step, StepOutput,
 };
 use crate::engine::{Driven, Engine, EngineConfig};
 use crate::fault::Faults;
-use crate::participants::{ParticipantConfig, Participants};
-use crate::store::{Lease, NewSaga, OrderChange, OrderStore, Placed, SagaWrite};
+use crate::participants::{GrpcParticipants, ParticipantConfig};
+use crate::store::{Lease, NewSaga, OrderChange, OrderStore, Placed, SagaWrite, TakeOver};
 
 struct Fixture {
     db: TestDatabase,
@@ -68,6 +68,10 @@ async fn place(store: &OrderStore, user: &str, owner: &str) -> (String, SagaId, 
                 params: &params,
                 owner,
                 lease_until: in_a_minute(),
+                log: &[(
+                    Step::ReserveStock,
+                    event(0, Direction::Forward, 1, Outcome::Started),
+                )],
             },
         )
         .await
@@ -79,15 +83,7 @@ async fn place(store: &OrderStore, user: &str, owner: &str) -> (String, SagaId, 
 }
 
 fn event(step: usize, direction: Direction, attempt: u32, outcome: Outcome) -> LogEntry {
-    LogEntry {
-        step,
-        direction,
-        attempt,
-        outcome,
-        output: None,
-        error: None,
-        at: now(),
-    }
+    LogEntry::new(step, direction, attempt, outcome, now())
 }
 
 fn reserved(subtotal: i64, discount: i64) -> (StepOutput, Pricing) {
@@ -110,7 +106,7 @@ fn reserved(subtotal: i64, discount: i64) -> (StepOutput, Pricing) {
 }
 
 /// A write of step outcomes with order changes, keeping the saga RUNNING.
-fn progress(entries: Vec<(Step, LogEntry)>, order: Vec<OrderChange>) -> SagaWrite {
+fn progress(entries: Vec<(Step, LogEntry)>, changes: Vec<OrderChange>) -> SagaWrite<OrderChange> {
     SagaWrite {
         entries,
         state: SagaState::Running,
@@ -119,7 +115,7 @@ fn progress(entries: Vec<(Step, LogEntry)>, order: Vec<OrderChange>) -> SagaWrit
         reason: None,
         next_attempt_at: now(),
         lease_until: Some(in_a_minute()),
-        order,
+        changes,
     }
 }
 
@@ -127,7 +123,23 @@ fn progress(entries: Vec<(Step, LogEntry)>, order: Vec<OrderChange>) -> SagaWrit
 async fn snapshot(store: &OrderStore, saga_id: &SagaId, order_id: &str) -> String {
     let saga = store.saga_load(saga_id).await.unwrap();
     let order = store.order_get(order_id).await.unwrap();
-    format!("{:?}\n{:?}\n{:?}", saga.row, saga.raw_log, order)
+    format!("{:?}\n{:?}\n{:?}", saga.saga, saga.raw_log, order)
+}
+
+/// An operator's retry: the saga taken over by `owner`.
+async fn take_over(store: &OrderStore, saga_id: &SagaId, owner: &str) -> Lease {
+    let seen = store.saga_get(saga_id).await.unwrap();
+    store
+        .saga_take_over(&TakeOver {
+            saga_id,
+            seen: &seen,
+            owner,
+            lease_until: in_a_minute(),
+            turn_around: None,
+        })
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -137,11 +149,7 @@ async fn a_writer_that_lost_its_lease_writes_nothing() {
     for takeover in ["operator", "expiry"] {
         let (order_id, saga_id, stale) = place(&f.store, &format!("u-{takeover}"), "a").await;
         let fresh = match takeover {
-            "operator" => f
-                .store
-                .saga_take_over(&saga_id, "b", in_a_minute(), false)
-                .await
-                .unwrap(),
+            "operator" => take_over(&f.store, &saga_id, "b").await,
             _ => {
                 let mut conn = f.db.connect().await.unwrap();
                 conn.batch_execute(&format!(
@@ -184,7 +192,8 @@ async fn a_writer_that_lost_its_lease_writes_nothing() {
                 },
                 OrderChange::PointsPaid(10_000),
                 OrderChange::Transition {
-                    event: OrderEvent::Confirm,
+                    from: OrderState::Pending,
+                    to: OrderState::Confirmed,
                     reason: None,
                 },
             ],
@@ -267,16 +276,22 @@ async fn a_rejected_order_pays_nothing_and_a_confirmed_one_what_was_deducted() {
         let o = f.store.order_get(&order_id).await.unwrap().order;
         assert_eq!(o.points_paid, 7_000);
 
-        let reason = (end == OrderEvent::Reject).then(|| {
-            (
-                "COUPON_ALREADY_USED".to_owned(),
-                "used by another order".to_owned(),
-            )
-        });
-        let mut last = progress(
-            Vec::new(),
-            vec![OrderChange::Transition { event: end, reason }],
-        );
+        // As the engine ends the saga: a rejected order's steps were all
+        // undone.
+        let reason = (end == OrderEvent::Reject)
+            .then(|| Rejection::new("COUPON_ALREADY_USED", "used by another order"));
+        let to = OrderState::Pending.apply(end).unwrap();
+        let transition = OrderChange::Transition {
+            from: OrderState::Pending,
+            to,
+            reason,
+        };
+        let changes = if to == OrderState::Rejected {
+            vec![OrderChange::Undone, transition]
+        } else {
+            vec![transition]
+        };
+        let mut last = progress(Vec::new(), changes);
         last.lease_until = None;
         assert!(
             f.store
@@ -311,7 +326,7 @@ fn refusing_addr() -> String {
 }
 
 fn engine(store: &OrderStore, forward_budget: Duration) -> Arc<Engine> {
-    let participants = Participants::new(&ParticipantConfig {
+    let participants = GrpcParticipants::new(&ParticipantConfig {
         product: refusing_addr(),
         point: refusing_addr(),
         coupon: refusing_addr(),
@@ -344,10 +359,7 @@ async fn the_engine_stops_and_counts_when_its_lease_is_lost() {
     let f = fixture().await;
     let engine = engine(&f.store, Duration::from_secs(3600));
     let (order_id, saga_id, stale) = place(&f.store, "u-lost", "a").await;
-    f.store
-        .saga_take_over(&saga_id, "b", in_a_minute(), false)
-        .await
-        .unwrap();
+    take_over(&f.store, &saga_id, "b").await;
     let before = snapshot(&f.store, &saga_id, &order_id).await;
     assert_eq!(engine.leases_lost(), 0);
 
@@ -383,7 +395,7 @@ async fn the_forward_budget_counts_from_the_step_log_across_restarts() {
     assert_eq!(driven, Driven::Stuck);
     let saga = f.store.saga_load(&old).await.unwrap();
     assert_eq!(
-        (saga.row.state.as_str(), saga.row.reason.as_str()),
+        (saga.saga.state.as_str(), saga.saga.reason.as_str()),
         ("STUCK", reason::STEP_RETRIES_EXHAUSTED)
     );
     let forward: Vec<_> = saga
@@ -403,18 +415,21 @@ async fn the_forward_budget_counts_from_the_step_log_across_restarts() {
         .iter()
         .find(|e| e.outcome == Outcome::Rejected)
         .unwrap();
-    assert!(
-        rejected
-            .error
-            .as_deref()
-            .unwrap()
-            .starts_with("STEP_RETRIES_EXHAUSTED: reserve_stock kept failing for "),
-        "{rejected:?}"
+    // Stored as it always was: "REASON: message".
+    let stored = saga
+        .raw_log
+        .iter()
+        .find_map(|row| (row.outcome == "REJECTED").then_some(row.error.clone()?))
+        .unwrap();
+    assert_eq!(
+        rejected.rejection.as_ref().unwrap().reason,
+        reason::STEP_RETRIES_EXHAUSTED
     );
     assert!(
-        rejected.error.as_deref().unwrap().contains("(attempts: 1)"),
+        stored.starts_with("STEP_RETRIES_EXHAUSTED: reserve_stock kept failing for "),
         "{rejected:?}"
     );
+    assert!(stored.contains("(attempts: 1)"), "{rejected:?}");
 
     // A step started just now with a budget of a few seconds is retried
     // (however many attempts fit) before it compensates.
@@ -431,6 +446,6 @@ async fn the_forward_budget_counts_from_the_step_log_across_restarts() {
         .filter(|e| e.direction == Direction::Forward && e.outcome == Outcome::Failed)
         .count();
     assert!(failed >= 1, "retried before giving up: {:?}", saga.raw_log);
-    assert_eq!(saga.row.reason, reason::STEP_RETRIES_EXHAUSTED);
+    assert_eq!(saga.saga.reason, reason::STEP_RETRIES_EXHAUSTED);
     f.db.drop_database().await.unwrap();
 }

@@ -1,13 +1,11 @@
-//! The saga engine: drives a saga step by step, writing the step log before
-//! and after every participant call, retrying transient failures with
-//! backoff, compensating after rejections, and resuming unfinished sagas
-//! (its own after a restart, or any whose lease expired) from their logs.
+//! The application: places and cancels orders (recording each with its
+//! saga, then driving it through the executor), lets operators take sagas
+//! over, and runs the recovery loop that resumes unfinished sagas (its own
+//! after a restart, or any whose lease expired) from their logs.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::NaiveDateTime;
 use commerce_platform::error::ServiceError;
 use commerce_platform::time::now;
 use commerce_platform::{SagaId, UserId};
@@ -15,27 +13,15 @@ use tokio::sync::Semaphore;
 
 use crate::domain::order::{OrderEvent, OrderState, PlaceOrder, reason};
 use crate::domain::saga::{
-    Direction, ForwardRetry, LogEntry, Move, Outcome, RetryPolicy, SagaKind, SagaParams, SagaState,
-    Step, StepOutput, first_started, next_move, rejection,
+    Direction, Lease, LogEntry, Outcome, Rejection, RetryPolicy, SagaKind, SagaParams, SagaState,
+    Step,
 };
-use crate::fault::{Faults, Phase};
-use crate::participants::{Participants, StepError};
-use crate::store::{Lease, NewSaga, OrderChange, OrderRecord, OrderStore, Placed, SagaWrite};
-
-/// Target of the per-step timing events (enable with
-/// `RUST_LOG=info,saga_timing=debug`).
-pub const TIMING_TARGET: &str = "saga_timing";
-
-/// How a drive ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Driven {
-    /// COMPLETED or COMPENSATED.
-    Finished(SagaState),
-    /// STUCK: handed back to the recovery loop's slow retry and to operators.
-    Stuck,
-    /// Another instance holds the saga now.
-    LeaseLost,
-}
+use crate::executor::Executor;
+pub use crate::executor::{Driven, TIMING_TARGET};
+use crate::fault::Faults;
+use crate::participants::GrpcParticipants;
+use crate::sagas::{self, OrderSagas, cancel_order, place_order};
+use crate::store::{NewSaga, OrderRecord, OrderStore, Placed, TakeOver, TurnAround};
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -54,85 +40,57 @@ pub struct EngineConfig {
 }
 
 pub struct Engine {
-    store: OrderStore,
-    participants: Participants,
+    executor: Executor<OrderStore, OrderSagas<GrpcParticipants>>,
     config: EngineConfig,
-    faults: Faults,
-    /// Fenced writes refused since this process started: each one a saga
-    /// this instance was driving and another instance (or an operator's
-    /// takeover) had claimed meanwhile.
-    leases_lost: AtomicU64,
 }
 
 impl Engine {
     pub fn new(
         store: OrderStore,
-        participants: Participants,
+        participants: GrpcParticipants,
         config: EngineConfig,
         faults: Faults,
     ) -> Self {
         Self {
-            store,
-            participants,
+            executor: Executor::new(
+                store,
+                OrderSagas::new(participants),
+                config.lease,
+                config.retry.clone(),
+                faults,
+            ),
             config,
-            faults,
-            leases_lost: AtomicU64::new(0),
         }
     }
 
     pub fn store(&self) -> &OrderStore {
-        &self.store
+        self.executor.store()
     }
 
     /// How many sagas this instance lost to another holder since it started
     /// (each a refused fenced write; each also logged at WARN).
     pub fn leases_lost(&self) -> u64 {
-        self.leases_lost.load(Ordering::Relaxed)
+        self.executor.leases_lost()
     }
 
-    /// One fenced write of saga progress. `Ok(false)`: the lease is no
-    /// longer ours, nothing was written, and the caller stops driving the
-    /// saga; that is logged (WARN, with the saga and who holds it now) and
-    /// counted here, whether the drive came from a request or from recovery.
-    async fn write(
-        &self,
-        saga_id: &SagaId,
-        params: &SagaParams,
-        lease: &Lease,
-        write: &SagaWrite,
-    ) -> Result<bool, ServiceError> {
-        if self
-            .store
-            .saga_write(saga_id, params.order_id(), lease, write)
-            .await?
-        {
-            return Ok(true);
+    fn lease_until(&self) -> chrono::NaiveDateTime {
+        self.executor.lease_until(Duration::ZERO)
+    }
+
+    /// A saga to record, leased to this instance, with its first events.
+    fn new_saga<'a>(
+        &'a self,
+        id: &'a SagaId,
+        params: &'a SagaParams,
+        log: &'a [(Step, LogEntry)],
+    ) -> NewSaga<'a> {
+        NewSaga {
+            id,
+            params,
+            owner: &self.config.owner,
+            lease_until: self.lease_until(),
+            log,
         }
-        let leases_lost = self.leases_lost.fetch_add(1, Ordering::Relaxed) + 1;
-        // Best effort: who holds the saga now, for the operator.
-        let (holder, holder_fence, saga_state) = match self.store.saga_row(saga_id).await {
-            Ok(row) => (row.lease_owner.unwrap_or_default(), row.fence, row.state),
-            Err(_) => (String::new(), 0, String::new()),
-        };
-        let step = write.entries.first().map_or("", |(step, _)| step.name());
-        tracing::warn!(
-            %saga_id,
-            order_id = params.order_id(),
-            step,
-            owner = %lease.owner,
-            fence = lease.fence,
-            holder = %holder,
-            holder_fence,
-            saga_state = %saga_state,
-            leases_lost,
-            "saga lease lost: fenced write refused, nothing written; no longer driving this saga"
-        );
-        Ok(false)
-    }
-
-    fn lease_until(&self, extra: Duration) -> NaiveDateTime {
-        now()
-            + chrono::Duration::from_std(self.config.lease + extra).unwrap_or(chrono::Duration::MAX)
     }
 
     /// Records the order and its saga, drives it, and answers within `wait`
@@ -144,24 +102,15 @@ impl Engine {
     ) -> Result<OrderRecord, ServiceError> {
         let order_id = uuid::Uuid::now_v7().hyphenated().to_string();
         let saga_id = SagaId::generate();
-        let params = SagaParams::PlaceOrder {
-            order_id: order_id.clone(),
-            user: request.user.clone(),
-            lines: request.lines.clone(),
-            user_coupon_id: request.user_coupon_id,
-        };
+        let params = place_order::params(&order_id, &request);
+        let first = self.executor.first_events(&params)?;
         let placing = Instant::now();
         let placed = self
-            .store
+            .store()
             .order_place(
                 &order_id,
                 &request,
-                &NewSaga {
-                    id: &saga_id,
-                    params: &params,
-                    owner: &self.config.owner,
-                    lease_until: self.lease_until(Duration::ZERO),
-                },
+                &self.new_saga(&saga_id, &params, &first),
             )
             .await?;
         tracing::debug!(
@@ -172,9 +121,9 @@ impl Engine {
         );
         match placed {
             Placed::Created(lease) => {
-                let start = started_log(params);
+                let start = (params, first.into_iter().map(|(_, e)| e).collect());
                 self.drive_and_wait(saga_id, lease, Some(start), wait).await;
-                self.store.order_get(&order_id).await
+                self.store().order_get(&order_id).await
             }
             Placed::Existing(record) => self.settled(*record, wait).await,
         }
@@ -187,23 +136,37 @@ impl Engine {
         user: &UserId,
         wait: Duration,
     ) -> Result<OrderRecord, ServiceError> {
-        let saga_id = SagaId::generate();
-        let (record, lease) = self
-            .store
-            .order_cancel_begin(
-                order_id,
-                user,
-                &saga_id,
-                &self.config.owner,
-                self.lease_until(Duration::ZERO),
-            )
-            .await?;
-        match lease {
-            Some(lease) => {
-                self.drive_and_wait(saga_id, lease, None, wait).await;
-                self.store.order_get(order_id).await
+        let mut record = self.store().order_get(order_id).await?;
+        loop {
+            let order = &record.order;
+            if order.user_id != user.as_str() {
+                return Err(ServiceError::not_found("order", order_id));
             }
-            None => self.settled(record, wait).await,
+            let state = record.state()?;
+            if matches!(state, OrderState::Cancelling | OrderState::Cancelled) {
+                // Already under way (or done): no new saga.
+                return self.settled(record, wait).await;
+            }
+            let next = state.apply(OrderEvent::BeginCancel)?;
+            let saga_id = SagaId::generate();
+            let params = cancel_order::params(&record, user)?;
+            let first = self.executor.first_events(&params)?;
+            let begun = self
+                .store()
+                .order_cancel_begin(
+                    order_id,
+                    (state, next),
+                    &self.new_saga(&saga_id, &params, &first),
+                )
+                .await?;
+            let Some(lease) = begun else {
+                // The order moved since it was read: decide again.
+                record = self.store().order_get(order_id).await?;
+                continue;
+            };
+            let start = (params, first.into_iter().map(|(_, e)| e).collect());
+            self.drive_and_wait(saga_id, lease, Some(start), wait).await;
+            return self.store().order_get(order_id).await;
         }
     }
 
@@ -214,15 +177,58 @@ impl Engine {
         saga_id: &SagaId,
         force_compensation: bool,
     ) -> Result<(), ServiceError> {
-        let lease = self
-            .store
-            .saga_take_over(
-                saga_id,
-                &self.config.owner,
-                self.lease_until(Duration::ZERO),
-                force_compensation,
-            )
-            .await?;
+        let lease = loop {
+            let seen = self.store().saga_get(saga_id).await?;
+            if seen.state.is_finished() {
+                return Err(ServiceError::rejected(
+                    reason::SAGA_FINISHED,
+                    format!("saga {saga_id} is {}; nothing to do", seen.state.as_str()),
+                ));
+            }
+            let turn_around = if force_compensation {
+                if seen.params.kind() == SagaKind::CancelOrder {
+                    return Err(ServiceError::rejected(
+                        reason::SAGA_FINISHED,
+                        "a cancellation saga has nothing to compensate; retry it instead",
+                    ));
+                }
+                // A running saga is turned around by a rejection of the step
+                // it is at, as if its participant had refused.
+                (seen.state == SagaState::Running).then(|| {
+                    let steps = sagas::steps(&seen.params);
+                    let index = usize::try_from(seen.current_step).unwrap_or(0);
+                    let mut aborted = LogEntry::new(
+                        index,
+                        Direction::Forward,
+                        seen.attempts.max(1) as u32,
+                        Outcome::Rejected,
+                        now(),
+                    );
+                    aborted.rejection = Some(Rejection::bare(reason::OPERATOR_ABORTED));
+                    TurnAround {
+                        entry: (steps[index.min(steps.len() - 1)].action, aborted),
+                        state: SagaState::Compensating,
+                        reason: reason::OPERATOR_ABORTED.to_owned(),
+                    }
+                })
+            } else {
+                None
+            };
+            let taken = self
+                .store()
+                .saga_take_over(&TakeOver {
+                    saga_id,
+                    seen: &seen,
+                    owner: &self.config.owner,
+                    lease_until: self.lease_until(),
+                    turn_around,
+                })
+                .await?;
+            // `None`: the saga moved since it was read; decide again.
+            if let Some(lease) = taken {
+                break lease;
+            }
+        };
         self.spawn_drive(saga_id.clone(), lease, None);
         Ok(())
     }
@@ -251,8 +257,13 @@ impl Engine {
         let engine = Arc::clone(self);
         tokio::spawn(async move {
             let driven = match start {
-                Some((params, log)) => engine.drive_from(&saga_id, lease, params, log).await,
-                None => engine.drive(&saga_id, lease).await,
+                Some((params, log)) => {
+                    engine
+                        .executor
+                        .drive_from(&saga_id, lease, params, log)
+                        .await
+                }
+                None => engine.executor.drive(&saga_id, lease).await,
             };
             match driven {
                 Ok(driven) => tracing::debug!(%saga_id, ?driven, "saga drive ended"),
@@ -278,294 +289,15 @@ impl Engine {
         {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
-            record = self.store.order_get(&record.order.id).await?;
+            record = self.store().order_get(&record.order.id).await?;
         }
         Ok(record)
     }
 
     /// Drives a saga from its log until it finishes, gets stuck or loses its
-    /// lease. At-least-once: a step whose outcome was not logged runs again,
-    /// and the participants' barriers make that harmless.
+    /// lease.
     pub async fn drive(&self, saga_id: &SagaId, lease: Lease) -> Result<Driven, ServiceError> {
-        let record = self.store.saga_load(saga_id).await?;
-        self.drive_from(saga_id, lease, record.params, record.log)
-            .await
-    }
-
-    /// [`Self::drive`] from inputs and a log already in hand.
-    #[tracing::instrument(skip(self, lease, params, log), fields(fence = lease.fence))]
-    async fn drive_from(
-        &self,
-        saga_id: &SagaId,
-        lease: Lease,
-        params: SagaParams,
-        mut log: Vec<LogEntry>,
-    ) -> Result<Driven, ServiceError> {
-        let steps = params.steps();
-        let must_succeed_all = params.kind() == SagaKind::CancelOrder;
-        loop {
-            let (index, direction, attempt, started) = match next_move(&steps, &log) {
-                Move::Run {
-                    step,
-                    direction,
-                    attempt,
-                    started,
-                } => (step, direction, attempt, started),
-                terminal => {
-                    // Reached only when a saga was turned around without a
-                    // step outcome (an operator's forced compensation).
-                    let write = self.finish_write(&params, &log, terminal, Vec::new());
-                    if !self.write(saga_id, &params, &lease, &write).await? {
-                        return Ok(Driven::LeaseLost);
-                    }
-                    return Ok(Driven::Finished(terminal.state()));
-                }
-            };
-            let step = match direction {
-                Direction::Forward => steps[index],
-                Direction::Compensate => steps[index]
-                    .compensation()
-                    .ok_or_else(|| ServiceError::internal("compensating a step without undo"))?,
-            };
-            if !started {
-                let entry = entry(index, direction, attempt, Outcome::Started);
-                let write = SagaWrite {
-                    entries: vec![(step, entry.clone())],
-                    state: next_move(&steps, &log).state(),
-                    current_step: index,
-                    attempts: attempt,
-                    reason: None,
-                    next_attempt_at: now(),
-                    lease_until: Some(self.lease_until(Duration::ZERO)),
-                    order: Vec::new(),
-                };
-                if !self.write(saga_id, &params, &lease, &write).await? {
-                    return Ok(Driven::LeaseLost);
-                }
-                log.push(entry);
-            }
-
-            self.faults.check(Phase::Before, step);
-            let called = Instant::now();
-            let result = self
-                .participants
-                .run(saga_id, &params, &steps, &log, step)
-                .await;
-            let call = called.elapsed();
-            self.faults.check(Phase::After, step);
-
-            let must_succeed = must_succeed_all || direction == Direction::Compensate;
-            let mut outcome = entry(index, direction, attempt, Outcome::Succeeded);
-            let mut order = Vec::new();
-            let mut backoff = None;
-            let mut reason_code = None;
-            match result {
-                Ok(output) => {
-                    // The order's amounts follow what the participants did:
-                    // the price once reserved, the points once deducted, and
-                    // none once refunded (the REJECTED transition also
-                    // clears the discount).
-                    match (&output, step, params.kind()) {
-                        (StepOutput::Reserved { lines, pricing }, _, _) => {
-                            order.push(OrderChange::Priced {
-                                lines: lines.clone(),
-                                pricing: *pricing,
-                            });
-                        }
-                        (StepOutput::PointsDeducted { amount }, _, SagaKind::PlaceOrder) => {
-                            order.push(OrderChange::PointsPaid(*amount));
-                        }
-                        (_, Step::RefundPoints, SagaKind::PlaceOrder) => {
-                            order.push(OrderChange::PointsPaid(0));
-                        }
-                        _ => {}
-                    }
-                    outcome.output = Some(output);
-                }
-                Err(StepError::Rejected { reason, message }) if !must_succeed => {
-                    tracing::info!(step = step.name(), %reason, %message, "step rejected: compensating");
-                    outcome.outcome = Outcome::Rejected;
-                    outcome.error = Some(format!("{reason}: {message}"));
-                    reason_code = Some(reason);
-                }
-                Err(error) => {
-                    let detail = match error {
-                        StepError::Rejected { reason, message } => format!("{reason}: {message}"),
-                        StepError::Transient(detail) => detail,
-                    };
-                    // A step that must succeed is retried however long it
-                    // takes (STUCK marks it for operators); a forward step
-                    // for its time budget, counted from its first STARTED.
-                    let retry = if must_succeed {
-                        ForwardRetry::After(self.config.retry.backoff(attempt))
-                    } else {
-                        let since = first_started(&log, index, direction).unwrap_or_else(now);
-                        self.config.retry.forward_retry(attempt, since, now())
-                    };
-                    match retry {
-                        ForwardRetry::Exhausted { elapsed } => {
-                            tracing::warn!(
-                                step = step.name(),
-                                attempt,
-                                elapsed_ms = elapsed.as_millis() as u64,
-                                budget_ms = self.config.retry.forward_budget.as_millis() as u64,
-                                %detail,
-                                "forward retry budget spent: compensating"
-                            );
-                            outcome.outcome = Outcome::Rejected;
-                            outcome.error = Some(format!(
-                                "{}: {} kept failing for {} s (attempts: {attempt}); last: {detail}",
-                                reason::STEP_RETRIES_EXHAUSTED,
-                                step.name(),
-                                elapsed.as_secs(),
-                            ));
-                            reason_code = Some(reason::STEP_RETRIES_EXHAUSTED.to_owned());
-                        }
-                        ForwardRetry::After(wait) => {
-                            tracing::info!(step = step.name(), attempt, %detail, "step failed: will retry");
-                            outcome.outcome = Outcome::Failed;
-                            outcome.error = Some(detail);
-                            backoff = Some(wait);
-                        }
-                    }
-                }
-            }
-            log.push(outcome.clone());
-            let mut entries = vec![(step, outcome)];
-            let next = next_move(&steps, &log);
-
-            if let Some(backoff) = backoff {
-                let stuck = must_succeed && attempt >= self.config.retry.stuck_after;
-                let (state, wait, lease_until) = if stuck {
-                    let wait = self.config.retry.stuck_retry;
-                    tracing::error!(step = step.name(), attempt, "saga STUCK: needs an operator");
-                    (SagaState::Stuck, wait, None)
-                } else {
-                    (next.state(), backoff, Some(self.lease_until(backoff)))
-                };
-                let write = SagaWrite {
-                    entries,
-                    state,
-                    current_step: index,
-                    attempts: attempt,
-                    reason: None,
-                    next_attempt_at: now() + chrono::Duration::from_std(wait).unwrap_or_default(),
-                    lease_until,
-                    order,
-                };
-                if !self.write(saga_id, &params, &lease, &write).await? {
-                    return Ok(Driven::LeaseLost);
-                }
-                if stuck {
-                    return Ok(Driven::Stuck);
-                }
-                tokio::time::sleep(backoff).await;
-                continue;
-            }
-
-            let write = match next {
-                Move::Run {
-                    step: next_index,
-                    direction: next_direction,
-                    attempt: next_attempt,
-                    started: false,
-                } => {
-                    // Merge the next step's STARTED into this write: one
-                    // commit per step instead of two.
-                    let next_step = match next_direction {
-                        Direction::Forward => steps[next_index],
-                        Direction::Compensate => steps[next_index]
-                            .compensation()
-                            .ok_or_else(|| ServiceError::internal("undo of a step without one"))?,
-                    };
-                    let started = entry(next_index, next_direction, next_attempt, Outcome::Started);
-                    log.push(started.clone());
-                    entries.push((next_step, started));
-                    SagaWrite {
-                        entries,
-                        state: next.state(),
-                        current_step: next_index,
-                        attempts: next_attempt,
-                        reason: reason_code,
-                        next_attempt_at: now(),
-                        lease_until: Some(self.lease_until(Duration::ZERO)),
-                        order,
-                    }
-                }
-                Move::Run { .. } => {
-                    return Err(ServiceError::internal("the step log went backwards"));
-                }
-                terminal => {
-                    let mut write = self.finish_write(&params, &log, terminal, entries);
-                    write.order.splice(0..0, order);
-                    write
-                }
-            };
-            let finished = matches!(next, Move::Completed | Move::Compensated);
-            let written = Instant::now();
-            if !self.write(saga_id, &params, &lease, &write).await? {
-                return Ok(Driven::LeaseLost);
-            }
-            // Where a step's time goes: the participant call (its network
-            // and database) and the step log write (ours). The benchmark
-            // reads these to break a saga's latency down.
-            tracing::debug!(
-                target: TIMING_TARGET,
-                step = step.name(),
-                call_us = call.as_micros() as u64,
-                write_us = written.elapsed().as_micros() as u64,
-            );
-            if finished {
-                tracing::info!(state = next.state().as_str(), "saga finished");
-                return Ok(Driven::Finished(next.state()));
-            }
-        }
-    }
-
-    /// The write that ends a saga, with the order's final transition.
-    fn finish_write(
-        &self,
-        params: &SagaParams,
-        log: &[LogEntry],
-        terminal: Move,
-        entries: Vec<(Step, LogEntry)>,
-    ) -> SagaWrite {
-        let rejected = rejection(log);
-        let reason = rejected
-            .and_then(|e| e.error.as_deref())
-            .map(|e| e.split(':').next().unwrap_or(e).trim().to_owned());
-        let event = match (params.kind(), terminal) {
-            (SagaKind::PlaceOrder, Move::Completed) => Some(OrderEvent::Confirm),
-            (SagaKind::PlaceOrder, _) => Some(OrderEvent::Reject),
-            (SagaKind::CancelOrder, _) => Some(OrderEvent::FinishCancel),
-        };
-        let order_reason = match (event, rejected) {
-            (Some(OrderEvent::Reject), Some(entry)) => {
-                let full = entry.error.clone().unwrap_or_default();
-                let (code, message) = full
-                    .split_once(':')
-                    .map(|(c, m)| (c.trim().to_owned(), m.trim().to_owned()))
-                    .unwrap_or((full.clone(), full.clone()));
-                Some((code, message))
-            }
-            _ => None,
-        };
-        SagaWrite {
-            entries,
-            state: terminal.state(),
-            current_step: log.last().map_or(0, |e| e.step),
-            attempts: 0,
-            reason,
-            next_attempt_at: now(),
-            lease_until: None,
-            order: event
-                .map(|event| OrderChange::Transition {
-                    event,
-                    reason: order_reason,
-                })
-                .into_iter()
-                .collect(),
-        }
+        self.executor.drive(saga_id, lease).await
     }
 
     /// The recovery loop: at start it resumes this instance's own unfinished
@@ -580,10 +312,10 @@ impl Engine {
             let claimed = if available == 0 {
                 Ok(Vec::new())
             } else {
-                self.store
+                self.store()
                     .sagas_claim(
                         &self.config.owner,
-                        self.lease_until(Duration::ZERO),
+                        self.lease_until(),
                         available.min(self.config.recovery_batch),
                         reclaim_own,
                     )
@@ -626,26 +358,5 @@ impl Engine {
             }
             tokio::time::sleep(self.config.recovery_interval).await;
         }
-    }
-}
-
-/// A new saga's inputs and its log: the first step STARTED, as recorded
-/// with the saga.
-fn started_log(params: SagaParams) -> (SagaParams, Vec<LogEntry>) {
-    (
-        params,
-        vec![entry(0, Direction::Forward, 1, Outcome::Started)],
-    )
-}
-
-fn entry(step: usize, direction: Direction, attempt: u32, outcome: Outcome) -> LogEntry {
-    LogEntry {
-        step,
-        direction,
-        attempt,
-        outcome,
-        output: None,
-        error: None,
-        at: now(),
     }
 }

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::domain::order::{OrderEvent, OrderState, PlaceOrder};
 use crate::domain::saga::{Direction, Outcome, SagaKind, SagaState};
 use crate::engine::Engine;
-use crate::store::{LogRow, OrderRecord, SagaRow};
+use crate::store::{LogRow, OrderRecord, Saga};
 
 /// Answers are sent this long before the caller's deadline.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
@@ -81,7 +81,7 @@ fn order_state(state: OrderState) -> pb::OrderState {
 }
 
 /// The wire form of an order and its lines.
-pub fn order_to_proto(record: OrderRecord) -> Result<pb::Order, ServiceError> {
+fn order_to_proto(record: OrderRecord) -> Result<pb::Order, ServiceError> {
     let state = record.state()?;
     let o = record.order;
     Ok(pb::Order {
@@ -215,7 +215,7 @@ impl SagaAdminApi {
     }
 
     async fn saga(&self, saga_id: &SagaId) -> Result<pb::Saga, ServiceError> {
-        saga_to_proto(self.engine.store().saga_load(saga_id).await?.row)
+        saga_to_proto(self.engine.store().saga_get(saga_id).await?)
     }
 }
 
@@ -229,31 +229,28 @@ fn saga_state(state: SagaState) -> pb::SagaState {
     }
 }
 
-fn saga_to_proto(row: SagaRow) -> Result<pb::Saga, ServiceError> {
-    let kind = match SagaKind::parse(&row.kind)? {
+fn saga_to_proto(saga: Saga) -> Result<pb::Saga, ServiceError> {
+    let kind = match saga.params.kind() {
         SagaKind::PlaceOrder => pb::SagaKind::PlaceOrder,
         SagaKind::CancelOrder => pb::SagaKind::CancelOrder,
     };
-    let params: crate::domain::saga::SagaParams = serde_json::from_str(&row.params_json)?;
-    let step_name = usize::try_from(row.current_step)
-        .ok()
-        .and_then(|i| params.steps().get(i).copied())
-        .map(|s| s.name().to_owned())
-        .unwrap_or_default();
     Ok(pb::Saga {
-        saga_id: row.id,
         kind: kind.into(),
-        order_id: row.order_id,
-        state: saga_state(SagaState::parse(&row.state)?).into(),
-        current_step: row.current_step,
-        current_step_name: step_name,
-        reason: row.reason,
-        lease_owner: row.lease_owner.unwrap_or_default(),
-        lease_expires_at: row.lease_expires_at.map(to_proto),
-        attempts: row.attempts,
-        next_attempt_at: Some(to_proto(row.next_attempt_at)),
-        created_at: Some(to_proto(row.created_at)),
-        updated_at: Some(to_proto(row.updated_at)),
+        order_id: saga.params.order_id().to_owned(),
+        state: saga_state(saga.state).into(),
+        current_step_name: saga
+            .current()
+            .map(|s| s.name().to_owned())
+            .unwrap_or_default(),
+        current_step: saga.current_step,
+        saga_id: saga.id,
+        reason: saga.reason,
+        lease_owner: saga.lease_owner.unwrap_or_default(),
+        lease_expires_at: saga.lease_expires_at.map(to_proto),
+        attempts: saga.attempts,
+        next_attempt_at: Some(to_proto(saga.next_attempt_at)),
+        created_at: Some(to_proto(saga.created_at)),
+        updated_at: Some(to_proto(saga.updated_at)),
     })
 }
 
@@ -328,7 +325,7 @@ impl SagaAdminService for SagaAdminApi {
         let saga_id = SagaId::parse("saga_id", &request.into_inner().saga_id)?;
         let record = self.engine.store().saga_load(&saga_id).await?;
         Ok(Response::new(pb::SagaDetail {
-            saga: Some(saga_to_proto(record.row)?),
+            saga: Some(saga_to_proto(record.saga)?),
             log: record
                 .raw_log
                 .into_iter()

@@ -3,9 +3,11 @@
 //! product, point and coupon services, with a durable step log in its own
 //! database and recovery of every unfinished saga after a crash.
 //!
-//! Layers: `domain` (rules, state machine, saga planner), `store` (MySQL),
-//! `participants` (gRPC calls to the services), `engine` (drives sagas),
-//! `grpc` (thin handlers).
+//! Layers: `domain` (rules, the order state machine, the saga planner),
+//! `sagas` (each saga declared in one file), `executor` (runs any declared
+//! saga from its log), `participants` (the services' saga calls, over
+//! gRPC), `store` (MySQL), `engine` (the application: places and cancels
+//! orders, operators' takeovers, recovery), `grpc` (thin handlers).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,14 +21,16 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 mod db_tests;
 pub mod domain;
 pub mod engine;
+pub mod executor;
 pub mod fault;
 pub mod grpc;
 pub mod participants;
+pub mod sagas;
 pub mod store;
 
 use domain::saga::RetryPolicy;
 use engine::{Engine, EngineConfig};
-use participants::{ParticipantConfig, Participants};
+use participants::{GrpcParticipants, ParticipantConfig};
 
 pub static MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/order");
 
@@ -101,7 +105,7 @@ pub async fn build(config: ServerConfig, args: OrchestratorArgs) -> anyhow::Resu
         owner.len() <= 64,
         "--instance-id must be at most 64 characters"
     );
-    let participants = Participants::new(&ParticipantConfig {
+    let participants = GrpcParticipants::new(&ParticipantConfig {
         product: args.product_addr.clone(),
         point: args.point_addr.clone(),
         coupon: args.coupon_addr.clone(),

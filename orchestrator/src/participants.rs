@@ -1,9 +1,12 @@
-//! Calls to the participant services, one per saga step, each with a
-//! deadline and the saga id, and the classification of their answers.
+//! The participant services as the sagas see them: one typed call per
+//! saga operation ([`Participants`]), and its implementation over gRPC
+//! ([`GrpcParticipants`]), each call with a deadline and the saga id, and
+//! the classification of its answers.
 
+use std::future::Future;
 use std::time::Duration;
 
-use commerce_platform::SagaId;
+use commerce_platform::{SagaId, UserId};
 use commerce_proto::coupon::v1 as coupon;
 use commerce_proto::coupon::v1::coupon_service_client::CouponServiceClient;
 use commerce_proto::point::v1 as point;
@@ -14,14 +17,14 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::domain::order::{Pricing, SnapshotLine};
-use crate::domain::saga::{LogEntry, SagaParams, Step, StepOutput, output_of};
+use crate::domain::order::{LineRequest, SnapshotLine};
+use crate::domain::saga::Rejection;
 
 /// How a step failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepError {
     /// The participant refused for a business reason: compensate.
-    Rejected { reason: String, message: String },
+    Rejected(Rejection),
     /// Unavailable, timed out, conflict, lost connection, or an outcome we
     /// cannot know: try the same step again.
     Transient(String),
@@ -40,14 +43,54 @@ impl StepError {
                     .get_details_error_info()
                     .map(|info| info.reason)
                     .unwrap_or_else(|| format!("{:?}", status.code()).to_uppercase());
-                Self::Rejected {
-                    reason,
-                    message: status.message().to_owned(),
-                }
+                Self::Rejected(Rejection::new(reason, status.message()))
             }
             code => Self::Transient(format!("{code:?}: {}", status.message())),
         }
     }
+}
+
+/// A participant's answer.
+pub type Reply<T> = Result<T, StepError>;
+
+/// The saga operations of the product, point and coupon services. Every
+/// effect is keyed by the saga id and guarded by the participant's barrier:
+/// an action runs at most once, an undo after its action (or instead of a
+/// late one) at most once.
+pub trait Participants: Send + Sync + 'static {
+    /// Reserves every line or none; answers each line's snapshot.
+    fn reserve_stock(
+        &self,
+        saga: &SagaId,
+        lines: &[LineRequest],
+    ) -> impl Future<Output = Reply<Vec<SnapshotLine>>> + Send;
+    fn confirm_reservation(&self, saga: &SagaId) -> impl Future<Output = Reply<()>> + Send;
+    fn release_reservation(&self, saga: &SagaId) -> impl Future<Output = Reply<()>> + Send;
+    /// The discount the coupon gives on `amount` (no effect).
+    fn quote_discount(
+        &self,
+        user: &UserId,
+        user_coupon_id: i64,
+        amount: i64,
+    ) -> impl Future<Output = Reply<i64>> + Send;
+    /// Answers the points deducted.
+    fn deduct_points(
+        &self,
+        saga: &SagaId,
+        user: &UserId,
+        amount: i64,
+    ) -> impl Future<Output = Reply<i64>> + Send;
+    fn refund_points(&self, saga: &SagaId) -> impl Future<Output = Reply<()>> + Send;
+    /// Answers the discount applied.
+    fn use_coupon(
+        &self,
+        saga: &SagaId,
+        user: &UserId,
+        user_coupon_id: i64,
+        amount: i64,
+        expected_discount: i64,
+    ) -> impl Future<Output = Reply<i64>> + Send;
+    fn restore_coupon(&self, saga: &SagaId) -> impl Future<Output = Reply<()>> + Send;
 }
 
 /// Addresses and deadline of the participants.
@@ -60,7 +103,7 @@ pub struct ParticipantConfig {
 }
 
 #[derive(Clone)]
-pub struct Participants {
+pub struct GrpcParticipants {
     stock: StockServiceClient<Channel>,
     points: PointServiceClient<Channel>,
     coupons: CouponServiceClient<Channel>,
@@ -76,7 +119,7 @@ fn channel(uri: &str, timeout: Duration) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
-impl Participants {
+impl GrpcParticipants {
     pub fn new(config: &ParticipantConfig) -> anyhow::Result<Self> {
         Ok(Self {
             stock: StockServiceClient::new(channel(&config.product, config.call_timeout)?),
@@ -92,201 +135,106 @@ impl Participants {
         request
     }
 
-    /// Runs one step of saga `saga` (forward or undo). `log` holds the
-    /// outputs of earlier steps.
-    pub async fn run(
+    fn saga<T>(&self, saga: &SagaId, message: impl FnOnce(String) -> T) -> tonic::Request<T> {
+        self.request(message(saga.to_string()))
+    }
+}
+
+fn answer<T>(result: Result<tonic::Response<T>, Status>) -> Reply<T> {
+    result
+        .map(tonic::Response::into_inner)
+        .map_err(|s| StepError::classify(&s))
+}
+
+impl Participants for GrpcParticipants {
+    async fn reserve_stock(
         &self,
         saga: &SagaId,
-        params: &SagaParams,
-        steps: &[Step],
-        log: &[LogEntry],
-        step: Step,
-    ) -> Result<StepOutput, StepError> {
-        match (step, params) {
-            (
-                Step::ReserveStock,
-                SagaParams::PlaceOrder {
+        lines: &[LineRequest],
+    ) -> Reply<Vec<SnapshotLine>> {
+        let lines = lines
+            .iter()
+            .map(|l| product::ReserveLine {
+                product_id: l.product_id,
+                quantity: l.quantity,
+            })
+            .collect();
+        let reservation = answer(
+            self.stock
+                .clone()
+                .reserve_stock(self.saga(saga, |saga_id| product::ReserveStockRequest {
+                    saga_id,
                     lines,
-                    user,
-                    user_coupon_id,
-                    ..
-                },
-            ) => {
-                let reservation = self
-                    .stock
-                    .clone()
-                    .reserve_stock(
-                        self.request(product::ReserveStockRequest {
-                            saga_id: saga.to_string(),
-                            lines: lines
-                                .iter()
-                                .map(|l| product::ReserveLine {
-                                    product_id: l.product_id,
-                                    quantity: l.quantity,
-                                })
-                                .collect(),
-                        }),
-                    )
-                    .await
-                    .map_err(|s| StepError::classify(&s))?
-                    .into_inner();
-                let lines: Vec<SnapshotLine> = reservation
-                    .lines
-                    .into_iter()
-                    .map(|l| SnapshotLine {
-                        product_id: l.product_id,
-                        quantity: l.quantity,
-                        product_name: l.product_name,
-                        brand_id: l.brand_id,
-                        brand_name: l.brand_name,
-                        unit_price: l.unit_price,
-                    })
-                    .collect();
-                let subtotal = Pricing::subtotal(&lines);
-                let discount = match user_coupon_id {
-                    Some(coupon_id) => {
-                        self.coupons
-                            .clone()
-                            .quote_discount(self.request(coupon::QuoteDiscountRequest {
-                                user_id: user.to_string(),
-                                user_coupon_id: *coupon_id,
-                                order_amount: subtotal,
-                            }))
-                            .await
-                            .map_err(|s| StepError::classify(&s))?
-                            .into_inner()
-                            .discount
-                    }
-                    None => 0,
-                };
-                Ok(StepOutput::Reserved {
-                    lines,
-                    pricing: Pricing::new(subtotal, discount),
-                })
-            }
-            (Step::DeductPoints, SagaParams::PlaceOrder { user, .. }) => {
-                let pricing = reserved_pricing(steps, log)?;
-                if pricing.payable == 0 {
-                    // Nothing to pay: no call, and so nothing to refund.
-                    return Ok(StepOutput::PointsDeducted { amount: 0 });
-                }
-                if let Some(message) = pricing.beyond_any_balance() {
-                    // The point service would refuse the amount as an
-                    // invalid field; for the order it is a business refusal.
-                    return Err(StepError::Rejected {
-                        reason: "POINT_INSUFFICIENT".to_owned(),
-                        message,
-                    });
-                }
-                let deducted = self
-                    .points
-                    .clone()
-                    .deduct_points(self.request(point::DeductPointsRequest {
-                        saga_id: saga.to_string(),
-                        user_id: user.to_string(),
-                        amount: pricing.payable,
-                    }))
-                    .await
-                    .map_err(|s| StepError::classify(&s))?
-                    .into_inner();
-                Ok(StepOutput::PointsDeducted {
-                    amount: deducted.deducted,
-                })
-            }
-            (
-                Step::UseCoupon,
-                SagaParams::PlaceOrder {
-                    user,
-                    user_coupon_id: Some(coupon_id),
-                    ..
-                },
-            ) => {
-                let pricing = reserved_pricing(steps, log)?;
-                let used = self
-                    .coupons
-                    .clone()
-                    .use_coupon(self.request(coupon::UseCouponRequest {
-                        saga_id: saga.to_string(),
-                        user_id: user.to_string(),
-                        user_coupon_id: *coupon_id,
-                        order_amount: pricing.subtotal,
-                        expected_discount: Some(pricing.discount),
-                    }))
-                    .await
-                    .map_err(|s| StepError::classify(&s))?
-                    .into_inner();
-                Ok(StepOutput::CouponUsed {
-                    discount: used.discount,
-                })
-            }
-            (Step::ConfirmOrder, _) => {
-                self.stock
-                    .clone()
-                    .confirm_reservation(self.request(product::SagaRequest {
-                        saga_id: saga.to_string(),
-                    }))
-                    .await
-                    .map_err(|s| StepError::classify(&s))?;
-                Ok(StepOutput::Done)
-            }
-            (Step::ReleaseStock, _) => {
-                self.stock
-                    .clone()
-                    .release_reservation(self.request(product::SagaRequest {
-                        saga_id: undo_target(saga, params).to_string(),
-                    }))
-                    .await
-                    .map_err(|s| StepError::classify(&s))?;
-                Ok(StepOutput::Done)
-            }
-            (Step::RefundPoints, _) => {
-                self.points
-                    .clone()
-                    .refund_points(self.request(point::RefundPointsRequest {
-                        saga_id: undo_target(saga, params).to_string(),
-                    }))
-                    .await
-                    .map_err(|s| StepError::classify(&s))?;
-                Ok(StepOutput::Done)
-            }
-            (Step::RestoreCoupon, _) => {
-                self.coupons
-                    .clone()
-                    .restore_coupon(self.request(coupon::RestoreCouponRequest {
-                        saga_id: undo_target(saga, params).to_string(),
-                    }))
-                    .await
-                    .map_err(|s| StepError::classify(&s))?;
-                Ok(StepOutput::Done)
-            }
-            (Step::FinishCancel, _) => Ok(StepOutput::Done),
-            (step, params) => Err(StepError::Transient(format!(
-                "step {} does not belong to a {:?} saga",
-                step.name(),
-                params.kind()
-            ))),
-        }
+                }))
+                .await,
+        )?;
+        Ok(reservation
+            .lines
+            .into_iter()
+            .map(|l| SnapshotLine {
+                product_id: l.product_id,
+                quantity: l.quantity,
+                product_name: l.product_name,
+                brand_id: l.brand_id,
+                brand_name: l.brand_name,
+                unit_price: l.unit_price,
+            })
+            .collect())
     }
-}
 
-/// The saga whose effects an undo call targets: a cancellation undoes the
-/// saga that placed the order.
-fn undo_target<'a>(saga: &'a SagaId, params: &'a SagaParams) -> &'a SagaId {
-    match params {
-        SagaParams::CancelOrder { placed_by, .. } => placed_by,
-        SagaParams::PlaceOrder { .. } => saga,
+    async fn confirm_reservation(&self, saga: &SagaId) -> Reply<()> {
+        let request = self.saga(saga, |saga_id| product::SagaRequest { saga_id });
+        answer(self.stock.clone().confirm_reservation(request).await).map(drop)
     }
-}
 
-fn reserved_pricing(steps: &[Step], log: &[LogEntry]) -> Result<Pricing, StepError> {
-    let reserve = steps
-        .iter()
-        .position(|s| *s == Step::ReserveStock)
-        .and_then(|i| output_of(log, i));
-    match reserve {
-        Some(StepOutput::Reserved { pricing, .. }) => Ok(*pricing),
-        _ => Err(StepError::Transient(
-            "the reservation's pricing is missing from the log".to_owned(),
-        )),
+    async fn release_reservation(&self, saga: &SagaId) -> Reply<()> {
+        let request = self.saga(saga, |saga_id| product::SagaRequest { saga_id });
+        answer(self.stock.clone().release_reservation(request).await).map(drop)
+    }
+
+    async fn quote_discount(&self, user: &UserId, user_coupon_id: i64, amount: i64) -> Reply<i64> {
+        let request = self.request(coupon::QuoteDiscountRequest {
+            user_id: user.to_string(),
+            user_coupon_id,
+            order_amount: amount,
+        });
+        Ok(answer(self.coupons.clone().quote_discount(request).await)?.discount)
+    }
+
+    async fn deduct_points(&self, saga: &SagaId, user: &UserId, amount: i64) -> Reply<i64> {
+        let request = self.saga(saga, |saga_id| point::DeductPointsRequest {
+            saga_id,
+            user_id: user.to_string(),
+            amount,
+        });
+        Ok(answer(self.points.clone().deduct_points(request).await)?.deducted)
+    }
+
+    async fn refund_points(&self, saga: &SagaId) -> Reply<()> {
+        let request = self.saga(saga, |saga_id| point::RefundPointsRequest { saga_id });
+        answer(self.points.clone().refund_points(request).await).map(drop)
+    }
+
+    async fn use_coupon(
+        &self,
+        saga: &SagaId,
+        user: &UserId,
+        user_coupon_id: i64,
+        amount: i64,
+        expected_discount: i64,
+    ) -> Reply<i64> {
+        let request = self.saga(saga, |saga_id| coupon::UseCouponRequest {
+            saga_id,
+            user_id: user.to_string(),
+            user_coupon_id,
+            order_amount: amount,
+            expected_discount: Some(expected_discount),
+        });
+        Ok(answer(self.coupons.clone().use_coupon(request).await)?.discount)
+    }
+
+    async fn restore_coupon(&self, saga: &SagaId) -> Reply<()> {
+        let request = self.saga(saga, |saga_id| coupon::RestoreCouponRequest { saga_id });
+        answer(self.coupons.clone().restore_coupon(request).await).map(drop)
     }
 }

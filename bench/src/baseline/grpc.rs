@@ -8,7 +8,6 @@ use commerce_platform::SagaId;
 use commerce_proto::order::v1 as pb;
 use commerce_proto::order::v1::order_service_server::{OrderService, OrderServiceServer};
 use order_orchestrator::domain::order::PlaceOrder;
-use order_orchestrator::grpc::order_to_proto;
 use tonic::{Request, Response, Status};
 
 use super::store::BaselineStore;
@@ -46,7 +45,7 @@ impl OrderService for BaselineOrderApi {
             &r.idempotency_key,
         )?;
         let record = self.store.order_place(&order).await?;
-        Ok(Response::new(order_to_proto(record)?))
+        Ok(Response::new(record.into_proto()?))
     }
 
     async fn get_order(
@@ -56,7 +55,7 @@ impl OrderService for BaselineOrderApi {
         // Order ids are UUIDs, as the orchestrator's.
         let id = SagaId::parse("order_id", &request.into_inner().order_id)?;
         let record = self.store.order_get(id.as_str()).await?;
-        Ok(Response::new(order_to_proto(record)?))
+        Ok(Response::new(record.into_proto()?))
     }
 
     async fn list_orders(

@@ -6,11 +6,13 @@
 //! `commerce.order.v1.OrderService`, so one load generator drives both.
 //!
 //! Layers as in the services: `checkout` (the rules, pure), `store` (the
-//! transaction), `grpc` (thin handlers), `seed` (filling, emptying and
+//! transaction), `orders` (its order rows and their wire form), `grpc`
+//! (thin handlers), `seed` (filling, emptying and
 //! summing the database for the benchmark).
 
 mod checkout;
 mod grpc;
+mod orders;
 mod schema;
 mod seed;
 mod store;

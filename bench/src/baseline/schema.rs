@@ -1,8 +1,37 @@
 //! Diesel's view of the baseline tables (`migrations/bench_baseline`);
-//! `orders` and `order_lines` have the orchestrator's shape and use its
-//! definitions.
+//! `orders` and `order_lines` have the orchestrator's shape (a copy: the
+//! baseline shares the orchestrator's wire contract, not its storage).
 
-pub use order_orchestrator::store::schema::{order_lines, orders};
+diesel::table! {
+    orders (id) {
+        id -> Char,
+        user_id -> Varchar,
+        idempotency_key -> Varchar,
+        request_json -> Text,
+        state -> Varchar,
+        user_coupon_id -> Nullable<BigInt>,
+        subtotal -> BigInt,
+        discount -> BigInt,
+        points_paid -> BigInt,
+        reason -> Varchar,
+        reason_message -> Varchar,
+        saga_id -> Char,
+        created_at -> Datetime,
+        updated_at -> Datetime,
+    }
+}
+
+diesel::table! {
+    order_lines (order_id, product_id) {
+        order_id -> Char,
+        product_id -> BigInt,
+        quantity -> BigInt,
+        product_name -> Nullable<Varchar>,
+        brand_id -> Nullable<BigInt>,
+        brand_name -> Nullable<Varchar>,
+        unit_price -> Nullable<BigInt>,
+    }
+}
 
 diesel::table! {
     brands (id) {

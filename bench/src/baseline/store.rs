@@ -19,9 +19,9 @@ use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 use order_orchestrator::domain::order::{
     OrderState, PlaceOrder, Pricing, SnapshotLine, reason::IDEMPOTENCY_KEY_REUSED,
 };
-use order_orchestrator::store::{OrderLineRow, OrderRecord, OrderRow, load_order};
 
 use super::checkout::{self, COUPON_USED, Coupon, ProductStock, Rejection};
+use super::orders::{OrderLineRow, OrderRecord, OrderRow, load_order};
 use super::schema::{
     coupon_templates, order_lines, orders, point_accounts, point_ledger, product_stock, products,
     user_coupons,
@@ -98,7 +98,7 @@ async fn place(
 ) -> Result<OrderRecord, ServiceError> {
     let at = now();
     let id = uuid::Uuid::now_v7().hyphenated().to_string();
-    let pending = OrderRow::pending(&id, order, fingerprint, "");
+    let pending = OrderRow::pending(&id, order, fingerprint);
     // The key's unique index makes a concurrent twin wait here until this
     // transaction ends, then see the finished order.
     match diesel::insert_into(orders::table)

@@ -128,7 +128,7 @@ CREATE TABLE orders (
     reason          VARCHAR(64)  CHARACTER SET ascii COLLATE ascii_bin NOT NULL DEFAULT '',
     reason_message  VARCHAR(512) NOT NULL DEFAULT '',
     -- Always empty: the orders table has the orchestrator's shape, so both
-    -- systems share one row type and one wire mapping.
+    -- systems answer with the same wire type.
     saga_id         CHAR(36)     CHARACTER SET ascii COLLATE ascii_bin NOT NULL DEFAULT '',
     created_at      DATETIME(6)  NOT NULL,
     updated_at      DATETIME(6)  NOT NULL,

@@ -1,7 +1,9 @@
-//! Saga definitions and the planner. A saga is an ordered list of steps,
-//! each an action and (maybe) its compensation; the append-only step log says
-//! what happened, and [`next_move`] reads it to decide what comes next. The
-//! same function drives a live saga and resumes one after a crash.
+//! The saga machinery as pure rules. A saga is an ordered list of steps,
+//! each an action and (maybe) its undo ([`StepDef`]; the sagas themselves
+//! are declared in `crate::sagas`); the append-only step log says what
+//! happened, [`next_move`] reads it to decide what comes next, and
+//! [`judge`] turns a step's answer into its log event and what follows. The
+//! same functions drive a live saga and resume one after a crash.
 
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use commerce_platform::{SagaId, UserId};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+pub use super::order::reason::STEP_RETRIES_EXHAUSTED;
 use super::order::{LineRequest, Pricing, SnapshotLine};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,14 +69,25 @@ impl Step {
             Self::FinishCancel => "finish_cancel",
         }
     }
+}
 
-    /// The step that undoes this one, if any.
-    pub fn compensation(self) -> Option<Step> {
-        match self {
-            Self::ReserveStock => Some(Self::ReleaseStock),
-            Self::DeductPoints => Some(Self::RefundPoints),
-            Self::UseCoupon => Some(Self::RestoreCoupon),
-            _ => None,
+/// One step of a saga: its action and the undo that reverses it, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepDef {
+    pub action: Step,
+    pub undo: Option<Step>,
+}
+
+impl StepDef {
+    pub const fn new(action: Step, undo: Option<Step>) -> Self {
+        Self { action, undo }
+    }
+
+    /// What runs in `direction`: the action, or the undo.
+    pub fn call(&self, direction: Direction) -> Option<Step> {
+        match direction {
+            Direction::Forward => Some(self.action),
+            Direction::Compensate => self.undo,
         }
     }
 }
@@ -112,31 +126,9 @@ impl SagaParams {
         }
     }
 
-    /// The steps of this saga, in order (coupon steps only with a coupon).
-    pub fn steps(&self) -> Vec<Step> {
-        let with_coupon = match self {
-            Self::PlaceOrder { user_coupon_id, .. } | Self::CancelOrder { user_coupon_id, .. } => {
-                user_coupon_id.is_some()
-            }
-        };
-        let all: &[Step] = match self.kind() {
-            SagaKind::PlaceOrder => &[
-                Step::ReserveStock,
-                Step::DeductPoints,
-                Step::UseCoupon,
-                Step::ConfirmOrder,
-            ],
-            SagaKind::CancelOrder => &[
-                Step::ReleaseStock,
-                Step::RefundPoints,
-                Step::RestoreCoupon,
-                Step::FinishCancel,
-            ],
-        };
-        all.iter()
-            .copied()
-            .filter(|s| with_coupon || !matches!(s, Step::UseCoupon | Step::RestoreCoupon))
-            .collect()
+    /// The id of what the saga is about (its order), for logs.
+    pub fn subject(&self) -> &str {
+        self.order_id()
     }
 }
 
@@ -213,6 +205,50 @@ impl Outcome {
     }
 }
 
+/// A business refusal: the participant's `ErrorInfo` reason code and its
+/// message (or one this service gives itself, as
+/// `STEP_RETRIES_EXHAUSTED`). It travels typed from the participant's
+/// answer to the order's `reason` / `reason_message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: String,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A rejection whose code is all there is to say (an operator's forced
+    /// compensation): the code is its own message, and it is stored alone.
+    pub fn bare(reason: &str) -> Self {
+        Self::new(reason, reason)
+    }
+
+    /// The step log's `error` text: `"REASON: message"`, or the bare code.
+    pub fn to_stored(&self) -> String {
+        if self.message == self.reason {
+            self.reason.clone()
+        } else {
+            format!("{}: {}", self.reason, self.message)
+        }
+    }
+
+    /// Reads [`Self::to_stored`]'s text back, as every row ever written
+    /// holds it: the code before the first `:`, the message after it; a text
+    /// without `:` is a bare code, its own message.
+    pub fn from_stored(text: &str) -> Self {
+        match text.split_once(':') {
+            Some((reason, message)) => Self::new(reason.trim(), message.trim()),
+            None => Self::bare(text),
+        }
+    }
+}
+
 /// One event of the step log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
@@ -223,11 +259,35 @@ pub struct LogEntry {
     pub outcome: Outcome,
     /// The step's output (JSON) when it succeeded.
     pub output: Option<StepOutput>,
-    /// Rejections: the reason code; failures: code and message.
+    /// Why a REJECTED step was refused.
+    pub rejection: Option<Rejection>,
+    /// Why a FAILED attempt failed (status code and message).
     pub error: Option<String>,
     /// When the event was logged (`saga_log.created_at`): the forward retry
     /// budget counts from a step's first STARTED, so it survives a restart.
     pub at: NaiveDateTime,
+}
+
+impl LogEntry {
+    /// An event without output, rejection or error (a STARTED, say).
+    pub fn new(
+        step: usize,
+        direction: Direction,
+        attempt: u32,
+        outcome: Outcome,
+        at: NaiveDateTime,
+    ) -> Self {
+        Self {
+            step,
+            direction,
+            attempt,
+            outcome,
+            output: None,
+            rejection: None,
+            error: None,
+            at,
+        }
+    }
 }
 
 /// Where a saga stands, as stored on its row.
@@ -271,6 +331,29 @@ impl SagaState {
     }
 }
 
+/// The right to drive a saga: held by `owner` while `fence` is current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub fence: i64,
+}
+
+/// One fenced write of saga progress: log events, the saga's row, and the
+/// changes the saga makes to what it is about (`C`), in order.
+#[derive(Debug, Clone)]
+pub struct SagaWrite<C> {
+    pub entries: Vec<(Step, LogEntry)>,
+    pub state: SagaState,
+    pub current_step: usize,
+    pub attempts: u32,
+    /// A `None` reason keeps the stored one.
+    pub reason: Option<String>,
+    pub next_attempt_at: NaiveDateTime,
+    /// Lease renewal; `None` gives the lease up.
+    pub lease_until: Option<NaiveDateTime>,
+    pub changes: Vec<C>,
+}
+
 /// What the saga does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Move {
@@ -308,7 +391,7 @@ impl Move {
 /// a started action may have applied even if its answer was lost, and a
 /// compensation of one that never applied is a no-op that also blocks a late
 /// arrival of the action at the participant.
-pub fn next_move(steps: &[Step], log: &[LogEntry]) -> Move {
+pub fn next_move(steps: &[StepDef], log: &[LogEntry]) -> Move {
     let has = |step: usize, direction: Direction, outcome: Outcome| {
         log.iter()
             .any(|e| e.step == step && e.direction == direction && e.outcome == outcome)
@@ -353,7 +436,7 @@ pub fn next_move(steps: &[Step], log: &[LogEntry]) -> Move {
     }
     (0..steps.len())
         .rev()
-        .filter(|&s| steps[s].compensation().is_some())
+        .filter(|&s| steps[s].undo.is_some())
         .filter(|&s| has(s, Direction::Forward, Outcome::Started))
         .find(|&s| !has(s, Direction::Compensate, Outcome::Succeeded))
         .map_or(Move::Compensated, |s| run(s, Direction::Compensate))
@@ -369,9 +452,10 @@ pub fn output_of(log: &[LogEntry], step: usize) -> Option<&StepOutput> {
 }
 
 /// The rejection that turned the saga around, if any.
-pub fn rejection(log: &[LogEntry]) -> Option<&LogEntry> {
+pub fn rejection(log: &[LogEntry]) -> Option<&Rejection> {
     log.iter()
         .find(|e| e.direction == Direction::Forward && e.outcome == Outcome::Rejected)
+        .and_then(|e| e.rejection.as_ref())
 }
 
 /// When `step` was first STARTED in `direction`, as logged.
@@ -438,31 +522,141 @@ impl RetryPolicy {
     }
 }
 
+/// A participant's answer to one attempt, as the saga sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Succeeded(StepOutput),
+    /// A business refusal.
+    Refused(Rejection),
+    /// Transient or unknown.
+    Failed(String),
+}
+
+/// What follows an attempt's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Log the outcome and go on to the log's next move.
+    Proceed,
+    /// Log the failure and try again after this backoff.
+    Retry(Duration),
+    /// Log the failure: the saga is STUCK (tried again after this long, and
+    /// by operators).
+    Stuck(Duration),
+}
+
+/// One attempt as the executor ran it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    pub step: usize,
+    pub direction: Direction,
+    pub attempt: u32,
+    /// The name of what ran (for messages).
+    pub name: &'static str,
+    /// Whether the step must succeed: an undo, or any step of a saga that
+    /// cannot turn around. Its refusals are retried like failures.
+    pub must_succeed: bool,
+}
+
+/// The log event an attempt's answer makes, and what follows it: a success
+/// or a refusal is logged and the saga goes on (a refusal turns it around);
+/// a failure is retried, a forward step's for its time budget (counted from
+/// its first STARTED in `log`, then it is refused as
+/// `STEP_RETRIES_EXHAUSTED`), a step that must succeed until
+/// `stuck_after` attempts, then the saga is STUCK.
+pub fn judge(
+    policy: &RetryPolicy,
+    log: &[LogEntry],
+    run: Attempt,
+    answer: Answer,
+    now: NaiveDateTime,
+) -> (LogEntry, Verdict) {
+    let mut event = LogEntry::new(
+        run.step,
+        run.direction,
+        run.attempt,
+        Outcome::Succeeded,
+        now,
+    );
+    let detail = match answer {
+        Answer::Succeeded(output) => {
+            event.output = Some(output);
+            return (event, Verdict::Proceed);
+        }
+        Answer::Refused(rejection) if !run.must_succeed => {
+            event.outcome = Outcome::Rejected;
+            event.rejection = Some(rejection);
+            return (event, Verdict::Proceed);
+        }
+        Answer::Refused(Rejection { reason, message }) => format!("{reason}: {message}"),
+        Answer::Failed(detail) => detail,
+    };
+    let attempt = run.attempt;
+    if run.must_succeed {
+        event.outcome = Outcome::Failed;
+        event.error = Some(detail);
+        let verdict = if attempt >= policy.stuck_after {
+            Verdict::Stuck(policy.stuck_retry)
+        } else {
+            Verdict::Retry(policy.backoff(attempt))
+        };
+        return (event, verdict);
+    }
+    let since = first_started(log, run.step, run.direction).unwrap_or(now);
+    match policy.forward_retry(attempt, since, now) {
+        ForwardRetry::Exhausted { elapsed } => {
+            event.outcome = Outcome::Rejected;
+            event.rejection = Some(Rejection::new(
+                STEP_RETRIES_EXHAUSTED,
+                format!(
+                    "{} kept failing for {} s (attempts: {attempt}); last: {detail}",
+                    run.name,
+                    elapsed.as_secs(),
+                ),
+            ));
+            (event, Verdict::Proceed)
+        }
+        ForwardRetry::After(wait) => {
+            event.outcome = Outcome::Failed;
+            event.error = Some(detail);
+            (event, Verdict::Retry(wait))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const STEPS: [Step; 4] = [
-        Step::ReserveStock,
-        Step::DeductPoints,
-        Step::UseCoupon,
-        Step::ConfirmOrder,
+    const STEPS: [StepDef; 4] = [
+        StepDef::new(Step::ReserveStock, Some(Step::ReleaseStock)),
+        StepDef::new(Step::DeductPoints, Some(Step::RefundPoints)),
+        StepDef::new(Step::UseCoupon, Some(Step::RestoreCoupon)),
+        StepDef::new(Step::ConfirmOrder, None),
     ];
 
     fn entry(step: usize, direction: Direction, attempt: u32, outcome: Outcome) -> LogEntry {
-        LogEntry {
-            step,
-            direction,
-            attempt,
-            outcome,
-            output: None,
-            error: None,
-            at: NaiveDateTime::default(),
-        }
+        LogEntry::new(step, direction, attempt, outcome, NaiveDateTime::default())
     }
 
     use Direction::{Compensate as C, Forward as F};
     use Outcome::{Failed, Rejected, Started, Succeeded};
+
+    #[test]
+    fn rejections_read_back_as_stored_old_rows_included() {
+        let typed = Rejection::new("POINT_INSUFFICIENT", "balance 3 < 7: short");
+        assert_eq!(
+            typed.to_stored(),
+            "POINT_INSUFFICIENT: balance 3 < 7: short"
+        );
+        assert_eq!(Rejection::from_stored(&typed.to_stored()), typed);
+        let bare = Rejection::bare("OPERATOR_ABORTED");
+        assert_eq!(bare.to_stored(), "OPERATOR_ABORTED");
+        assert_eq!(Rejection::from_stored("OPERATOR_ABORTED"), bare);
+        assert_eq!(
+            Rejection::from_stored("COUPON_ALREADY_USED:  used "),
+            Rejection::new("COUPON_ALREADY_USED", "used")
+        );
+    }
 
     #[test]
     fn fresh_saga_starts_with_the_first_step() {
@@ -589,19 +783,6 @@ mod tests {
     }
 
     #[test]
-    fn coupon_steps_only_with_a_coupon() {
-        let user = UserId::parse("user_id", "u").unwrap();
-        let params = |coupon| SagaParams::PlaceOrder {
-            order_id: "o".into(),
-            user: user.clone(),
-            lines: vec![],
-            user_coupon_id: coupon,
-        };
-        assert_eq!(params(None).steps().len(), 3);
-        assert_eq!(params(Some(1)).steps(), STEPS.to_vec());
-    }
-
-    #[test]
     fn backoff_grows_and_is_capped() {
         let policy = RetryPolicy {
             base: Duration::from_millis(10),
@@ -676,5 +857,74 @@ mod tests {
         );
         assert_eq!(first_started(&log, 2, F), None);
         assert_eq!(first_started(&log, 1, C), None);
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+            forward_budget: Duration::from_secs(60),
+            stuck_after: 3,
+            stuck_retry: Duration::from_secs(30),
+        }
+    }
+
+    fn attempt(direction: Direction, attempt: u32, must_succeed: bool) -> Attempt {
+        Attempt {
+            step: 1,
+            direction,
+            attempt,
+            name: "deduct_points",
+            must_succeed,
+        }
+    }
+
+    #[test]
+    fn a_refusal_turns_the_saga_around_unless_the_step_must_succeed() {
+        let t0 = NaiveDateTime::default();
+        let refusal = || Answer::Refused(Rejection::new("POINT_INSUFFICIENT", "short"));
+        let (event, verdict) = judge(&policy(), &[], attempt(F, 1, false), refusal(), t0);
+        assert_eq!((event.outcome, verdict), (Rejected, Verdict::Proceed));
+        assert_eq!(event.rejection.unwrap().reason, "POINT_INSUFFICIENT");
+
+        let (event, verdict) = judge(&policy(), &[], attempt(C, 1, true), refusal(), t0);
+        assert_eq!(event.outcome, Failed);
+        assert_eq!(event.error.as_deref(), Some("POINT_INSUFFICIENT: short"));
+        assert!(matches!(verdict, Verdict::Retry(_)));
+        let (_, verdict) = judge(&policy(), &[], attempt(C, 3, true), refusal(), t0);
+        assert_eq!(verdict, Verdict::Stuck(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_failing_forward_step_is_refused_once_its_budget_is_spent() {
+        let t0 = NaiveDateTime::default();
+        let log = [entry(1, F, 1, Started)];
+        let failed = || Answer::Failed("Unavailable: down".into());
+        let (event, verdict) = judge(&policy(), &log, attempt(F, 1, false), failed(), t0);
+        assert_eq!(event.outcome, Failed);
+        assert!(matches!(verdict, Verdict::Retry(_)));
+        let later = t0 + chrono::Duration::seconds(61);
+        let (event, verdict) = judge(&policy(), &log, attempt(F, 9, false), failed(), later);
+        assert_eq!((event.outcome, verdict), (Rejected, Verdict::Proceed));
+        assert_eq!(
+            event.rejection.unwrap().to_stored(),
+            "STEP_RETRIES_EXHAUSTED: deduct_points kept failing for 61 s (attempts: 9); \
+             last: Unavailable: down"
+        );
+    }
+
+    #[test]
+    fn a_success_carries_its_output() {
+        let answer = Answer::Succeeded(StepOutput::PointsDeducted { amount: 5 });
+        let (event, verdict) = judge(
+            &policy(),
+            &[],
+            attempt(F, 2, false),
+            answer,
+            NaiveDateTime::default(),
+        );
+        assert_eq!((event.outcome, verdict), (Succeeded, Verdict::Proceed));
+        assert_eq!(event.output, Some(StepOutput::PointsDeducted { amount: 5 }));
+        assert_eq!((event.step, event.attempt), (1, 2));
     }
 }

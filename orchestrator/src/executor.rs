@@ -1,0 +1,436 @@
+//! The saga executor: runs any declared saga from its log. Given a
+//! declaration ([`SagaProgram`]) and the saga's log, it decides the next
+//! move, writes the STARTED event, makes the step's call, judges the answer
+//! (success, refusal, retry, stuck), writes the outcome with the changes the
+//! declaration asks for, and loops, until the saga finishes, gets stuck or
+//! its lease is lost. It reaches the store and the participants only through
+//! [`SagaStore`] and the declaration, so sagas run in process in tests.
+//!
+//! At-least-once: a step whose outcome was not logged runs again, and the
+//! participants' barriers make that harmless. Every write is fenced by the
+//! saga's lease.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDateTime;
+use commerce_platform::SagaId;
+use commerce_platform::error::ServiceError;
+use commerce_platform::time::now;
+
+use crate::domain::saga::{
+    Answer, Attempt, Direction, Lease, LogEntry, Move, Outcome, Rejection, RetryPolicy,
+    STEP_RETRIES_EXHAUSTED, SagaParams, SagaState, SagaWrite, Step, StepDef, StepOutput, Verdict,
+    judge, next_move, rejection,
+};
+use crate::fault::{Faults, Phase};
+use crate::participants::{Reply, StepError};
+
+/// Target of the per-step timing events (enable with
+/// `RUST_LOG=info,saga_timing=debug`).
+pub const TIMING_TARGET: &str = "saga_timing";
+
+/// What a step's call may read: the saga, its parameters and the log (the
+/// outputs of earlier steps).
+#[derive(Debug, Clone, Copy)]
+pub struct StepInput<'a> {
+    pub saga: &'a SagaId,
+    pub params: &'a SagaParams,
+    pub steps: &'a [StepDef],
+    pub log: &'a [LogEntry],
+}
+
+/// A saga declaration as the executor reads it.
+pub trait SagaProgram: Send + Sync + 'static {
+    /// A change the saga makes to what it is about, written with its log.
+    type Change: Debug + Clone + Send + Sync;
+
+    /// The steps of a saga with these parameters, in order.
+    fn steps(&self, params: &SagaParams) -> Vec<StepDef>;
+    /// Whether every step must succeed (no refusal turns the saga around).
+    fn must_succeed(&self, params: &SagaParams) -> bool;
+    /// Makes `step`'s call (an action or an undo).
+    fn run(
+        &self,
+        step: Step,
+        input: StepInput<'_>,
+    ) -> impl Future<Output = Reply<StepOutput>> + Send;
+    /// The changes logged with `step`'s success.
+    fn changes(&self, params: &SagaParams, step: Step, output: &StepOutput) -> Vec<Self::Change>;
+    /// The changes logged with the saga's end: completed, or compensated
+    /// after `rejection`.
+    fn finish(
+        &self,
+        params: &SagaParams,
+        completed: bool,
+        rejection: Option<&Rejection>,
+    ) -> Vec<Self::Change>;
+}
+
+/// Who holds a saga now (for the lost-lease warning).
+#[derive(Debug, Clone, Default)]
+pub struct Holder {
+    pub owner: String,
+    pub fence: i64,
+    pub state: &'static str,
+}
+
+/// The saga log as the executor reads and writes it.
+pub trait SagaStore<C>: Send + Sync + 'static {
+    /// A saga's parameters and log.
+    fn saga_log(
+        &self,
+        saga: &SagaId,
+    ) -> impl Future<Output = Result<(SagaParams, Vec<LogEntry>), ServiceError>> + Send;
+    /// Writes progress if `lease` is still current; `Ok(false)` (nothing
+    /// written) when it is not.
+    fn saga_progress(
+        &self,
+        saga: &SagaId,
+        params: &SagaParams,
+        lease: &Lease,
+        write: &SagaWrite<C>,
+    ) -> impl Future<Output = Result<bool, ServiceError>> + Send;
+    fn saga_holder(
+        &self,
+        saga: &SagaId,
+    ) -> impl Future<Output = Result<Holder, ServiceError>> + Send;
+}
+
+/// How a drive ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driven {
+    /// COMPLETED or COMPENSATED.
+    Finished(SagaState),
+    /// STUCK: handed back to the recovery loop's slow retry and to operators.
+    Stuck,
+    /// Another instance holds the saga now.
+    LeaseLost,
+}
+
+pub struct Executor<S, G> {
+    store: S,
+    program: G,
+    lease: Duration,
+    retry: RetryPolicy,
+    faults: Faults,
+    /// Fenced writes refused since this process started: each one a saga
+    /// this instance was driving and another instance (or an operator's
+    /// takeover) had claimed meanwhile.
+    leases_lost: AtomicU64,
+}
+
+impl<S, G> Executor<S, G>
+where
+    G: SagaProgram,
+    S: SagaStore<G::Change>,
+{
+    pub fn new(store: S, program: G, lease: Duration, retry: RetryPolicy, faults: Faults) -> Self {
+        Self {
+            store,
+            program,
+            lease,
+            retry,
+            faults,
+            leases_lost: AtomicU64::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn program(&self) -> &G {
+        &self.program
+    }
+
+    /// How many sagas this instance lost to another holder since it started
+    /// (each a refused fenced write; each also logged at WARN).
+    pub fn leases_lost(&self) -> u64 {
+        self.leases_lost.load(Ordering::Relaxed)
+    }
+
+    /// When a lease taken now (and held `extra` longer) expires.
+    pub fn lease_until(&self, extra: Duration) -> NaiveDateTime {
+        now() + chrono::Duration::from_std(self.lease + extra).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// A new saga's first log events: its first step STARTED.
+    pub fn first_events(&self, params: &SagaParams) -> Result<Vec<(Step, LogEntry)>, ServiceError> {
+        let first = self
+            .program
+            .steps(params)
+            .first()
+            .map(|s| s.action)
+            .ok_or_else(|| ServiceError::internal("a saga without steps"))?;
+        Ok(vec![(first, started(0, Direction::Forward, 1))])
+    }
+
+    /// Drives a saga from its stored log until it finishes, gets stuck or
+    /// loses its lease.
+    pub async fn drive(&self, saga_id: &SagaId, lease: Lease) -> Result<Driven, ServiceError> {
+        let (params, log) = self.store.saga_log(saga_id).await?;
+        self.drive_from(saga_id, lease, params, log).await
+    }
+
+    /// [`Self::drive`] from parameters and a log already in hand.
+    #[tracing::instrument(skip(self, lease, params, log), fields(fence = lease.fence))]
+    pub async fn drive_from(
+        &self,
+        saga_id: &SagaId,
+        lease: Lease,
+        params: SagaParams,
+        mut log: Vec<LogEntry>,
+    ) -> Result<Driven, ServiceError> {
+        let steps = self.program.steps(&params);
+        let must_succeed_all = self.program.must_succeed(&params);
+        let mut next = next_move(&steps, &log);
+        loop {
+            let Move::Run {
+                step: index,
+                direction,
+                attempt,
+                started: logged,
+            } = next
+            else {
+                // Reached only when a saga was turned around without a step
+                // outcome (an operator's forced compensation).
+                let write = self.finish_write(&params, &log, next, Vec::new(), Vec::new());
+                if !self.write(saga_id, &params, &lease, &write).await? {
+                    return Ok(Driven::LeaseLost);
+                }
+                return Ok(Driven::Finished(next.state()));
+            };
+            let step = call_of(&steps, index, direction)?;
+            if !logged {
+                let entry = started(index, direction, attempt);
+                let write = SagaWrite {
+                    entries: vec![(step, entry.clone())],
+                    state: next.state(),
+                    current_step: index,
+                    attempts: attempt,
+                    reason: None,
+                    next_attempt_at: now(),
+                    lease_until: Some(self.lease_until(Duration::ZERO)),
+                    changes: Vec::new(),
+                };
+                if !self.write(saga_id, &params, &lease, &write).await? {
+                    return Ok(Driven::LeaseLost);
+                }
+                log.push(entry);
+            }
+
+            self.faults.check(Phase::Before, step);
+            let called = Instant::now();
+            let input = StepInput {
+                saga: saga_id,
+                params: &params,
+                steps: &steps,
+                log: &log,
+            };
+            let answer = match self.program.run(step, input).await {
+                Ok(output) => Answer::Succeeded(output),
+                Err(StepError::Rejected(rejection)) => Answer::Refused(rejection),
+                Err(StepError::Transient(detail)) => Answer::Failed(detail),
+            };
+            let call = called.elapsed();
+            self.faults.check(Phase::After, step);
+
+            let run = Attempt {
+                step: index,
+                direction,
+                attempt,
+                name: step.name(),
+                must_succeed: must_succeed_all || direction == Direction::Compensate,
+            };
+            let (outcome, verdict) = judge(&self.retry, &log, run, answer, now());
+            self.trace(step, attempt, &outcome, verdict);
+            let changes = match &outcome.output {
+                Some(output) => self.program.changes(&params, step, output),
+                None => Vec::new(),
+            };
+            let reason = outcome.rejection.as_ref().map(|r| r.reason.clone());
+            log.push(outcome.clone());
+            let entries = vec![(step, outcome)];
+
+            let (state, wait) = match verdict {
+                Verdict::Proceed => (None, None),
+                Verdict::Retry(wait) => (Some(next_move(&steps, &log).state()), Some(wait)),
+                Verdict::Stuck(wait) => (Some(SagaState::Stuck), Some(wait)),
+            };
+            if let (Some(state), Some(wait)) = (state, wait) {
+                let stuck = state == SagaState::Stuck;
+                let write = SagaWrite {
+                    entries,
+                    state,
+                    current_step: index,
+                    attempts: attempt,
+                    reason: None,
+                    next_attempt_at: now() + chrono::Duration::from_std(wait).unwrap_or_default(),
+                    lease_until: (!stuck).then(|| self.lease_until(wait)),
+                    changes,
+                };
+                if !self.write(saga_id, &params, &lease, &write).await? {
+                    return Ok(Driven::LeaseLost);
+                }
+                if stuck {
+                    return Ok(Driven::Stuck);
+                }
+                tokio::time::sleep(wait).await;
+                next = next_move(&steps, &log);
+                continue;
+            }
+
+            next = next_move(&steps, &log);
+            let write = match next {
+                Move::Run {
+                    step: next_index,
+                    direction: next_direction,
+                    attempt: next_attempt,
+                    started: false,
+                } => {
+                    // Merge the next step's STARTED into this write: one
+                    // commit per step instead of two.
+                    let next_step = call_of(&steps, next_index, next_direction)?;
+                    let started = started(next_index, next_direction, next_attempt);
+                    log.push(started.clone());
+                    let mut entries = entries;
+                    entries.push((next_step, started));
+                    SagaWrite {
+                        entries,
+                        state: next.state(),
+                        current_step: next_index,
+                        attempts: next_attempt,
+                        reason,
+                        next_attempt_at: now(),
+                        lease_until: Some(self.lease_until(Duration::ZERO)),
+                        changes,
+                    }
+                }
+                Move::Run { .. } => {
+                    return Err(ServiceError::internal("the step log went backwards"));
+                }
+                terminal => self.finish_write(&params, &log, terminal, entries, changes),
+            };
+            let finished = matches!(next, Move::Completed | Move::Compensated);
+            let written = Instant::now();
+            if !self.write(saga_id, &params, &lease, &write).await? {
+                return Ok(Driven::LeaseLost);
+            }
+            if let Move::Run { started, .. } = &mut next {
+                // Its STARTED is in the log now.
+                *started = true;
+            }
+            // Where a step's time goes: the participant call (its network
+            // and database) and the step log write (ours). The benchmark
+            // reads these to break a saga's latency down.
+            tracing::debug!(
+                target: TIMING_TARGET,
+                step = step.name(),
+                call_us = call.as_micros() as u64,
+                write_us = written.elapsed().as_micros() as u64,
+            );
+            if finished {
+                tracing::info!(state = next.state().as_str(), "saga finished");
+                return Ok(Driven::Finished(next.state()));
+            }
+        }
+    }
+
+    /// The write that ends a saga: its last events, the changes of its last
+    /// step, then the declaration's final changes.
+    fn finish_write(
+        &self,
+        params: &SagaParams,
+        log: &[LogEntry],
+        terminal: Move,
+        entries: Vec<(Step, LogEntry)>,
+        mut changes: Vec<G::Change>,
+    ) -> SagaWrite<G::Change> {
+        let rejected = rejection(log);
+        changes.extend(
+            self.program
+                .finish(params, terminal == Move::Completed, rejected),
+        );
+        SagaWrite {
+            entries,
+            state: terminal.state(),
+            current_step: log.last().map_or(0, |e| e.step),
+            attempts: 0,
+            reason: rejected.map(|r| r.reason.clone()),
+            next_attempt_at: now(),
+            lease_until: None,
+            changes,
+        }
+    }
+
+    /// One fenced write of saga progress. `Ok(false)`: the lease is no
+    /// longer ours, nothing was written, and the caller stops driving the
+    /// saga; that is logged (WARN, with the saga and who holds it now) and
+    /// counted here, whether the drive came from a request or from recovery.
+    async fn write(
+        &self,
+        saga_id: &SagaId,
+        params: &SagaParams,
+        lease: &Lease,
+        write: &SagaWrite<G::Change>,
+    ) -> Result<bool, ServiceError> {
+        if self
+            .store
+            .saga_progress(saga_id, params, lease, write)
+            .await?
+        {
+            return Ok(true);
+        }
+        let leases_lost = self.leases_lost.fetch_add(1, Ordering::Relaxed) + 1;
+        // Best effort: who holds the saga now, for the operator.
+        let holder = self.store.saga_holder(saga_id).await.unwrap_or_default();
+        let step = write.entries.first().map_or("", |(step, _)| step.name());
+        tracing::warn!(
+            %saga_id,
+            subject = params.subject(),
+            step,
+            owner = %lease.owner,
+            fence = lease.fence,
+            holder = %holder.owner,
+            holder_fence = holder.fence,
+            saga_state = holder.state,
+            leases_lost,
+            "saga lease lost: fenced write refused, nothing written; no longer driving this saga"
+        );
+        Ok(false)
+    }
+
+    fn trace(&self, step: Step, attempt: u32, outcome: &LogEntry, verdict: Verdict) {
+        let name = step.name();
+        match (verdict, &outcome.rejection, &outcome.error) {
+            (Verdict::Proceed, Some(r), _) if r.reason == STEP_RETRIES_EXHAUSTED => {
+                tracing::warn!(step = name, attempt, message = %r.message, "forward retry budget spent: compensating");
+            }
+            (Verdict::Proceed, Some(r), _) => {
+                tracing::info!(step = name, reason = %r.reason, message = %r.message, "step rejected: compensating");
+            }
+            (Verdict::Retry(_), _, Some(detail)) => {
+                tracing::info!(step = name, attempt, %detail, "step failed: will retry");
+            }
+            (Verdict::Stuck(_), _, _) => {
+                tracing::error!(step = name, attempt, "saga STUCK: needs an operator");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The call step `index` makes in `direction`.
+fn call_of(steps: &[StepDef], index: usize, direction: Direction) -> Result<Step, ServiceError> {
+    steps
+        .get(index)
+        .and_then(|s| s.call(direction))
+        .ok_or_else(|| ServiceError::internal("no such step in this saga (or no undo)"))
+}
+
+fn started(step: usize, direction: Direction, attempt: u32) -> LogEntry {
+    LogEntry::new(step, direction, attempt, Outcome::Started, now())
+}

@@ -1,0 +1,33 @@
+//! The orchestrator's storage in its own MySQL database, one file per
+//! resource: `orders` (orders and their lines), `sagas` (sagas, their
+//! append-only step log and leases), `order_changes` (what a saga write
+//! changes on its order) and `rows` (the tables and their rows).
+//! It persists what the application decided; every write of saga progress
+//! is fenced by the saga's lease, so an instance that lost its lease cannot
+//! overwrite the new owner's progress.
+
+mod order_changes;
+mod orders;
+mod rows;
+mod sagas;
+
+use commerce_platform::Database;
+
+pub use order_changes::OrderChange;
+pub use orders::Placed;
+pub use rows::{LogRow, OrderLineRow, OrderRecord, OrderRow, Saga, SagaRecord};
+pub use sagas::{NewSaga, TakeOver, TurnAround};
+
+pub use crate::domain::saga::{Lease, SagaWrite};
+
+/// Orders, sagas and the step log.
+#[derive(Clone)]
+pub struct OrderStore {
+    db: Database,
+}
+
+impl OrderStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
