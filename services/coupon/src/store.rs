@@ -300,11 +300,10 @@ impl CouponStore {
             .db
             .read(|c| {
                 async move {
-                    let total: i64 = user_coupons::table
-                        .filter(user_coupons::user_id.eq(user.as_str()))
-                        .count()
-                        .get_result(c)
-                        .await?;
+                    // Page first, count second: a user's coupons are never
+                    // deleted, so the total can never be less than what the
+                    // page shows (counting first, an issue landing in between
+                    // could).
                     let rows: Vec<(UserCouponRow, TemplateRow)> = user_coupons::table
                         .inner_join(coupon_templates::table)
                         .filter(user_coupons::user_id.eq(user.as_str()))
@@ -313,6 +312,11 @@ impl CouponStore {
                         .offset(page.offset())
                         .select((UserCouponRow::as_select(), TemplateRow::as_select()))
                         .load(c)
+                        .await?;
+                    let total: i64 = user_coupons::table
+                        .filter(user_coupons::user_id.eq(user.as_str()))
+                        .count()
+                        .get_result(c)
                         .await?;
                     Ok((total, rows))
                 }
