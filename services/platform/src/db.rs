@@ -32,7 +32,7 @@
 //! closes, and an interrupted commit is either done or not, which the saga
 //! barrier and idempotency keys already make harmless to repeat.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::PoolableConnection;
@@ -48,6 +48,14 @@ use crate::error::ServiceError;
 
 /// How many times a transaction that lost a deadlock is run again.
 const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// A session whose server answered this recently is handed out without the
+/// checkout test: under load every checkout would otherwise cost a round
+/// trip (`SELECT 1`) for a connection that just worked. One that died in
+/// that second (a restart, a cut) fails its next operation UNAVAILABLE, is
+/// closed by the pool (see [`Session::run`]), and the caller retries; an
+/// idle session is still tested before it is reused.
+const FRESH: Duration = Duration::from_secs(1);
 
 /// Settings of the pool.
 #[derive(Debug, Clone)]
@@ -68,6 +76,8 @@ pub type Work<'a, 'c, T> = ScopedBoxFuture<'a, 'c, Result<T, ServiceError>>;
 pub struct Session {
     conn: AsyncMysqlConnection,
     interrupted: bool,
+    /// When the server last answered on this session.
+    answered_at: Instant,
 }
 
 impl Session {
@@ -84,16 +94,24 @@ impl Session {
         self.interrupted = true;
         // Split the borrow: `op` holds `conn` for 'c while the flag is
         // cleared after it.
-        let Session { conn, interrupted } = self;
+        let Session {
+            conn,
+            interrupted,
+            answered_at,
+        } = self;
         let result = op(conn).await;
         *interrupted = matches!(result, Err(ServiceError::Unavailable(_)));
+        if !*interrupted {
+            *answered_at = Instant::now();
+        }
         result
     }
 }
 
 /// The bb8 manager of [`Session`]s: connects with [`establish`], tests a
-/// session on checkout through [`Session::run`] (so an interrupted test is
-/// itself caught), and refuses interrupted sessions back into the pool.
+/// session idle for more than [`FRESH`] on checkout through [`Session::run`]
+/// (so an interrupted test is itself caught), and refuses interrupted
+/// sessions back into the pool.
 pub struct SessionManager {
     url: String,
 }
@@ -109,10 +127,14 @@ impl bb8::ManageConnection for SessionManager {
         Ok(Session {
             conn,
             interrupted: false,
+            answered_at: Instant::now(),
         })
     }
 
     async fn is_valid(&self, session: &mut Session) -> Result<(), ServiceError> {
+        if session.answered_at.elapsed() < FRESH {
+            return Ok(());
+        }
         session.run(|c| select_one(c).scope_boxed()).await
     }
 

@@ -204,3 +204,31 @@ async fn transactions_dropped_midway_commit_whole_or_not_at_all() {
     }
     db.drop_database().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_session_that_died_fails_once_and_is_never_reused() {
+    let (db, _) = fixture("staleconn").await;
+    let (proxy, url) = db.through_proxy().await.unwrap();
+    let database = Database::new(&DbSettings {
+        url,
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(20),
+    });
+    assert_eq!(read_key(&database, 1).await.unwrap(), vec![1; ROWS]);
+
+    // The pool's one session dies while it is fresh enough to skip the
+    // checkout test: the next call may fail, UNAVAILABLE, and only once.
+    proxy.cut().await;
+    proxy.restore();
+    let mut failures = 0;
+    for key in 2..5 {
+        match read_key(&database, key).await {
+            Ok(values) => assert_eq!(values, vec![key; ROWS]),
+            Err(ServiceError::Unavailable(_)) => failures += 1,
+            Err(other) => panic!("read {key}: {other}"),
+        }
+    }
+    assert!(failures <= 1, "{failures} failures after one dead session");
+    drop(proxy);
+    db.drop_database().await.unwrap();
+}
