@@ -220,15 +220,13 @@ impl PointStore {
                         saga,
                         DEDUCT_POINTS.action,
                         async |c: &mut AsyncMysqlConnection| {
-                            // An account never seen holds 0 points: the
-                            // deduction is refused, so nothing is created.
-                            let balance = account_lock(c, user).await?.unwrap_or(Balance::ZERO);
+                            // No read first: the guarded update is the
+                            // check (an account never seen matches nothing
+                            // and is refused, and nothing is created).
                             let change = BalanceChange::deduct(amount);
-                            let expected = balance.apply(change)?;
                             let entry = ledger_apply(c, user, change, saga.as_str())
                                 .await
                                 .map_err(LedgerWriteError::into_internal)?;
-                            check_read(user, expected, &entry);
                             Ok(DeductOutcome {
                                 saga_id: saga.to_string(),
                                 user_id: user.to_string(),
