@@ -13,6 +13,7 @@ mod load;
 mod mesh;
 mod metrics;
 mod model;
+mod reconcile;
 mod report;
 mod scenarios;
 mod seed;
@@ -75,7 +76,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 2_000)]
     orders: usize,
     /// Scenarios to run.
-    #[arg(long, value_delimiter = ',', default_values_t = ["uniform".to_owned(), "hot_product".to_owned(), "flash_coupon".to_owned(), "recovery".to_owned()])]
+    #[arg(long, value_delimiter = ',', default_values_t = ["uniform".to_owned(), "instances".to_owned(), "hot_product".to_owned(), "flash_coupon".to_owned(), "recovery".to_owned()])]
     scenarios: Vec<String>,
     /// A tiny run of every scenario (for the test suite): no figure means
     /// anything, every code path runs.
@@ -138,6 +139,8 @@ fn plan(args: &RunArgs) -> Plan {
             flash_coupons: 5,
             flash_users: 40,
             recovery_sagas: 20,
+            instance_counts: vec![1, 2],
+            instance_levels: vec![4],
         };
     }
     let orders = args.orders;
@@ -156,7 +159,9 @@ fn plan(args: &RunArgs) -> Plan {
         hot_buyers: 1_000,
         flash_coupons: 100,
         flash_users: 10_000,
-        recovery_sagas: 1_000,
+        recovery_sagas: 10_000,
+        instance_counts: vec![1, 2, 4],
+        instance_levels: vec![32],
     }
 }
 
@@ -178,6 +183,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let written = report::write(&report, &args.out)?;
     for path in written {
         println!("{}", path.display());
+    }
+    // Any violated invariant or failed reconciliation fails the run (the
+    // report, written above, has the details).
+    let failed: Vec<String> = report
+        .scenarios
+        .iter()
+        .flat_map(|s| {
+            s.checks
+                .iter()
+                .filter(|(_, held)| !held)
+                .map(move |(check, _)| format!("{}: {check}", s.name))
+        })
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} check(s) failed (report in {}):\n{}",
+            failed.len(),
+            args.out.display(),
+            failed.join("\n")
+        );
     }
     if args.smoke {
         databases.drop_all().await?;
@@ -201,6 +226,12 @@ async fn scenarios_run(
             scenarios::uniform(systems, &server_url, &baseline_url, plan).await?;
         report.levels.extend(levels);
         report.scenarios.extend(breakdown);
+    }
+    if wanted("instances") {
+        tracing::info!("scenario instances");
+        let (levels, reconciled) = scenarios::instances(systems, &server_url, plan).await?;
+        report.levels.extend(levels);
+        report.scenarios.push(reconciled);
     }
     if wanted("hot_product") {
         tracing::info!("scenario hot_product");

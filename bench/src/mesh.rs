@@ -2,7 +2,7 @@
 //! itself (`commerce-bench serve <server>`): the four servers of the mesh and
 //! the baseline, each with its own fresh database.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use commerce_e2e::node::Node;
 use commerce_proto::coupon::v1::coupon_admin_service_client::CouponAdminServiceClient;
@@ -76,7 +76,38 @@ pub struct Systems {
     pub coupon: Node,
     pub orchestrator: Node,
     pub baseline: Node,
+    /// More orchestrator instances on the same database (the `instances`
+    /// scenario), by process name: `orchestrator-2`, `orchestrator-3`, ...
+    pub extra_orchestrators: Vec<(&'static str, Node)>,
+    /// What it takes to start another orchestrator instance.
+    orchestrator_spawn: OrchestratorSpawn,
 }
+
+/// Program, database, participants and log directory of the orchestrator,
+/// for starting more instances of it.
+struct OrchestratorSpawn {
+    program: PathBuf,
+    database_url: String,
+    /// Every argument but the instance id.
+    args: Vec<String>,
+    log_dir: PathBuf,
+}
+
+/// Process names of extra orchestrator instances (the first is
+/// `orchestrator`).
+const EXTRA_ORCHESTRATORS: [&str; 7] = [
+    "orchestrator-2",
+    "orchestrator-3",
+    "orchestrator-4",
+    "orchestrator-5",
+    "orchestrator-6",
+    "orchestrator-7",
+    "orchestrator-8",
+];
+
+/// Log filter of every orchestrator instance: the per-step timing events
+/// feed the latency breakdown.
+const ORCHESTRATOR_LOG: [(&str, &str); 1] = [("RUST_LOG", "info,saga_timing=debug")];
 
 /// Pool size of each server: enough for 128 clients without queueing on
 /// connections, within MariaDB's connection limit.
@@ -108,36 +139,70 @@ impl Systems {
             coupon.start(),
             baseline.start()
         );
-        let mut orchestrator = node(
-            "orchestrator",
-            vec![
-                "--product-addr".into(),
-                product.endpoint(),
-                "--point-addr".into(),
-                point.endpoint(),
-                "--coupon-addr".into(),
-                coupon.endpoint(),
-                "--instance-id".into(),
-                "bench-orchestrator".into(),
-                "--max-recovering".into(),
-                "1024".into(),
-                "--concurrency-limit".into(),
-                "2048".into(),
-                "--log-format".into(),
-                "json".into(),
-            ],
-        );
-        // The per-step timing events feed the latency breakdown.
-        orchestrator
-            .start_with(&[("RUST_LOG", "info,saga_timing=debug")])
-            .await;
+        let orchestrator_args: Vec<String> = vec![
+            "--db-pool-size".into(),
+            POOL.into(),
+            "--product-addr".into(),
+            product.endpoint(),
+            "--point-addr".into(),
+            point.endpoint(),
+            "--coupon-addr".into(),
+            coupon.endpoint(),
+            "--max-recovering".into(),
+            "1024".into(),
+            "--concurrency-limit".into(),
+            "2048".into(),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        let orchestrator_spawn = OrchestratorSpawn {
+            program: program.clone(),
+            database_url: databases.url("orchestrator"),
+            args: orchestrator_args,
+            log_dir: log_dir.to_owned(),
+        };
+        let mut orchestrator = orchestrator_spawn.node("orchestrator", "bench-orchestrator");
+        orchestrator.start_with(&ORCHESTRATOR_LOG).await;
         Ok(Self {
             product,
             point,
             coupon,
             orchestrator,
             baseline,
+            extra_orchestrators: Vec::new(),
+            orchestrator_spawn,
         })
+    }
+
+    /// Runs `count` orchestrator instances in all (the first one included):
+    /// starts the missing ones (each its own process with its own instance
+    /// id, on the same database and participants) or kills the surplus.
+    pub async fn set_orchestrators(&mut self, count: usize) -> anyhow::Result<()> {
+        let extra = count.saturating_sub(1);
+        anyhow::ensure!(
+            extra <= EXTRA_ORCHESTRATORS.len(),
+            "at most {} orchestrator instances",
+            EXTRA_ORCHESTRATORS.len() + 1
+        );
+        while self.extra_orchestrators.len() > extra {
+            if let Some((_, mut node)) = self.extra_orchestrators.pop() {
+                node.kill().await;
+            }
+        }
+        while self.extra_orchestrators.len() < extra {
+            let name = EXTRA_ORCHESTRATORS[self.extra_orchestrators.len()];
+            let mut node = self.orchestrator_spawn.node(name, &format!("bench-{name}"));
+            node.start_with(&ORCHESTRATOR_LOG).await;
+            self.extra_orchestrators.push((name, node));
+        }
+        Ok(())
+    }
+
+    /// Every orchestrator instance running, the first one first.
+    pub fn orchestrators(&self) -> Vec<&Node> {
+        std::iter::once(&self.orchestrator)
+            .chain(self.extra_orchestrators.iter().map(|(_, n)| n))
+            .collect()
     }
 
     /// (name, pid) of every running process under test.
@@ -151,6 +216,11 @@ impl Systems {
         ]
         .into_iter()
         .filter_map(|n| n.pid().map(|pid| (n.service, pid)))
+        .chain(
+            self.extra_orchestrators
+                .iter()
+                .filter_map(|(name, n)| n.pid().map(|pid| (*name, pid))),
+        )
         .collect()
     }
 
@@ -162,6 +232,9 @@ impl Systems {
             &mut self.coupon,
             &mut self.baseline,
         ] {
+            node.kill().await;
+        }
+        for (_, node) in &mut self.extra_orchestrators {
             node.kill().await;
         }
     }
@@ -192,6 +265,22 @@ impl Systems {
 
     pub fn coupon_admin(&self) -> CouponAdminServiceClient<Channel> {
         CouponAdminServiceClient::new(channel(&self.coupon))
+    }
+}
+
+impl OrchestratorSpawn {
+    fn node(&self, name: &str, instance_id: &str) -> Node {
+        let mut args = self.args.clone();
+        args.extend(["--instance-id".to_owned(), instance_id.to_owned()]);
+        Node::new(
+            &self.program,
+            &["serve"],
+            "orchestrator",
+            &self.database_url,
+            args,
+            &self.log_dir,
+            name,
+        )
     }
 }
 

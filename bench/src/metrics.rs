@@ -1,5 +1,6 @@
-//! Counters read around each measured run: MySQL's commits (all databases)
-//! and the CPU time of every process under test, from `/proc`.
+//! Counters read around each measured run: MariaDB's global status counters
+//! (statements by kind, commits, bytes; all databases) and the CPU time of
+//! every process under test, from `/proc`.
 
 use std::collections::BTreeMap;
 
@@ -11,17 +12,130 @@ use crate::model::RunInfo;
 
 #[derive(QueryableByName)]
 struct Status {
+    #[diesel(sql_type = Text, column_name = "Variable_name")]
+    name: String,
     #[diesel(sql_type = Text, column_name = "Value")]
     value: String,
 }
 
-/// MySQL's global `Com_commit`: COMMIT statements executed so far.
-pub async fn commits(server_url: &str) -> anyhow::Result<u64> {
-    let mut conn = AsyncMysqlConnection::establish(server_url).await?;
-    let status: Status = diesel::sql_query("SHOW GLOBAL STATUS LIKE 'Com_commit'")
-        .get_result(&mut conn)
+/// The global status counters the report gives per order, as MariaDB names
+/// them (see docs/benchmarks.md for what each counts). A statement executed
+/// as a prepared statement counts in `Com_stmt_execute` and in the
+/// `Com_<kind>` of its kind; `Questions` counts every statement a client
+/// sent, but not the prepares and closes of prepared statements.
+pub const DB_COUNTERS: [&str; 14] = [
+    "Questions",
+    "Com_stmt_prepare",
+    "Com_stmt_close",
+    "Com_stmt_execute",
+    "Com_select",
+    "Com_insert",
+    "Com_update",
+    "Com_delete",
+    "Com_replace",
+    "Com_begin",
+    "Com_commit",
+    "Com_rollback",
+    "Bytes_received",
+    "Bytes_sent",
+];
+
+/// One reading of [`DB_COUNTERS`].
+#[derive(Debug, Clone, Default)]
+pub struct DbCounters(BTreeMap<String, u64>);
+
+impl DbCounters {
+    /// `later - self` for every counter (a counter that went back, as after
+    /// a server restart, gives 0).
+    fn delta(&self, later: &DbCounters) -> BTreeMap<String, u64> {
+        later
+            .0
+            .iter()
+            .map(|(name, after)| {
+                let before = self.0.get(name).copied().unwrap_or(0);
+                (name.clone(), after.saturating_sub(before))
+            })
+            .collect()
+    }
+}
+
+/// Reads the database server's global counters on one connection of its
+/// own, and knows what one reading adds to them (the `SHOW GLOBAL STATUS`
+/// statement itself and its bytes), so that a before/after pair can leave
+/// the harness's own reading out.
+pub struct DbCounterReader {
+    conn: AsyncMysqlConnection,
+    /// What one reading adds to each counter (measured as the difference of
+    /// two readings in a row).
+    own: BTreeMap<String, u64>,
+}
+
+impl DbCounterReader {
+    pub async fn connect(server_url: &str) -> anyhow::Result<Self> {
+        let conn = AsyncMysqlConnection::establish(server_url).await?;
+        let mut reader = Self {
+            conn,
+            own: BTreeMap::new(),
+        };
+        // The smallest of a few back-to-back differences: background work
+        // of the servers (a recovery poll) can only add to a difference.
+        let mut own: Option<BTreeMap<String, u64>> = None;
+        let mut last = reader.read().await?;
+        for _ in 0..3 {
+            let next = reader.read().await?;
+            let delta = last.delta(&next);
+            own = Some(match own {
+                None => delta,
+                Some(min) => min
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let d = delta.get(&k).copied().unwrap_or(0);
+                        (k, v.min(d))
+                    })
+                    .collect(),
+            });
+            last = next;
+        }
+        reader.own = own.unwrap_or_default();
+        Ok(reader)
+    }
+
+    pub async fn read(&mut self) -> anyhow::Result<DbCounters> {
+        let names = DB_COUNTERS
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let rows: Vec<Status> = diesel::sql_query(format!(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN ({names})"
+        ))
+        .load(&mut self.conn)
         .await?;
-    Ok(status.value.parse()?)
+        let mut counters = BTreeMap::new();
+        for row in rows {
+            counters.insert(row.name, row.value.parse()?);
+        }
+        Ok(DbCounters(counters))
+    }
+
+    /// Each counter's growth from `before` to `after` per order, less what
+    /// the reading of `after` added.
+    pub fn per_order(
+        &self,
+        before: &DbCounters,
+        after: &DbCounters,
+        orders: u64,
+    ) -> BTreeMap<String, f64> {
+        before
+            .delta(after)
+            .into_iter()
+            .map(|(name, delta)| {
+                let own = self.own.get(&name).copied().unwrap_or(0);
+                let value = delta.saturating_sub(own) as f64 / orders.max(1) as f64;
+                (name, value)
+            })
+            .collect()
+    }
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times.

@@ -113,8 +113,26 @@ pub struct LevelResult {
     /// MySQL `Com_commit` (all databases) per order.
     pub commits_per_order: f64,
     /// CPU seconds per order of each process (`orchestrator`, `product`,
-    /// `point`, `coupon`, `baseline`, `mariadb`, `generator`).
+    /// `point`, `coupon`, `baseline`, `mariadb`, `generator`; with several
+    /// orchestrator instances `orchestrator-2`, ...).
     pub cpu_secs_per_order: BTreeMap<String, f64>,
+    /// MariaDB's global status counters per order (all databases, the
+    /// harness's own readings left out), by the server's names:
+    /// `Questions`, `Com_stmt_prepare`, `Com_stmt_close`,
+    /// `Com_stmt_execute`, `Com_select`, `Com_insert`, `Com_update`,
+    /// `Com_delete`, `Com_replace`, `Com_begin`, `Com_commit`,
+    /// `Com_rollback`, `Bytes_received` (to the database), `Bytes_sent`
+    /// (from it). See docs/benchmarks.md for what each counts.
+    #[serde(default)]
+    pub db_per_order: BTreeMap<String, f64>,
+    /// Server instances taking the orders (several only in the `instances`
+    /// scenario, where that many orchestrators share one database).
+    #[serde(default = "one")]
+    pub instances: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A scenario's own findings (hot product, flash coupon, recovery), as

@@ -79,12 +79,20 @@ impl<'a> LevelPair<'a> {
     }
 }
 
+/// The scenario that runs the saga on several orchestrator instances: its
+/// levels differ by instances, not by system, and get a table of their own.
+const INSTANCES_SCENARIO: &str = "instances";
+
 /// Groups the levels by scenario, in the order scenarios first appear (the
 /// first is the main one, charted and held to the targets). Should a system
-/// appear twice at one level, its first result counts.
+/// appear twice at one level, its first result counts. The `instances`
+/// scenario is left out (see [`INSTANCES_SCENARIO`]).
 fn group_levels(levels: &[LevelResult]) -> Vec<ScenarioLevels<'_>> {
     let mut groups: Vec<ScenarioLevels<'_>> = Vec::new();
     for level in levels {
+        if level.scenario == INSTANCES_SCENARIO {
+            continue;
+        }
         let index = match groups.iter().position(|g| g.scenario == level.scenario) {
             Some(index) => index,
             None => {
@@ -226,6 +234,17 @@ mod tests {
             latency_curve: curve(&latency),
             commits_per_order: commits,
             cpu_secs_per_order: cpu.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            db_per_order: [
+                ("Questions", commits * 4.0),
+                ("Com_stmt_prepare", commits),
+                ("Com_commit", commits),
+                ("Bytes_received", commits * 1_000.0),
+                ("Bytes_sent", commits * 2_000.0),
+            ]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
+            instances: 1,
         }
     }
 
@@ -243,6 +262,16 @@ mod tests {
         }
         levels.push(level(System::Saga, 64, 1_100.0, 60.0));
         levels.push(level(System::Baseline, 128, 1_800.0, 70.0));
+        for (instances, tps, p99) in [(1, 1_000.0, 40.0), (2, 1_500.0, 30.0)] {
+            let mut on = level(System::Saga, 32, tps, p99);
+            on.scenario = INSTANCES_SCENARIO.into();
+            on.instances = instances;
+            if instances == 2 {
+                on.cpu_secs_per_order
+                    .insert("orchestrator-2".into(), 0.000_2);
+            }
+            levels.push(on);
+        }
         Report {
             run: RunInfo {
                 command: "commerce-bench --levels 1,8,32,64 --seconds 10".into(),
@@ -364,6 +393,25 @@ mod tests {
         assert!(line("8 commits").contains("✅"));
         assert!(line("10 s").contains("✅"));
         assert!(line("10 s").contains("3.25 s"));
+
+        // Statements per order, by kind, next to the CPU split.
+        let statements = md
+            .lines()
+            .find(|l| l.starts_with("| 32 | saga |") && l.contains("| 28.00 |"))
+            .expect("a statements row for the saga at 32 clients");
+        assert!(statements.contains("| 6.84 | 13.67 |"), "{statements}");
+        // Two orchestrator instances against one: 1.50x the throughput.
+        let instances = md
+            .split("## Load: instances")
+            .nth(1)
+            .expect("an instances section");
+        let row = instances
+            .lines()
+            .find(|l| l.starts_with("| 2 | 32 |"))
+            .expect("a row for two instances");
+        assert!(row.contains("| 1.50× |"), "{row}");
+        assert!(row.contains("| 0.75× |"), "{row}");
+        assert!(instances.contains("| saga ×2 |"));
 
         assert!(md.contains("## Scenario: recovery"));
         assert!(md.contains("✅ every saga finished"));

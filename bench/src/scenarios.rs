@@ -1,6 +1,8 @@
 //! The scenarios: uniform load at fixed concurrency levels (saga and
-//! baseline, pair by pair), a hot product, a flash coupon and recovery of
-//! in-flight sagas after `kill -9`.
+//! baseline, pair by pair), the uniform load on several orchestrator
+//! instances, a hot product, a flash coupon and recovery of in-flight sagas
+//! after `kill -9`. Every scenario that places orders ends with a
+//! reconciliation of its shop (`reconcile`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use crate::load::{self, Outcome};
 use crate::mesh::{Systems, channel};
 use crate::metrics::{self, CpuSample};
 use crate::model::{LevelResult, OrderSpec, ScenarioResult, Shop, System};
+use crate::reconcile;
 use crate::seed::{self, ShopSize};
 
 /// Sizes of a run.
@@ -32,6 +35,11 @@ pub struct Plan {
     pub flash_coupons: i64,
     pub flash_users: usize,
     pub recovery_sagas: usize,
+    /// Orchestrator instances of the `instances` scenario (1 first, the
+    /// reference).
+    pub instance_counts: Vec<usize>,
+    /// Concurrency levels of the `instances` scenario.
+    pub instance_levels: Vec<usize>,
 }
 
 /// Per-call deadline of measured orders: long enough that an answer means
@@ -42,8 +50,15 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const CONNECTIONS: usize = 8;
 
 fn clients(node: &commerce_e2e::node::Node) -> Vec<OrderServiceClient<Channel>> {
+    clients_over(&[node])
+}
+
+/// [`CONNECTIONS`] connections to each of `nodes`, interleaved, so that the
+/// generator's clients (client `w` takes connection `w % len`) spread
+/// round-robin over the nodes.
+fn clients_over(nodes: &[&commerce_e2e::node::Node]) -> Vec<OrderServiceClient<Channel>> {
     (0..CONNECTIONS)
-        .map(|_| OrderServiceClient::new(channel(node)))
+        .flat_map(|_| nodes.iter().map(|n| OrderServiceClient::new(channel(n))))
         .collect()
 }
 
@@ -56,21 +71,23 @@ async fn measure(
     orders: Vec<OrderSpec>,
     concurrency: usize,
 ) -> anyhow::Result<(LevelResult, Outcome)> {
-    let node = match system {
-        System::Saga => &systems.orchestrator,
-        System::Baseline => &systems.baseline,
+    let nodes = match system {
+        System::Saga => systems.orchestrators(),
+        System::Baseline => vec![&systems.baseline],
     };
-    let clients = clients(node);
+    let clients = clients_over(&nodes);
     let mut processes = systems.pids();
     if let Some(db) = metrics::database_pid() {
         processes.push(("mariadb", db));
     }
     let count = orders.len() as u64;
-    let commits_before = metrics::commits(server_url).await?;
+    let mut counters = metrics::DbCounterReader::connect(server_url).await?;
+    let db_before = counters.read().await?;
     let cpu_before = CpuSample::take(&processes);
     let outcome = load::drive(&clients, Arc::new(orders), concurrency, DEADLINE).await;
     let cpu_after = CpuSample::take(&processes);
-    let commits_after = metrics::commits(server_url).await?;
+    let db_after = counters.read().await?;
+    let db = counters.per_order(&db_before, &db_after, count);
     let mut cpu = cpu_before.per_order(&cpu_after, count);
     // Only the system under test (and the database and generator) count.
     cpu.retain(|name, _| match system {
@@ -89,9 +106,10 @@ async fn measure(
         throughput: outcome.answered() as f64 / outcome.elapsed.as_secs_f64().max(1e-9),
         latency: outcome.latency(),
         latency_curve: outcome.curve(),
-        commits_per_order: (commits_after.saturating_sub(commits_before)) as f64
-            / count.max(1) as f64,
+        commits_per_order: db.get("Com_commit").copied().unwrap_or_default(),
         cpu_secs_per_order: cpu,
+        db_per_order: db,
+        instances: nodes.len(),
     };
     tracing::info!(
         scenario,
@@ -99,6 +117,15 @@ async fn measure(
         concurrency,
         throughput = format!("{:.0}/s", result.throughput),
         p99_ms = format!("{:.1}", result.latency.p99),
+        instances = result.instances,
+        statements = format!(
+            "{:.1}",
+            result
+                .db_per_order
+                .get("Questions")
+                .copied()
+                .unwrap_or_default()
+        ),
         confirmed = result.confirmed,
         rejected = result.rejected,
         failed = result.failed,
@@ -143,7 +170,7 @@ pub async fn uniform(
     server_url: &str,
     baseline_url: &str,
     plan: &Plan,
-) -> anyhow::Result<(Vec<LevelResult>, Option<ScenarioResult>)> {
+) -> anyhow::Result<(Vec<LevelResult>, Vec<ScenarioResult>)> {
     let shop = seed::seed(systems, plan.shop, "uniform").await?;
     baseline::seed(baseline_url, &shop).await?;
     let mut results = Vec::new();
@@ -173,7 +200,128 @@ pub async fn uniform(
             results.push(result);
         }
     }
-    Ok((results, breakdown))
+    let placed = plan.orders_per_level * plan.levels.len();
+    let mut checks = reconcile_saga(systems, &shop, Some(placed)).await?;
+    checks.extend(reconcile_baseline(baseline_url, &shop, Some(placed)).await?);
+    let reconciliation = reconciliation("uniform", &shop, checks);
+    Ok((
+        results,
+        breakdown.into_iter().chain([reconciliation]).collect(),
+    ))
+}
+
+/// The saga mesh's books for `shop` checked (see `reconcile`), each check
+/// named "saga: ...".
+pub async fn reconcile_saga(
+    systems: &Systems,
+    shop: &Shop,
+    placed: Option<usize>,
+) -> anyhow::Result<Vec<(String, bool)>> {
+    let books = reconcile::mesh_books(systems, shop).await?;
+    Ok(prefixed(
+        "saga",
+        reconcile::check("saga", shop, &books, placed).checks,
+    ))
+}
+
+/// The baseline's books (it holds the scenario's shop only) checked, each
+/// check named "baseline: ...".
+pub async fn reconcile_baseline(
+    baseline_url: &str,
+    shop: &Shop,
+    placed: Option<usize>,
+) -> anyhow::Result<Vec<(String, bool)>> {
+    let books = reconcile::baseline_books(baseline_url).await?;
+    Ok(prefixed(
+        "baseline",
+        reconcile::check("baseline", shop, &books, placed).checks,
+    ))
+}
+
+fn prefixed(system: &str, checks: Vec<(String, bool)>) -> Vec<(String, bool)> {
+    checks
+        .into_iter()
+        .map(|(check, held)| (format!("{system}: {check}"), held))
+        .collect()
+}
+
+/// The reconciliation of one scenario as a result of its own.
+fn reconciliation(scenario: &str, shop: &Shop, checks: Vec<(String, bool)>) -> ScenarioResult {
+    let mut figures = BTreeMap::new();
+    figures.insert("products".into(), shop.products.len() as f64);
+    figures.insert("users".into(), shop.users.len() as f64);
+    figures.insert("coupons".into(), shop.coupons.len() as f64);
+    ScenarioResult {
+        name: format!("reconcile_{scenario}"),
+        description: format!(
+            "after the {scenario} scenario, each system's orders set against the stock, points \
+             and coupons of the scenario's shop (rules in bench/src/reconcile.rs)"
+        ),
+        figures,
+        checks,
+    }
+}
+
+/// The uniform load on 1, 2, 4, ... orchestrator instances sharing one
+/// database (each its own process and instance id, the same participants),
+/// the generator's clients spread round-robin over them. Saga only; on a
+/// shop of its own, reconciled at the end.
+pub async fn instances(
+    systems: &mut Systems,
+    server_url: &str,
+    plan: &Plan,
+) -> anyhow::Result<(Vec<LevelResult>, ScenarioResult)> {
+    let measured = plan.instance_counts.len() * plan.instance_levels.len() * plan.orders_per_level;
+    let size = ShopSize {
+        coupons: measured.div_ceil(3),
+        ..plan.shop
+    };
+    let shop = seed::seed(systems, size, "instances").await?;
+    let mut results = Vec::new();
+    let mut first = 0;
+    // Warm-up orders come after every measured one: no coupon left for them.
+    let mut warm = measured;
+    let mut placed = 0;
+    let outcome = async {
+        for &count in &plan.instance_counts {
+            systems.set_orchestrators(count).await?;
+            for &level in &plan.instance_levels {
+                // New instances start with empty pools: a few orders first.
+                let warm_up = uniform_orders(&shop, level * 2, warm, &format!("iw{count}x{level}"));
+                warm += warm_up.len();
+                placed += warm_up.len();
+                let clients = clients_over(&systems.orchestrators());
+                let outcome = load::drive(&clients, Arc::new(warm_up), level, DEADLINE).await;
+                settle(systems, &outcome).await?;
+
+                let orders = uniform_orders(
+                    &shop,
+                    plan.orders_per_level,
+                    first,
+                    &format!("i{count}x{level}"),
+                );
+                first += plan.orders_per_level;
+                placed += orders.len();
+                let (result, outcome) = measure(
+                    systems,
+                    server_url,
+                    "instances",
+                    System::Saga,
+                    orders,
+                    level,
+                )
+                .await?;
+                settle(systems, &outcome).await?;
+                results.push(result);
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    systems.set_orchestrators(1).await?;
+    outcome?;
+    let checks = reconcile_saga(systems, &shop, Some(placed)).await?;
+    Ok((results, reconciliation("instances", &shop, checks)))
 }
 
 /// Where a saga's latency goes, from the orchestrator's per-step timing
@@ -213,13 +361,9 @@ fn latency_breakdown(systems: &Systems, log_from: u64, level: &LevelResult) -> S
 /// Waits until every saga of the mesh is terminal (bounded).
 async fn settle(systems: &Systems, _outcome: &Outcome) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let mut sagas = systems.sagas();
     let mut pause = Duration::from_millis(5);
     loop {
-        let counts = sagas
-            .count_sagas(order::CountSagasRequest {})
-            .await?
-            .into_inner();
+        let counts = count_sagas(systems).await?;
         if counts.running + counts.compensating == 0 {
             return Ok(started.elapsed());
         }
@@ -231,6 +375,87 @@ async fn settle(systems: &Systems, _outcome: &Outcome) -> anyhow::Result<Duratio
         pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
+
+/// The orchestrator's saga counts. An orchestrator busy with thousands of
+/// sagas may answer UNAVAILABLE (its database pool exhausted) or late: such
+/// an answer is retried for up to [`COUNT_PATIENCE`].
+async fn count_sagas(systems: &Systems) -> anyhow::Result<order::CountSagasResponse> {
+    let started = Instant::now();
+    let mut sagas = systems.sagas();
+    loop {
+        let mut request = tonic::Request::new(order::CountSagasRequest {});
+        request.set_timeout(Duration::from_secs(5));
+        match sagas.count_sagas(request).await {
+            Ok(counts) => return Ok(counts.into_inner()),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                        | tonic::Code::ResourceExhausted
+                ) && started.elapsed() < COUNT_PATIENCE =>
+            {
+                tracing::debug!(%status, "CountSagas failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => return Err(status.into()),
+        }
+    }
+}
+
+/// How long [`count_sagas`] retries.
+const COUNT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Places every order, `concurrency` calls at a time, each with `deadline`;
+/// a call that gets no answer (the orchestrator overloaded) is sent again
+/// with the same idempotency key (an order is recorded once), up to
+/// [`PLACE_ATTEMPTS`] times. An answer (PENDING, or an outcome) means the
+/// order and its saga are recorded. Returns (orders answered, calls
+/// retried, orders never answered).
+async fn place_all(
+    clients: &[OrderServiceClient<Channel>],
+    orders: Vec<OrderSpec>,
+    concurrency: usize,
+    deadline: Duration,
+) -> (u64, u64, u64) {
+    let results: Vec<(bool, u64)> = stream::iter(orders.into_iter().enumerate())
+        .map(|(i, spec)| {
+            let mut client = clients[i % clients.len()].clone();
+            async move {
+                for attempt in 0..PLACE_ATTEMPTS {
+                    let mut request = tonic::Request::new(order::PlaceOrderRequest {
+                        user_id: spec.user_id.clone(),
+                        lines: spec
+                            .lines
+                            .iter()
+                            .map(|&(product_id, quantity)| order::OrderLineRequest {
+                                product_id,
+                                quantity,
+                            })
+                            .collect(),
+                        user_coupon_id: spec.user_coupon_id,
+                        idempotency_key: spec.idempotency_key.clone(),
+                    });
+                    request.set_timeout(deadline);
+                    if client.place_order(request).await.is_ok() {
+                        return (true, attempt);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                (false, PLACE_ATTEMPTS)
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let answered = results.iter().filter(|(ok, _)| *ok).count() as u64;
+    let retried = results.iter().map(|(_, r)| r).sum();
+    (answered, retried, results.len() as u64 - answered)
+}
+
+/// Calls [`place_all`] makes per order at most.
+const PLACE_ATTEMPTS: u64 = 20;
 
 /// Many buyers, one unit each, for a product with little stock.
 pub async fn hot_product(
@@ -305,7 +530,7 @@ pub async fn hot_product(
     figures.insert("drain_secs".into(), drain.as_secs_f64());
     figures.insert("saga_p99_ms".into(), saga.latency.p99);
     figures.insert("baseline_p99_ms".into(), base.latency.p99);
-    let checks = vec![
+    let mut checks = vec![
         (
             format!("exactly {expected_sold} confirmed"),
             outcome.confirmed as i64 == expected_sold,
@@ -331,6 +556,8 @@ pub async fn hot_product(
                 && baseline_totals.points == baseline_totals.ledger_points,
         ),
     ];
+    checks.extend(reconcile_saga(systems, &shop, Some(buyers)).await?);
+    checks.extend(reconcile_baseline(baseline_url, &shop, Some(buyers)).await?);
     Ok((
         vec![saga, base],
         ScenarioResult {
@@ -477,37 +704,55 @@ pub async fn recovery(systems: &mut Systems, plan: &Plan) -> anyhow::Result<Scen
         .ok_or_else(|| anyhow::anyhow!("point service not running"))?;
     signal("STOP", point_pid)?;
     let clients = clients(&systems.orchestrator);
-    // Each call gets a PENDING answer once the orchestrator's wait runs out:
-    // by then its order and saga are recorded and in flight.
-    let sent = load::drive(
+    // Each call gets a PENDING answer once the orchestrator's wait runs out
+    // (just before the call's deadline): by then its order and saga are
+    // recorded and in flight. A short wait keeps the calls moving, so that
+    // many sagas pile up quickly.
+    let sending = Instant::now();
+    let (accepted, retried, unanswered) = place_all(
         &clients,
-        Arc::new(orders),
-        plan.recovery_sagas.min(1_000),
-        Duration::from_secs(3),
+        orders,
+        plan.recovery_sagas.min(RECOVERY_SENDERS),
+        RECOVERY_SEND_DEADLINE,
     )
     .await;
+    let send_secs = sending.elapsed().as_secs_f64();
     // Every order recorded and its saga in flight (waiting on points).
-    let mut sagas = systems.sagas();
     let in_flight = {
-        let counts = sagas
-            .count_sagas(order::CountSagasRequest {})
-            .await?
-            .into_inner();
+        let counts = count_sagas(systems).await?;
         counts.running + counts.compensating
     };
+    tracing::info!(
+        in_flight,
+        accepted,
+        retried,
+        unanswered,
+        send_secs,
+        "recovery: killing the orchestrator"
+    );
     systems.orchestrator.kill().await;
     signal("CONT", point_pid)?;
     let restarted = Instant::now();
     systems.orchestrator.start().await;
     let serving = restarted.elapsed();
-    let mut sagas = systems.sagas();
     let mut pause = Duration::from_millis(5);
+    let mut terminal_within_10s = None;
+    let mut progress_logged = Instant::now();
     let counts = loop {
-        let counts = sagas
-            .count_sagas(order::CountSagasRequest {})
-            .await?
-            .into_inner();
-        if counts.running + counts.compensating == 0 {
+        let counts = count_sagas(systems).await?;
+        let unfinished = counts.running + counts.compensating;
+        if terminal_within_10s.is_none() && restarted.elapsed() >= Duration::from_secs(10) {
+            terminal_within_10s = Some(in_flight - unfinished);
+        }
+        if progress_logged.elapsed() >= Duration::from_secs(1) {
+            progress_logged = Instant::now();
+            tracing::info!(
+                secs = restarted.elapsed().as_secs_f64(),
+                unfinished,
+                "recovery: sagas still in flight"
+            );
+        }
+        if unfinished == 0 {
             break counts;
         }
         anyhow::ensure!(
@@ -521,11 +766,18 @@ pub async fn recovery(systems: &mut Systems, plan: &Plan) -> anyhow::Result<Scen
     let confirmed = confirmed_orders(systems, &shop).await?;
     let mut figures = BTreeMap::new();
     figures.insert("orders_sent".into(), plan.recovery_sagas as f64);
-    figures.insert("accepted".into(), sent.answered() as f64);
+    figures.insert("accepted".into(), accepted as f64);
+    figures.insert("send_secs".into(), send_secs);
+    figures.insert("send_calls_retried".into(), retried as f64);
     figures.insert("in_flight_at_kill".into(), in_flight as f64);
     figures.insert("restart_to_serving_secs".into(), serving.as_secs_f64());
     figures.insert("recovery_secs".into(), recovery.as_secs_f64());
+    figures.insert(
+        "terminal_within_10s_of_restart".into(),
+        terminal_within_10s.unwrap_or(in_flight) as f64,
+    );
     figures.insert("confirmed".into(), confirmed as f64);
+    let reconciled = reconcile_saga(systems, &shop, None).await?;
     Ok(ScenarioResult {
         name: "recovery".into(),
         description: format!(
@@ -538,12 +790,25 @@ pub async fn recovery(systems: &mut Systems, plan: &Plan) -> anyhow::Result<Scen
                 counts.running + counts.compensating + counts.stuck == 0,
             ),
             (
+                "every order placed and in flight at the kill".into(),
+                unanswered == 0 && in_flight as u64 == accepted,
+            ),
+            (
                 "every saga in flight at the kill confirmed".into(),
                 confirmed == in_flight as u64,
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(reconciled)
+        .collect(),
     })
 }
+
+/// Clients placing the recovery scenario's orders at once.
+const RECOVERY_SENDERS: usize = 1_000;
+/// Deadline of each of those calls: the orchestrator answers PENDING just
+/// before it, the saga recorded and in flight.
+const RECOVERY_SEND_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Orders of the shop's users that ended CONFIRMED.
 async fn confirmed_orders(systems: &Systems, shop: &Shop) -> anyhow::Result<u64> {

@@ -43,15 +43,32 @@ fn smoke_run_writes_a_report_whose_checks_hold() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "latency_breakdown",
-            "hot_product",
-            "flash_coupon",
-            "recovery"
-        ]
-    );
+    for name in [
+        "latency_breakdown",
+        "reconcile_uniform",
+        "reconcile_instances",
+        "hot_product",
+        "flash_coupon",
+        "recovery",
+    ] {
+        assert!(names.contains(&name), "no {name} in {names:?}");
+    }
+    // The statements per order, by kind, of every level.
+    for level in levels {
+        for counter in ["Questions", "Com_stmt_execute", "Com_commit", "Bytes_sent"] {
+            assert!(
+                level["db_per_order"][counter].is_number(),
+                "no {counter} in {level}"
+            );
+        }
+    }
+    // One, then two orchestrator instances.
+    let instances: Vec<u64> = levels
+        .iter()
+        .filter(|l| l["scenario"] == "instances")
+        .map(|l| l["instances"].as_u64().unwrap())
+        .collect();
+    assert_eq!(instances, [1, 2]);
     for scenario in scenarios {
         for check in scenario["checks"].as_array().unwrap() {
             assert_eq!(check[1], true, "{} failed: {}", scenario["name"], check[0]);

@@ -6,7 +6,9 @@ use std::fmt::{self, Write};
 
 use super::charts::Charts;
 use super::targets;
-use super::{GENERATOR_PROCESS, LevelPair, ScenarioLevels, system_cpu_secs_per_order};
+use super::{
+    GENERATOR_PROCESS, INSTANCES_SCENARIO, LevelPair, ScenarioLevels, system_cpu_secs_per_order,
+};
 use crate::model::{LevelResult, Report, ScenarioResult};
 
 /// The processes in the order a reader expects them: the saga's path, the
@@ -45,6 +47,7 @@ pub(super) fn render(
     for group in groups {
         level_tables(&mut md, group)?;
     }
+    instances_section(&mut md, report)?;
     if let Some(charts) = charts {
         chart_section(&mut md, groups, charts)?;
     }
@@ -114,7 +117,216 @@ fn level_tables(md: &mut String, group: &ScenarioLevels<'_>) -> fmt::Result {
         level_row(md, pair)?;
     }
     writeln!(md)?;
-    cpu_split_table(md, group)
+    cpu_split_table(md, group)?;
+    let levels: Vec<&LevelResult> = group
+        .pairs
+        .iter()
+        .flat_map(|p| [p.saga, p.baseline])
+        .flatten()
+        .collect();
+    statements_table(md, group.scenario, &levels)
+}
+
+/// MariaDB's global status counters per order, as the statements table shows
+/// them: (counter, column). See docs/benchmarks.md for what each counts.
+const DB_COLUMNS: [(&str, &str); 14] = [
+    ("Questions", "statements"),
+    ("Com_stmt_prepare", "prepare"),
+    ("Com_stmt_close", "close"),
+    ("Com_stmt_execute", "execute"),
+    ("Com_select", "SELECT"),
+    ("Com_insert", "INSERT"),
+    ("Com_update", "UPDATE"),
+    ("Com_delete", "DELETE"),
+    ("Com_replace", "REPLACE"),
+    ("Com_begin", "BEGIN"),
+    ("Com_commit", "COMMIT"),
+    ("Com_rollback", "ROLLBACK"),
+    ("Bytes_received", "KB to db"),
+    ("Bytes_sent", "KB from db"),
+];
+
+/// Statements per order by kind, and bytes to and from the database.
+fn statements_table(md: &mut String, scenario: &str, levels: &[&LevelResult]) -> fmt::Result {
+    if levels.iter().all(|l| l.db_per_order.is_empty()) {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "Statements per order ({scenario}), from MariaDB's global status counters before \
+         and after each level (all databases; the harness's own readings left out). \
+         \"statements\" is `Questions`: every statement a client sent, prepared or not \
+         (prepare and close of a prepared statement are not in it); prepare / close / \
+         execute are the binary protocol's `Com_stmt_*`; SELECT ... ROLLBACK are \
+         `Com_<kind>`, which count a statement of that kind whether it was sent as text \
+         or executed as a prepared statement (so an execute also counts in its kind). \
+         KB to / from the database: `Bytes_received` / `Bytes_sent` of the server."
+    )?;
+    writeln!(md)?;
+    let mut header = vec!["concurrency", "system"];
+    header.extend(DB_COLUMNS.iter().map(|(_, title)| *title));
+    table_row(md, &header)?;
+    table_rule(md, header.len())?;
+    for level in levels {
+        let mut row = vec![level.concurrency.to_string(), system_label(level)];
+        row.extend(DB_COLUMNS.iter().map(|(counter, _)| {
+            level.db_per_order.get(*counter).map_or_else(
+                || NA.to_owned(),
+                |v| {
+                    if counter.starts_with("Bytes") {
+                        format!("{:.2}", v / 1_024.0)
+                    } else {
+                        format!("{v:.2}")
+                    }
+                },
+            )
+        }));
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        table_row(md, &cells)?;
+    }
+    writeln!(md)
+}
+
+/// "saga", "baseline", or "saga ×2" for two orchestrator instances.
+fn system_label(level: &LevelResult) -> String {
+    if level.instances > 1 {
+        format!("{} ×{}", level.system.label(), level.instances)
+    } else {
+        level.system.label().to_owned()
+    }
+}
+
+/// The `instances` scenario: the saga on 1, 2, 4, ... orchestrator
+/// instances sharing one database, each count set against one instance at
+/// the same number of clients.
+fn instances_section(md: &mut String, report: &Report) -> fmt::Result {
+    let mut levels: Vec<&LevelResult> = report
+        .levels
+        .iter()
+        .filter(|l| l.scenario == INSTANCES_SCENARIO)
+        .collect();
+    if levels.is_empty() {
+        return Ok(());
+    }
+    levels.sort_by_key(|l| (l.concurrency, l.instances));
+    writeln!(md, "## Load: {INSTANCES_SCENARIO} (orchestrator instances)")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "The uniform load on several orchestrator instances sharing one database (each \
+         its own process with its own instance id, the same participants), the \
+         generator's clients spread round-robin over them; saga only. Ratios are against \
+         one instance at the same number of clients in this run. CPU in milliseconds per \
+         order: all orchestrator instances together, the participants, MariaDB, and the \
+         system's total (every process but the load generator)."
+    )?;
+    writeln!(md)?;
+    table_row(
+        md,
+        &[
+            "instances",
+            "clients",
+            "orders/s",
+            "throughput vs 1 instance",
+            "p50 / p99 ms",
+            "p99 vs 1 instance",
+            "CPU ms/order orchestrators",
+            "product",
+            "point",
+            "coupon",
+            "mariadb",
+            "total (system)",
+            "statements/order",
+            "confirmed / rejected / failed",
+        ],
+    )?;
+    table_rule(md, 14)?;
+    for level in &levels {
+        let one = levels
+            .iter()
+            .find(|l| l.concurrency == level.concurrency && l.instances == 1);
+        let ratio = |measure: &dyn Fn(&LevelResult) -> f64| {
+            one.and_then(|one| {
+                let base = measure(one);
+                (base > 0.0).then(|| measure(level) / base)
+            })
+        };
+        let cpu = |process: &str| {
+            level
+                .cpu_secs_per_order
+                .get(process)
+                .map_or_else(|| NA.to_owned(), |s| fmt_cpu_ms(*s))
+        };
+        let orchestrators: f64 = level
+            .cpu_secs_per_order
+            .iter()
+            .filter(|(p, _)| p.starts_with("orchestrator"))
+            .map(|(_, s)| s)
+            .sum();
+        table_row(
+            md,
+            &[
+                &level.instances.to_string(),
+                &level.concurrency.to_string(),
+                &fmt_rate(level.throughput),
+                &fmt_ratio(ratio(&|l| l.throughput)),
+                &format!(
+                    "{} / {}",
+                    fmt_ms(level.latency.p50),
+                    fmt_ms(level.latency.p99)
+                ),
+                &fmt_ratio(ratio(&|l| l.latency.p99)),
+                &fmt_cpu_ms(orchestrators),
+                &cpu("product"),
+                &cpu("point"),
+                &cpu("coupon"),
+                &cpu("mariadb"),
+                &fmt_cpu_ms(system_cpu_secs_per_order(level)),
+                &level
+                    .db_per_order
+                    .get("Questions")
+                    .map_or_else(|| NA.to_owned(), |q| format!("{q:.2}")),
+                &format!(
+                    "{} / {} / {}",
+                    thousands(level.confirmed),
+                    thousands(level.rejected),
+                    thousands(level.failed)
+                ),
+            ],
+        )?;
+    }
+    writeln!(md)?;
+    // Each instance's own share.
+    let mut processes: Vec<&str> = levels
+        .iter()
+        .flat_map(|l| l.cpu_secs_per_order.keys().map(String::as_str))
+        .filter(|p| p.starts_with("orchestrator"))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    processes.sort_by_key(|p| (p.len(), *p));
+    writeln!(
+        md,
+        "CPU milliseconds per order of each orchestrator instance ({INSTANCES_SCENARIO})."
+    )?;
+    writeln!(md)?;
+    let mut header = vec!["instances", "clients"];
+    header.extend(processes.iter().copied());
+    table_row(md, &header)?;
+    table_rule(md, header.len())?;
+    for level in &levels {
+        let mut row = vec![level.instances.to_string(), level.concurrency.to_string()];
+        row.extend(processes.iter().map(|p| {
+            level
+                .cpu_secs_per_order
+                .get(*p)
+                .map_or_else(|| "–".to_owned(), |s| fmt_cpu_ms(*s))
+        }));
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        table_row(md, &cells)?;
+    }
+    writeln!(md)?;
+    statements_table(md, INSTANCES_SCENARIO, &levels)
 }
 
 fn level_row(md: &mut String, pair: &LevelPair<'_>) -> fmt::Result {
