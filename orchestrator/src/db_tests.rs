@@ -48,7 +48,8 @@ fn in_a_minute() -> chrono::NaiveDateTime {
     now() + chrono::Duration::seconds(60)
 }
 
-/// Records an order (one line, no coupon) with its saga leased to `owner`.
+/// Records an order (one line, no coupon) with its saga leased to `owner`,
+/// and its first step STARTED (as a run that checkpointed it left it).
 async fn place(store: &OrderStore, user: &str, owner: &str) -> (String, SagaId, Lease) {
     let request = PlaceOrder::parse(user, [(7, 2)].into_iter(), None, "key-1").unwrap();
     let order_id = uuid::Uuid::now_v7().hyphenated().to_string();
@@ -68,10 +69,6 @@ async fn place(store: &OrderStore, user: &str, owner: &str) -> (String, SagaId, 
                 params: &params,
                 owner,
                 lease_until: in_a_minute(),
-                log: &[(
-                    Step::ReserveStock,
-                    event(0, Direction::Forward, 1, Outcome::Started),
-                )],
             },
         )
         .await
@@ -79,6 +76,15 @@ async fn place(store: &OrderStore, user: &str, owner: &str) -> (String, SagaId, 
     let Placed::Created(lease) = placed else {
         panic!("a new order")
     };
+    let started = event(0, Direction::Forward, 1, Outcome::Started);
+    let mut first = progress(vec![(Step::ReserveStock, started)], Vec::new());
+    first.current_step = 0;
+    assert!(
+        store
+            .saga_write(&saga_id, &order_id, &lease, &first)
+            .await
+            .unwrap()
+    );
     (order_id, saga_id, lease)
 }
 

@@ -14,7 +14,6 @@ use tokio::sync::Semaphore;
 use crate::domain::order::{OrderEvent, OrderState, PlaceOrder, reason};
 use crate::domain::saga::{
     Direction, Lease, LogEntry, Outcome, Rejection, RetryPolicy, SagaKind, SagaParams, SagaState,
-    Step,
 };
 use crate::executor::Executor;
 pub use crate::executor::{Driven, TIMING_TARGET};
@@ -77,19 +76,14 @@ impl Engine {
         self.executor.lease_until(Duration::ZERO)
     }
 
-    /// A saga to record, leased to this instance, with its first events.
-    fn new_saga<'a>(
-        &'a self,
-        id: &'a SagaId,
-        params: &'a SagaParams,
-        log: &'a [(Step, LogEntry)],
-    ) -> NewSaga<'a> {
+    /// A saga to record, leased to this instance (its log starts empty:
+    /// nothing is written before its first call).
+    fn new_saga<'a>(&'a self, id: &'a SagaId, params: &'a SagaParams) -> NewSaga<'a> {
         NewSaga {
             id,
             params,
             owner: &self.config.owner,
             lease_until: self.lease_until(),
-            log,
         }
     }
 
@@ -103,15 +97,10 @@ impl Engine {
         let order_id = uuid::Uuid::now_v7().hyphenated().to_string();
         let saga_id = SagaId::generate();
         let params = place_order::params(&order_id, &request);
-        let first = self.executor.first_events(&params)?;
         let placing = Instant::now();
         let placed = self
             .store()
-            .order_place(
-                &order_id,
-                &request,
-                &self.new_saga(&saga_id, &params, &first),
-            )
+            .order_place(&order_id, &request, &self.new_saga(&saga_id, &params))
             .await?;
         tracing::debug!(
             target: TIMING_TARGET,
@@ -121,8 +110,8 @@ impl Engine {
         );
         match placed {
             Placed::Created(lease) => {
-                let start = (params, first.into_iter().map(|(_, e)| e).collect());
-                self.drive_and_wait(saga_id, lease, Some(start), wait).await;
+                self.drive_and_wait(saga_id, lease, Some((params, Vec::new())), wait)
+                    .await;
                 self.store().order_get(&order_id).await
             }
             Placed::Existing(record) => self.settled(*record, wait).await,
@@ -150,22 +139,17 @@ impl Engine {
             let next = state.apply(OrderEvent::BeginCancel)?;
             let saga_id = SagaId::generate();
             let params = cancel_order::params(&record, user)?;
-            let first = self.executor.first_events(&params)?;
             let begun = self
                 .store()
-                .order_cancel_begin(
-                    order_id,
-                    (state, next),
-                    &self.new_saga(&saga_id, &params, &first),
-                )
+                .order_cancel_begin(order_id, (state, next), &self.new_saga(&saga_id, &params))
                 .await?;
             let Some(lease) = begun else {
                 // The order moved since it was read: decide again.
                 record = self.store().order_get(order_id).await?;
                 continue;
             };
-            let start = (params, first.into_iter().map(|(_, e)| e).collect());
-            self.drive_and_wait(saga_id, lease, Some(start), wait).await;
+            self.drive_and_wait(saga_id, lease, Some((params, Vec::new())), wait)
+                .await;
             return self.store().order_get(order_id).await;
         }
     }

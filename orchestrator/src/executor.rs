@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
-use commerce_platform::SagaId;
 use commerce_platform::error::ServiceError;
 use commerce_platform::time::now;
+use commerce_platform::{SagaCall, SagaId};
 
 use crate::domain::saga::{
     Answer, Attempt, Direction, Lease, LogEntry, Move, Outcome, Rejection, RetryPolicy,
@@ -36,7 +36,9 @@ pub const TIMING_TARGET: &str = "saga_timing";
 /// outputs of earlier steps).
 #[derive(Debug, Clone, Copy)]
 pub struct StepInput<'a> {
-    pub saga: &'a SagaId,
+    /// The saga and the fence of the lease the call is made under
+    /// (participants refuse a call older than one they have seen).
+    pub call: &'a SagaCall,
     pub params: &'a SagaParams,
     pub steps: &'a [StepDef],
     pub log: &'a [LogEntry],
@@ -51,6 +53,10 @@ pub trait SagaProgram: Send + Sync + 'static {
     fn steps(&self, params: &SagaParams) -> Vec<StepDef>;
     /// Whether every step must succeed (no refusal turns the saga around).
     fn must_succeed(&self, params: &SagaParams) -> bool;
+    /// Whether `step`'s success must be durable before the saga's next
+    /// call: when a later call's input comes from its answer and a repeat
+    /// of the step might answer differently (a read no barrier replays).
+    fn checkpoint(&self, params: &SagaParams, step: Step) -> bool;
     /// Makes `step`'s call (an action or an undo).
     fn run(
         &self,
@@ -157,17 +163,6 @@ where
         now() + chrono::Duration::from_std(self.lease + extra).unwrap_or(chrono::Duration::MAX)
     }
 
-    /// A new saga's first log events: its first step STARTED.
-    pub fn first_events(&self, params: &SagaParams) -> Result<Vec<(Step, LogEntry)>, ServiceError> {
-        let first = self
-            .program
-            .steps(params)
-            .first()
-            .map(|s| s.action)
-            .ok_or_else(|| ServiceError::internal("a saga without steps"))?;
-        Ok(vec![(first, started(0, Direction::Forward, 1))])
-    }
-
     /// Drives a saga from its stored log until it finishes, gets stuck or
     /// loses its lease.
     pub async fn drive(&self, saga_id: &SagaId, lease: Lease) -> Result<Driven, ServiceError> {
@@ -176,6 +171,14 @@ where
     }
 
     /// [`Self::drive`] from parameters and a log already in hand.
+    ///
+    /// The log is written only where recovery needs it (the step log
+    /// section of the README): a step's events and the order's changes are
+    /// kept in memory and written with the next checkpoint, which is a
+    /// refusal that turns the saga around, a step the declaration marks as
+    /// a checkpoint, a retry, STUCK, the end, or a lease renewal. A crash
+    /// before a checkpoint replays the unwritten steps, and the
+    /// participants' barriers answer them as the first time.
     #[tracing::instrument(skip(self, lease, params, log), fields(fence = lease.fence))]
     pub async fn drive_from(
         &self,
@@ -186,6 +189,12 @@ where
     ) -> Result<Driven, ServiceError> {
         let steps = self.program.steps(&params);
         let must_succeed_all = self.program.must_succeed(&params);
+        let call = SagaCall {
+            saga: saga_id.clone(),
+            fence: lease.fence,
+        };
+        let mut unwritten = Unwritten::default();
+        let mut written_at = Instant::now();
         let mut next = next_move(&steps, &log);
         loop {
             let Move::Run {
@@ -197,7 +206,7 @@ where
             else {
                 // Reached only when a saga was turned around without a step
                 // outcome (an operator's forced compensation).
-                let write = self.finish_write(&params, &log, next, Vec::new(), Vec::new());
+                let write = self.finish_write(&params, &log, next, unwritten);
                 if !self.write(saga_id, &params, &lease, &write).await? {
                     return Ok(Driven::LeaseLost);
                 }
@@ -206,26 +215,31 @@ where
             let step = call_of(&steps, index, direction)?;
             if !logged {
                 let entry = started(index, direction, attempt);
-                let write = SagaWrite {
-                    entries: vec![(step, entry.clone())],
+                log.push(entry.clone());
+                unwritten.entries.push((step, entry));
+            }
+            if written_at.elapsed() >= self.lease / 2 {
+                // A long run renews its lease before the next call.
+                let write = unwritten.take(SagaWrite {
                     state: next.state(),
                     current_step: index,
                     attempts: attempt,
                     reason: None,
                     next_attempt_at: now(),
                     lease_until: Some(self.lease_until(Duration::ZERO)),
+                    entries: Vec::new(),
                     changes: Vec::new(),
-                };
+                });
                 if !self.write(saga_id, &params, &lease, &write).await? {
                     return Ok(Driven::LeaseLost);
                 }
-                log.push(entry);
+                written_at = Instant::now();
             }
 
             self.faults.check(Phase::Before, step);
             let called = Instant::now();
             let input = StepInput {
-                saga: saga_id,
+                call: &call,
                 params: &params,
                 steps: &steps,
                 log: &log,
@@ -234,6 +248,13 @@ where
                 Ok(output) => Answer::Succeeded(output),
                 Err(StepError::Rejected(rejection)) => Answer::Refused(rejection),
                 Err(StepError::Transient(detail)) => Answer::Failed(detail),
+                Err(StepError::Fenced(detail)) => {
+                    // A participant saw a newer lease of this saga: another
+                    // instance drives it now.
+                    self.lease_lost(saga_id, &params, &lease, step, &detail)
+                        .await;
+                    return Ok(Driven::LeaseLost);
+                }
             };
             let call = called.elapsed();
             self.faults.check(Phase::After, step);
@@ -247,13 +268,15 @@ where
             };
             let (outcome, verdict) = judge(&self.retry, &log, run, answer, now());
             self.trace(step, attempt, &outcome, verdict);
-            let changes = match &outcome.output {
-                Some(output) => self.program.changes(&params, step, output),
-                None => Vec::new(),
-            };
+            if let Some(output) = &outcome.output {
+                unwritten
+                    .changes
+                    .extend(self.program.changes(&params, step, output));
+            }
             let reason = outcome.rejection.as_ref().map(|r| r.reason.clone());
+            let succeeded = outcome.outcome == Outcome::Succeeded;
             log.push(outcome.clone());
-            let entries = vec![(step, outcome)];
+            unwritten.entries.push((step, outcome));
 
             let (state, wait) = match verdict {
                 Verdict::Proceed => (None, None),
@@ -262,19 +285,20 @@ where
             };
             if let (Some(state), Some(wait)) = (state, wait) {
                 let stuck = state == SagaState::Stuck;
-                let write = SagaWrite {
-                    entries,
+                let write = unwritten.take(SagaWrite {
                     state,
                     current_step: index,
                     attempts: attempt,
                     reason: None,
                     next_attempt_at: now() + chrono::Duration::from_std(wait).unwrap_or_default(),
                     lease_until: (!stuck).then(|| self.lease_until(wait)),
-                    changes,
-                };
+                    entries: Vec::new(),
+                    changes: Vec::new(),
+                });
                 if !self.write(saga_id, &params, &lease, &write).await? {
                     return Ok(Driven::LeaseLost);
                 }
+                written_at = Instant::now();
                 if stuck {
                     return Ok(Driven::Stuck);
                 }
@@ -284,6 +308,7 @@ where
             }
 
             next = next_move(&steps, &log);
+            let written = Instant::now();
             let write = match next {
                 Move::Run {
                     step: next_index,
@@ -291,85 +316,86 @@ where
                     attempt: next_attempt,
                     started: false,
                 } => {
-                    // Merge the next step's STARTED into this write: one
-                    // commit per step instead of two.
-                    let next_step = call_of(&steps, next_index, next_direction)?;
-                    let started = started(next_index, next_direction, next_attempt);
-                    log.push(started.clone());
-                    let mut entries = entries;
-                    entries.push((next_step, started));
-                    SagaWrite {
-                        entries,
+                    // Turning around, or a step whose answer a repeat might
+                    // not give again: durable before the next call.
+                    let checkpoint = next_direction != direction
+                        || (succeeded && self.program.checkpoint(&params, step));
+                    if !checkpoint {
+                        self.time(step, call, None);
+                        continue;
+                    }
+                    unwritten.take(SagaWrite {
                         state: next.state(),
                         current_step: next_index,
                         attempts: next_attempt,
                         reason,
                         next_attempt_at: now(),
                         lease_until: Some(self.lease_until(Duration::ZERO)),
-                        changes,
-                    }
+                        entries: Vec::new(),
+                        changes: Vec::new(),
+                    })
                 }
                 Move::Run { .. } => {
                     return Err(ServiceError::internal("the step log went backwards"));
                 }
-                terminal => self.finish_write(&params, &log, terminal, entries, changes),
+                terminal => {
+                    self.finish_write(&params, &log, terminal, std::mem::take(&mut unwritten))
+                }
             };
-            let finished = matches!(next, Move::Completed | Move::Compensated);
-            let written = Instant::now();
             if !self.write(saga_id, &params, &lease, &write).await? {
                 return Ok(Driven::LeaseLost);
             }
-            if let Move::Run { started, .. } = &mut next {
-                // Its STARTED is in the log now.
-                *started = true;
-            }
-            // Where a step's time goes: the participant call (its network
-            // and database) and the step log write (ours). The benchmark
-            // reads these to break a saga's latency down.
-            tracing::debug!(
-                target: TIMING_TARGET,
-                step = step.name(),
-                call_us = call.as_micros() as u64,
-                write_us = written.elapsed().as_micros() as u64,
-            );
-            if finished {
+            written_at = Instant::now();
+            self.time(step, call, Some(written.elapsed()));
+            if matches!(next, Move::Completed | Move::Compensated) {
                 tracing::info!(state = next.state().as_str(), "saga finished");
                 return Ok(Driven::Finished(next.state()));
             }
         }
     }
 
-    /// The write that ends a saga: its last events, the changes of its last
-    /// step, then the declaration's final changes.
+    /// Where a step's time goes: the participant call (its network and
+    /// database) and the step log write that followed it, if any (ours).
+    /// The benchmark reads these to break a saga's latency down.
+    fn time(&self, step: Step, call: Duration, write: Option<Duration>) {
+        tracing::debug!(
+            target: TIMING_TARGET,
+            step = step.name(),
+            call_us = call.as_micros() as u64,
+            write_us = write.map_or(0, |w| w.as_micros() as u64),
+        );
+    }
+
+    /// The write that ends a saga: its unwritten events and changes, then
+    /// the declaration's final changes.
     fn finish_write(
         &self,
         params: &SagaParams,
         log: &[LogEntry],
         terminal: Move,
-        entries: Vec<(Step, LogEntry)>,
-        mut changes: Vec<G::Change>,
+        mut unwritten: Unwritten<G::Change>,
     ) -> SagaWrite<G::Change> {
         let rejected = rejection(log);
-        changes.extend(
-            self.program
-                .finish(params, terminal == Move::Completed, rejected),
-        );
+        unwritten.changes.extend(self.program.finish(
+            params,
+            terminal == Move::Completed,
+            rejected,
+        ));
         SagaWrite {
-            entries,
+            entries: unwritten.entries,
             state: terminal.state(),
             current_step: log.last().map_or(0, |e| e.step),
             attempts: 0,
             reason: rejected.map(|r| r.reason.clone()),
             next_attempt_at: now(),
             lease_until: None,
-            changes,
+            changes: unwritten.changes,
         }
     }
 
     /// One fenced write of saga progress. `Ok(false)`: the lease is no
     /// longer ours, nothing was written, and the caller stops driving the
-    /// saga; that is logged (WARN, with the saga and who holds it now) and
-    /// counted here, whether the drive came from a request or from recovery.
+    /// saga.
     async fn write(
         &self,
         saga_id: &SagaId,
@@ -384,23 +410,48 @@ where
         {
             return Ok(true);
         }
+        let step = write
+            .entries
+            .first()
+            .map_or(Step::ReserveStock, |(s, _)| *s);
+        self.lease_lost(
+            saga_id,
+            params,
+            lease,
+            step,
+            "fenced write refused, nothing written",
+        )
+        .await;
+        Ok(false)
+    }
+
+    /// A lost lease (a refused fenced write, or a participant that saw a
+    /// newer fence) is logged at WARN, with the saga and who holds it now,
+    /// and counted, whether the drive came from a request or from recovery.
+    async fn lease_lost(
+        &self,
+        saga_id: &SagaId,
+        params: &SagaParams,
+        lease: &Lease,
+        step: Step,
+        detail: &str,
+    ) {
         let leases_lost = self.leases_lost.fetch_add(1, Ordering::Relaxed) + 1;
         // Best effort: who holds the saga now, for the operator.
         let holder = self.store.saga_holder(saga_id).await.unwrap_or_default();
-        let step = write.entries.first().map_or("", |(step, _)| step.name());
         tracing::warn!(
             %saga_id,
             subject = params.subject(),
-            step,
+            step = step.name(),
             owner = %lease.owner,
             fence = lease.fence,
             holder = %holder.owner,
             holder_fence = holder.fence,
             saga_state = holder.state,
             leases_lost,
-            "saga lease lost: fenced write refused, nothing written; no longer driving this saga"
+            detail,
+            "saga lease lost: no longer driving this saga"
         );
-        Ok(false)
     }
 
     fn trace(&self, step: Step, attempt: u32, outcome: &LogEntry, verdict: Verdict) {
@@ -429,6 +480,31 @@ fn call_of(steps: &[StepDef], index: usize, direction: Direction) -> Result<Step
         .get(index)
         .and_then(|s| s.call(direction))
         .ok_or_else(|| ServiceError::internal("no such step in this saga (or no undo)"))
+}
+
+/// Events and order changes kept in memory until the next checkpoint.
+struct Unwritten<C> {
+    entries: Vec<(Step, LogEntry)>,
+    changes: Vec<C>,
+}
+
+impl<C> Default for Unwritten<C> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            changes: Vec::new(),
+        }
+    }
+}
+
+impl<C> Unwritten<C> {
+    /// `write` (made with no events or changes) carrying everything kept
+    /// so far, which is then no longer unwritten.
+    fn take(&mut self, mut write: SagaWrite<C>) -> SagaWrite<C> {
+        write.entries = std::mem::take(&mut self.entries);
+        write.changes = std::mem::take(&mut self.changes);
+        write
+    }
 }
 
 fn started(step: usize, direction: Direction, attempt: u32) -> LogEntry {

@@ -6,7 +6,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use commerce_platform::{SagaId, UserId};
+use commerce_platform::error::reason as error_reason;
+use commerce_platform::{SagaCall, UserId};
 use commerce_proto::coupon::v1 as coupon;
 use commerce_proto::coupon::v1::coupon_service_client::CouponServiceClient;
 use commerce_proto::point::v1 as point;
@@ -28,6 +29,9 @@ pub enum StepError {
     /// Unavailable, timed out, conflict, lost connection, or an outcome we
     /// cannot know: try the same step again.
     Transient(String),
+    /// The participant has seen a newer lease fence for the saga: another
+    /// instance drives it now, and this one must stop.
+    Fenced(String),
 }
 
 impl StepError {
@@ -43,6 +47,9 @@ impl StepError {
                     .get_details_error_info()
                     .map(|info| info.reason)
                     .unwrap_or_else(|| format!("{:?}", status.code()).to_uppercase());
+                if reason == error_reason::SAGA_FENCE_STALE {
+                    return Self::Fenced(status.message().to_owned());
+                }
                 Self::Rejected(Rejection::new(reason, status.message()))
             }
             code => Self::Transient(format!("{code:?}: {}", status.message())),
@@ -61,11 +68,11 @@ pub trait Participants: Send + Sync + 'static {
     /// Reserves every line or none; answers each line's snapshot.
     fn reserve_stock(
         &self,
-        saga: &SagaId,
+        saga: &SagaCall,
         lines: &[LineRequest],
     ) -> impl Future<Output = Reply<Vec<SnapshotLine>>> + Send;
-    fn confirm_reservation(&self, saga: &SagaId) -> impl Future<Output = Reply<()>> + Send;
-    fn release_reservation(&self, saga: &SagaId) -> impl Future<Output = Reply<()>> + Send;
+    fn confirm_reservation(&self, saga: &SagaCall) -> impl Future<Output = Reply<()>> + Send;
+    fn release_reservation(&self, saga: &SagaCall) -> impl Future<Output = Reply<()>> + Send;
     /// The discount the coupon gives on `amount` (no effect).
     fn quote_discount(
         &self,
@@ -76,21 +83,21 @@ pub trait Participants: Send + Sync + 'static {
     /// Answers the points deducted.
     fn deduct_points(
         &self,
-        saga: &SagaId,
+        saga: &SagaCall,
         user: &UserId,
         amount: i64,
     ) -> impl Future<Output = Reply<i64>> + Send;
-    fn refund_points(&self, saga: &SagaId) -> impl Future<Output = Reply<()>> + Send;
+    fn refund_points(&self, saga: &SagaCall) -> impl Future<Output = Reply<()>> + Send;
     /// Answers the discount applied.
     fn use_coupon(
         &self,
-        saga: &SagaId,
+        saga: &SagaCall,
         user: &UserId,
         user_coupon_id: i64,
         amount: i64,
         expected_discount: i64,
     ) -> impl Future<Output = Reply<i64>> + Send;
-    fn restore_coupon(&self, saga: &SagaId) -> impl Future<Output = Reply<()>> + Send;
+    fn restore_coupon(&self, saga: &SagaCall) -> impl Future<Output = Reply<()>> + Send;
 }
 
 /// Addresses and deadline of the participants.
@@ -135,8 +142,13 @@ impl GrpcParticipants {
         request
     }
 
-    fn saga<T>(&self, saga: &SagaId, message: impl FnOnce(String) -> T) -> tonic::Request<T> {
-        self.request(message(saga.to_string()))
+    /// A saga call's request, from the saga id and the lease fence.
+    fn saga<T>(
+        &self,
+        saga: &SagaCall,
+        message: impl FnOnce(String, i64) -> T,
+    ) -> tonic::Request<T> {
+        self.request(message(saga.saga.to_string(), saga.fence))
     }
 }
 
@@ -149,7 +161,7 @@ fn answer<T>(result: Result<tonic::Response<T>, Status>) -> Reply<T> {
 impl Participants for GrpcParticipants {
     async fn reserve_stock(
         &self,
-        saga: &SagaId,
+        saga: &SagaCall,
         lines: &[LineRequest],
     ) -> Reply<Vec<SnapshotLine>> {
         let lines = lines
@@ -162,9 +174,12 @@ impl Participants for GrpcParticipants {
         let reservation = answer(
             self.stock
                 .clone()
-                .reserve_stock(self.saga(saga, |saga_id| product::ReserveStockRequest {
-                    saga_id,
-                    lines,
+                .reserve_stock(self.saga(saga, |saga_id, saga_fence| {
+                    product::ReserveStockRequest {
+                        saga_id,
+                        lines,
+                        saga_fence,
+                    }
                 }))
                 .await,
         )?;
@@ -182,13 +197,19 @@ impl Participants for GrpcParticipants {
             .collect())
     }
 
-    async fn confirm_reservation(&self, saga: &SagaId) -> Reply<()> {
-        let request = self.saga(saga, |saga_id| product::SagaRequest { saga_id });
+    async fn confirm_reservation(&self, saga: &SagaCall) -> Reply<()> {
+        let request = self.saga(saga, |saga_id, saga_fence| product::SagaRequest {
+            saga_id,
+            saga_fence,
+        });
         answer(self.stock.clone().confirm_reservation(request).await).map(drop)
     }
 
-    async fn release_reservation(&self, saga: &SagaId) -> Reply<()> {
-        let request = self.saga(saga, |saga_id| product::SagaRequest { saga_id });
+    async fn release_reservation(&self, saga: &SagaCall) -> Reply<()> {
+        let request = self.saga(saga, |saga_id, saga_fence| product::SagaRequest {
+            saga_id,
+            saga_fence,
+        });
         answer(self.stock.clone().release_reservation(request).await).map(drop)
     }
 
@@ -201,30 +222,35 @@ impl Participants for GrpcParticipants {
         Ok(answer(self.coupons.clone().quote_discount(request).await)?.discount)
     }
 
-    async fn deduct_points(&self, saga: &SagaId, user: &UserId, amount: i64) -> Reply<i64> {
-        let request = self.saga(saga, |saga_id| point::DeductPointsRequest {
+    async fn deduct_points(&self, saga: &SagaCall, user: &UserId, amount: i64) -> Reply<i64> {
+        let request = self.saga(saga, |saga_id, saga_fence| point::DeductPointsRequest {
             saga_id,
+            saga_fence,
             user_id: user.to_string(),
             amount,
         });
         Ok(answer(self.points.clone().deduct_points(request).await)?.deducted)
     }
 
-    async fn refund_points(&self, saga: &SagaId) -> Reply<()> {
-        let request = self.saga(saga, |saga_id| point::RefundPointsRequest { saga_id });
+    async fn refund_points(&self, saga: &SagaCall) -> Reply<()> {
+        let request = self.saga(saga, |saga_id, saga_fence| point::RefundPointsRequest {
+            saga_id,
+            saga_fence,
+        });
         answer(self.points.clone().refund_points(request).await).map(drop)
     }
 
     async fn use_coupon(
         &self,
-        saga: &SagaId,
+        saga: &SagaCall,
         user: &UserId,
         user_coupon_id: i64,
         amount: i64,
         expected_discount: i64,
     ) -> Reply<i64> {
-        let request = self.saga(saga, |saga_id| coupon::UseCouponRequest {
+        let request = self.saga(saga, |saga_id, saga_fence| coupon::UseCouponRequest {
             saga_id,
+            saga_fence,
             user_id: user.to_string(),
             user_coupon_id,
             order_amount: amount,
@@ -233,8 +259,11 @@ impl Participants for GrpcParticipants {
         Ok(answer(self.coupons.clone().use_coupon(request).await)?.discount)
     }
 
-    async fn restore_coupon(&self, saga: &SagaId) -> Reply<()> {
-        let request = self.saga(saga, |saga_id| coupon::RestoreCouponRequest { saga_id });
+    async fn restore_coupon(&self, saga: &SagaCall) -> Reply<()> {
+        let request = self.saga(saga, |saga_id, saga_fence| coupon::RestoreCouponRequest {
+            saga_id,
+            saga_fence,
+        });
         answer(self.coupons.clone().restore_coupon(request).await).map(drop)
     }
 }

@@ -15,7 +15,7 @@
 //! Step names are persisted in the step log: never rename one.
 
 use commerce_platform::error::ServiceError;
-use commerce_platform::{SagaId, UserId};
+use commerce_platform::{SagaCall, SagaId, UserId};
 
 use crate::domain::order::OrderState;
 use crate::domain::saga::{SagaParams, Step, StepDef, StepOutput};
@@ -56,6 +56,12 @@ pub fn steps(params: &SagaParams) -> Vec<StepDef> {
     .collect()
 }
 
+/// The participants keep one fence per saga id, and this saga calls under
+/// the placing saga's id: its fences start above any the placing saga can
+/// have reached (one per takeover), so its calls are never taken for stale
+/// ones, and any late call of the placing saga is refused.
+const PLACED_FENCE_BASE: i64 = 1 << 32;
+
 /// One step's call.
 pub async fn run<P: Participants>(
     participants: &P,
@@ -64,6 +70,10 @@ pub async fn run<P: Participants>(
 ) -> Reply<StepOutput> {
     let SagaParams::CancelOrder { placed_by, .. } = input.params else {
         return Err(misplaced(step, input.params));
+    };
+    let placed_by = &SagaCall {
+        saga: placed_by.clone(),
+        fence: PLACED_FENCE_BASE.saturating_add(input.call.fence),
     };
     match step {
         Step::ReleaseStock => participants.release_reservation(placed_by).await?,

@@ -42,6 +42,13 @@ impl<P: Participants> SagaProgram for OrderSagas<P> {
         steps(params)
     }
 
+    fn checkpoint(&self, params: &SagaParams, step: Step) -> bool {
+        match params.kind() {
+            SagaKind::PlaceOrder => place_order::checkpoint(params, step),
+            SagaKind::CancelOrder => false,
+        }
+    }
+
     fn must_succeed(&self, params: &SagaParams) -> bool {
         params.kind() == SagaKind::CancelOrder
     }

@@ -32,13 +32,7 @@ pub fn params(order_id: &str, request: &PlaceOrder) -> SagaParams {
 
 /// The steps, in order; the coupon step only with a coupon.
 pub fn steps(params: &SagaParams) -> Vec<StepDef> {
-    let with_coupon = matches!(
-        params,
-        SagaParams::PlaceOrder {
-            user_coupon_id: Some(_),
-            ..
-        }
-    );
+    let with_coupon = with_coupon(params);
     [
         StepDef::new(Step::ReserveStock, Some(Step::ReleaseStock)),
         StepDef::new(Step::DeductPoints, Some(Step::RefundPoints)),
@@ -48,6 +42,26 @@ pub fn steps(params: &SagaParams) -> Vec<StepDef> {
     .into_iter()
     .filter(|s| with_coupon || s.action != Step::UseCoupon)
     .collect()
+}
+
+/// Whether `step`'s success is written before the next call. With a
+/// coupon, `reserve_stock` quotes the discount, a read no barrier replays
+/// (the coupon may expire or change before a repeat), and the points to
+/// deduct follow from it: the quote is durable before any point moves.
+/// Without one, every input of a later step is the reservation's answer,
+/// which the product service's barrier replays as it was.
+pub fn checkpoint(params: &SagaParams, step: Step) -> bool {
+    step == Step::ReserveStock && with_coupon(params)
+}
+
+fn with_coupon(params: &SagaParams) -> bool {
+    matches!(
+        params,
+        SagaParams::PlaceOrder {
+            user_coupon_id: Some(_),
+            ..
+        }
+    )
 }
 
 /// One step's call (action or undo).
@@ -65,7 +79,7 @@ pub async fn run<P: Participants>(
     else {
         return Err(misplaced(step, input.params));
     };
-    let saga = input.saga;
+    let saga = input.call;
     match step {
         Step::ReserveStock => {
             let lines = participants.reserve_stock(saga, lines).await?;

@@ -34,75 +34,84 @@ pub enum OrderChange {
     },
 }
 
+/// The columns a saga write changes on its order, folded from its changes
+/// (later ones win), so that one UPDATE applies them all.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = orders)]
+struct OrderPatch {
+    subtotal: Option<i64>,
+    discount: Option<i64>,
+    points_paid: Option<i64>,
+    state: Option<&'static str>,
+    reason: Option<String>,
+    reason_message: Option<String>,
+    updated_at: Option<chrono::NaiveDateTime>,
+}
+
+/// Applies a write's changes to its order: the snapshot lines (one cached
+/// statement per line), then one UPDATE of the order, guarded by the state
+/// a transition expects.
 pub(super) async fn order_apply(
     c: &mut AsyncMysqlConnection,
     order_id: &str,
-    change: &OrderChange,
+    changes: &[OrderChange],
 ) -> Result<(), ServiceError> {
-    match change {
-        OrderChange::Priced { lines, pricing } => {
-            let rows: Vec<OrderLineRow> = lines
-                .iter()
-                .map(|line| OrderLineRow::snapshot(order_id, line))
-                .collect();
-            // The reservation merges lines per product as the order did, so
-            // this replaces each requested line by its snapshot.
-            diesel::replace_into(order_lines::table)
-                .values(&rows)
-                .execute(c)
-                .await?;
-            diesel::update(orders::table.find(order_id))
-                .set((
-                    orders::subtotal.eq(pricing.subtotal),
-                    orders::discount.eq(pricing.discount),
-                    orders::updated_at.eq(now()),
-                ))
-                .execute(c)
-                .await?;
-        }
-        OrderChange::PointsPaid(amount) => {
-            diesel::update(orders::table.find(order_id))
-                .set((
-                    orders::points_paid.eq(*amount),
-                    orders::updated_at.eq(now()),
-                ))
-                .execute(c)
-                .await?;
-        }
-        OrderChange::Undone => {
-            diesel::update(orders::table.find(order_id))
-                .set((
-                    orders::discount.eq(0),
-                    orders::points_paid.eq(0),
-                    orders::updated_at.eq(now()),
-                ))
-                .execute(c)
-                .await?;
-        }
-        OrderChange::Transition { from, to, reason } => {
-            let (code, message) = reason
-                .as_ref()
-                .map_or(("", ""), |r| (r.reason.as_str(), r.message.as_str()));
-            let matched = diesel::update(
-                orders::table
-                    .filter(orders::id.eq(order_id))
-                    .filter(orders::state.eq(from.as_str())),
-            )
-            .set((
-                orders::state.eq(to.as_str()),
-                orders::reason.eq(code),
-                orders::reason_message.eq(message.chars().take(500).collect::<String>()),
-                orders::updated_at.eq(now()),
-            ))
-            .execute(c)
-            .await?;
-            if matched == 0 {
-                return Err(ServiceError::internal(format!(
-                    "order {order_id} is not {} as its saga expects",
-                    from.as_str()
-                )));
+    let mut patch = OrderPatch::default();
+    let mut expected = None;
+    for change in changes {
+        match change {
+            OrderChange::Priced { lines, pricing } => {
+                // The reservation merges lines per product as the order
+                // did, so this replaces each requested line by its snapshot.
+                for line in lines {
+                    diesel::replace_into(order_lines::table)
+                        .values(OrderLineRow::snapshot(order_id, line))
+                        .execute(c)
+                        .await?;
+                }
+                patch.subtotal = Some(pricing.subtotal);
+                patch.discount = Some(pricing.discount);
+            }
+            OrderChange::PointsPaid(amount) => patch.points_paid = Some(*amount),
+            OrderChange::Undone => {
+                patch.discount = Some(0);
+                patch.points_paid = Some(0);
+            }
+            OrderChange::Transition { from, to, reason } => {
+                let (code, message) = reason
+                    .as_ref()
+                    .map_or(("", ""), |r| (r.reason.as_str(), r.message.as_str()));
+                expected = Some(*from);
+                patch.state = Some(to.as_str());
+                patch.reason = Some(code.to_owned());
+                patch.reason_message = Some(message.chars().take(500).collect());
             }
         }
+    }
+    if changes.is_empty() {
+        return Ok(());
+    }
+    patch.updated_at = Some(now());
+    let Some(from) = expected else {
+        diesel::update(orders::table.find(order_id))
+            .set(&patch)
+            .execute(c)
+            .await?;
+        return Ok(());
+    };
+    let matched = diesel::update(
+        orders::table
+            .filter(orders::id.eq(order_id))
+            .filter(orders::state.eq(from.as_str())),
+    )
+    .set(&patch)
+    .execute(c)
+    .await?;
+    if matched == 0 {
+        return Err(ServiceError::internal(format!(
+            "order {order_id} is not {} as its saga expects",
+            from.as_str()
+        )));
     }
     Ok(())
 }

@@ -64,15 +64,14 @@ impl OrderStore {
                         }
                         Err(e) => return Err(e.into()),
                     }
-                    let lines: Vec<OrderLineRow> = request
-                        .lines
-                        .iter()
-                        .map(|l| OrderLineRow::requested(order_id, l.product_id, l.quantity))
-                        .collect();
-                    diesel::insert_into(order_lines::table)
-                        .values(&lines)
-                        .execute(c)
-                        .await?;
+                    // One cached statement per line: a multi-row insert of
+                    // varying size is prepared and closed at every call.
+                    for l in &request.lines {
+                        diesel::insert_into(order_lines::table)
+                            .values(OrderLineRow::requested(order_id, l.product_id, l.quantity))
+                            .execute(c)
+                            .await?;
+                    }
                     Ok(Placed::Created(saga_insert(c, saga).await?))
                 }
                 .scope_boxed()

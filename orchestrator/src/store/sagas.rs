@@ -18,14 +18,13 @@ use super::{Lease, OrderStore};
 use crate::domain::saga::{LogEntry, SagaParams, SagaState, SagaWrite, Step};
 use crate::executor::{Holder, SagaStore};
 
-/// A saga to record, leased to its creator, with its first log events.
+/// A saga to record, leased to its creator.
 #[derive(Debug, Clone, Copy)]
 pub struct NewSaga<'a> {
     pub id: &'a SagaId,
     pub params: &'a SagaParams,
     pub owner: &'a str,
     pub lease_until: NaiveDateTime,
-    pub log: &'a [(Step, LogEntry)],
 }
 
 /// An operator's takeover of a saga, decided on the saga as it was read:
@@ -136,9 +135,7 @@ impl OrderStore {
                         return Ok(false);
                     }
                     log_insert(c, saga_id, &write.entries).await?;
-                    for change in &write.changes {
-                        order_apply(c, order_id, change).await?;
-                    }
+                    order_apply(c, order_id, &write.changes).await?;
                     Ok(true)
                 }
                 .scope_boxed()
@@ -295,8 +292,7 @@ impl OrderStore {
     }
 }
 
-/// Records a new saga, RUNNING and leased to its creator, with its first
-/// log events.
+/// Records a new saga, RUNNING and leased to its creator.
 pub(super) async fn saga_insert(
     c: &mut AsyncMysqlConnection,
     saga: &NewSaga<'_>,
@@ -306,7 +302,6 @@ pub(super) async fn saga_insert(
         params,
         owner,
         lease_until,
-        log,
     } = *saga;
     let params_json = serde_json::to_string(params)?;
     let at = now();
@@ -327,15 +322,15 @@ pub(super) async fn saga_insert(
         ))
         .execute(c)
         .await?;
-    log_insert(c, saga_id, log).await?;
     Ok(Lease {
         owner: owner.to_owned(),
         fence: 1,
     })
 }
 
-/// Appends log events in one statement; an event already logged is kept as
-/// it was (the unique key makes a retried write harmless).
+/// Appends log events, one cached statement each (a multi-row insert of
+/// varying size is prepared and closed at every call); an event already
+/// logged is kept as it was (the unique key makes a retried write harmless).
 async fn log_insert(
     c: &mut AsyncMysqlConnection,
     saga_id: &SagaId,
@@ -344,14 +339,12 @@ async fn log_insert(
     if entries.is_empty() {
         return Ok(());
     }
-    let rows = entries
-        .iter()
-        .map(|(step, entry)| NewLogRow::new(saga_id.as_str(), *step, entry))
-        .collect::<Result<Vec<_>, ServiceError>>()?;
-    diesel::insert_or_ignore_into(saga_log::table)
-        .values(&rows)
-        .execute(c)
-        .await?;
+    for (step, entry) in entries {
+        diesel::insert_or_ignore_into(saga_log::table)
+            .values(NewLogRow::new(saga_id.as_str(), *step, entry)?)
+            .execute(c)
+            .await?;
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! result. Errors become `tonic::Status` only through the platform's mapping.
 
 use commerce_platform::paging::PageRequest;
-use commerce_platform::{SagaId, UserId, time, validate};
+use commerce_platform::{SagaCall, UserId, time, validate};
 use commerce_proto::coupon::v1 as pb;
 use commerce_proto::coupon::v1::coupon_admin_service_server::CouponAdminService;
 use commerce_proto::coupon::v1::coupon_service_server::CouponService;
@@ -136,7 +136,7 @@ impl CouponService for CouponApi {
         request: Request<pb::UseCouponRequest>,
     ) -> Result<Response<pb::UseCouponResponse>, Status> {
         let request = request.into_inner();
-        let saga = SagaId::parse("saga_id", &request.saga_id)?;
+        let call = SagaCall::parse(&request.saga_id, request.saga_fence)?;
         let use_request = CouponUseRequest {
             user: UserId::parse("user_id", &request.user_id)?,
             user_coupon_id: validate::id("user_coupon_id", request.user_coupon_id)?,
@@ -146,9 +146,9 @@ impl CouponService for CouponApi {
                 request.expected_discount,
             )?,
         };
-        let used = self.store.coupon_use(&saga, &use_request).await?;
+        let used = self.store.coupon_use(&call, &use_request).await?;
         Ok(Response::new(pb::UseCouponResponse {
-            saga_id: saga.to_string(),
+            saga_id: call.saga.to_string(),
             user_coupon_id: used.user_coupon_id,
             discount: used.discount,
         }))
@@ -159,10 +159,11 @@ impl CouponService for CouponApi {
         &self,
         request: Request<pb::RestoreCouponRequest>,
     ) -> Result<Response<pb::RestoreCouponResponse>, Status> {
-        let saga = SagaId::parse("saga_id", &request.into_inner().saga_id)?;
-        let restored = self.store.coupon_restore(&saga).await?;
+        let request = request.into_inner();
+        let call = SagaCall::parse(&request.saga_id, request.saga_fence)?;
+        let restored = self.store.coupon_restore(&call).await?;
         Ok(Response::new(pb::RestoreCouponResponse {
-            saga_id: saga.to_string(),
+            saga_id: call.saga.to_string(),
             restored: restored.restored,
             user_coupon_id: restored.user_coupon_id.unwrap_or_default(),
         }))

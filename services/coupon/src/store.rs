@@ -6,7 +6,7 @@ use chrono::NaiveDateTime;
 use commerce_platform::barrier::{self, SagaPair};
 use commerce_platform::db::{ScopedFutureExt, is_unique_violation, last_insert_id};
 use commerce_platform::paging::PageRequest;
-use commerce_platform::{Database, SagaId, ServiceError, UserId, time};
+use commerce_platform::{Database, SagaCall, ServiceError, UserId, time};
 use diesel::prelude::*;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
@@ -355,15 +355,16 @@ impl CouponStore {
     /// most once per saga; a repeat replays the first result.
     pub async fn coupon_use(
         &self,
-        saga: &SagaId,
+        call: &SagaCall,
         request: &CouponUseRequest,
     ) -> Result<CouponUse, ServiceError> {
+        let saga = &call.saga;
         self.db
             .transaction(|c| {
                 async move {
                     barrier::run_action(
                         c,
-                        saga,
+                        call,
                         USE_COUPON.action,
                         async |c: &mut AsyncMysqlConnection| {
                             let id = request.user_coupon_id;
@@ -407,13 +408,14 @@ impl CouponStore {
 
     /// Compensation `restore_coupon`: makes the coupon `saga` used available
     /// again, once; a no-op (that blocks a late use) when it used none.
-    pub async fn coupon_restore(&self, saga: &SagaId) -> Result<CouponRestore, ServiceError> {
+    pub async fn coupon_restore(&self, call: &SagaCall) -> Result<CouponRestore, ServiceError> {
+        let saga = &call.saga;
         self.db
             .transaction(|c| {
                 async move {
                     barrier::run_compensation(
                         c,
-                        saga,
+                        call,
                         USE_COUPON,
                         || CouponRestore::NOTHING,
                         async |c: &mut AsyncMysqlConnection| {

@@ -1,17 +1,29 @@
 //! The saga barrier: each participant records, in its own database and in the
 //! same local transaction as the effect, which saga operations it applied.
 //!
-//! With one insert per call keyed `(saga_id, operation)` this gives:
+//! One row per `(saga_id, operation)`, written after the effect with its
+//! result, gives:
 //! - a repeated action or compensation replays the first result and changes
 //!   nothing again;
 //! - a compensation that arrives before (or without) its action succeeds as a
 //!   no-op and writes a BLOCKED row for the action, so a late action is
 //!   refused instead of applied (no "hanging" reservation);
-//! - a failed action rolls back with its barrier row, so its compensation
-//!   finds nothing to undo.
+//! - a failed action rolls back with its effect, so its compensation finds
+//!   nothing to undo;
+//! - fencing: each row keeps the lease fence its call came with, and a call
+//!   whose fence is lower than the highest one recorded for its saga is
+//!   refused (`SAGA_FENCE_STALE`), so an orchestrator instance that lost the
+//!   saga to another cannot change this participant once the new holder's
+//!   call has been seen here.
 //!
-//! Concurrent calls for one saga serialise on the primary key: the second
-//! insert waits for the first transaction and then sees its outcome.
+//! A call costs one read of the saga's rows (replay, BLOCKED, fence) and one
+//! insert after the effect. Two concurrent calls of one operation both miss
+//! in the read; the second insert waits on the first's key, fails as a
+//! duplicate once it commits, and the whole transaction is rolled back and
+//! run again ([`ServiceError::Conflict`]), finding the first result to
+//! replay. An effect that fails because a concurrent duplicate committed
+//! first (a duplicate key of its own, or a refusal for what the duplicate
+//! took) is rolled back and run again the same way.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -21,13 +33,14 @@ use serde::de::DeserializeOwned;
 
 use crate::db::is_unique_violation;
 use crate::error::{ServiceError, reason};
-use crate::validate::SagaId;
+use crate::validate::{SagaCall, SagaId};
 
 diesel::table! {
     saga_barrier (saga_id, operation) {
         saga_id -> Char,
         operation -> Varchar,
         state -> Varchar,
+        fence -> BigInt,
         response_json -> Nullable<Mediumtext>,
         created_at -> Datetime,
     }
@@ -51,6 +64,7 @@ pub struct BarrierRow {
     pub saga_id: String,
     pub operation: String,
     pub state: String,
+    pub fence: i64,
     pub response_json: Option<String>,
     pub created_at: NaiveDateTime,
 }
@@ -64,10 +78,11 @@ impl BarrierRow {
 /// Runs a saga action at most once. Call inside the transaction of the
 /// effect: `effect` runs only on the first call, and its result is stored and
 /// replayed to every repeat. An action whose compensation already ran is
-/// refused with `SAGA_ALREADY_COMPENSATED`.
+/// refused with `SAGA_ALREADY_COMPENSATED`, a stale fence with
+/// `SAGA_FENCE_STALE`.
 pub async fn run_action<T, F>(
     conn: &mut AsyncMysqlConnection,
-    saga: &SagaId,
+    call: &SagaCall,
     action: &'static str,
     effect: F,
 ) -> Result<T, ServiceError>
@@ -75,18 +90,31 @@ where
     T: Serialize + DeserializeOwned,
     F: AsyncFnOnce(&mut AsyncMysqlConnection) -> Result<T, ServiceError>,
 {
-    if !try_insert(conn, saga, action, APPLIED).await? {
-        let row = load(conn, saga, action).await?;
-        if row.is_blocked() {
-            return Err(ServiceError::rejected(
-                reason::SAGA_ALREADY_COMPENSATED,
-                format!("saga {saga} was compensated before `{action}` arrived; refused"),
-            ));
-        }
-        return replay(&row);
+    let seen = Seen::read(conn, call).await?;
+    if let Some(row) = seen.row(action) {
+        return answer_action(row, call, action);
     }
-    let outcome = effect(conn).await?;
-    record(conn, saga, action, &outcome).await?;
+    let outcome = match effect(conn).await {
+        Ok(outcome) => outcome,
+        // A lost lock race: the whole transaction runs again.
+        Err(conflict @ ServiceError::Conflict(_)) => return Err(conflict),
+        Err(failed) => {
+            // A concurrent repeat may have applied the action since the
+            // read: its effect then clashes with this one (a duplicate key)
+            // or took what this one needed (a refusal), and it committed
+            // before this effect could fail. Part of this effect may be
+            // written, so the transaction is rolled back and run again, and
+            // answers from the repeat's row.
+            return match load(conn, call, action).await? {
+                Some(_) => Err(ServiceError::Conflict(format!(
+                    "saga {} `{action}` was applied by a concurrent call",
+                    call.saga
+                ))),
+                None => Err(failed),
+            };
+        }
+    };
+    insert(conn, call, action, APPLIED, Some(&outcome)).await?;
     Ok(outcome)
 }
 
@@ -95,7 +123,7 @@ where
 /// `nothing_applied` gives the result and the action is blocked for good.
 pub async fn run_compensation<T, F>(
     conn: &mut AsyncMysqlConnection,
-    saga: &SagaId,
+    call: &SagaCall,
     pair: SagaPair,
     nothing_applied: impl FnOnce() -> T,
     undo: F,
@@ -104,16 +132,73 @@ where
     T: Serialize + DeserializeOwned,
     F: AsyncFnOnce(&mut AsyncMysqlConnection) -> Result<T, ServiceError>,
 {
-    if !try_insert(conn, saga, pair.compensation, APPLIED).await? {
-        return replay(&load(conn, saga, pair.compensation).await?);
+    let seen = Seen::read(conn, call).await?;
+    if let Some(row) = seen.row(pair.compensation) {
+        return replay(row);
     }
-    let outcome = if try_insert(conn, saga, pair.action, BLOCKED).await? {
-        nothing_applied()
-    } else {
-        undo(conn).await?
+    let outcome = match seen.row(pair.action) {
+        Some(_) => undo(conn).await?,
+        None => {
+            // A concurrent action commits first (and this insert then fails
+            // as a duplicate: run again, and undo it) or never applies.
+            insert::<()>(conn, call, pair.action, BLOCKED, None).await?;
+            nothing_applied()
+        }
     };
-    record(conn, saga, pair.compensation, &outcome).await?;
+    insert(conn, call, pair.compensation, APPLIED, Some(&outcome)).await?;
     Ok(outcome)
+}
+
+/// A saga's barrier rows as this call found them.
+struct Seen(Vec<BarrierRow>);
+
+impl Seen {
+    /// Reads the saga's rows and refuses the call when its fence is lower
+    /// than one recorded for the saga.
+    async fn read(conn: &mut AsyncMysqlConnection, call: &SagaCall) -> Result<Self, ServiceError> {
+        let rows = saga_barrier::table
+            .filter(saga_barrier::saga_id.eq(call.saga.as_str()))
+            .select(BarrierRow::as_select())
+            .load(conn)
+            .await?;
+        if let Some(newer) = rows
+            .iter()
+            .map(|r| r.fence)
+            .max()
+            .filter(|&f| f > call.fence)
+        {
+            return Err(ServiceError::rejected(
+                reason::SAGA_FENCE_STALE,
+                format!(
+                    "saga {} is driven under fence {newer} now; a call with fence {} is refused",
+                    call.saga, call.fence
+                ),
+            ));
+        }
+        Ok(Self(rows))
+    }
+
+    fn row(&self, operation: &str) -> Option<&BarrierRow> {
+        self.0.iter().find(|r| r.operation == operation)
+    }
+}
+
+/// The answer to an action that has a row already.
+fn answer_action<T: DeserializeOwned>(
+    row: &BarrierRow,
+    call: &SagaCall,
+    action: &str,
+) -> Result<T, ServiceError> {
+    if row.is_blocked() {
+        return Err(ServiceError::rejected(
+            reason::SAGA_ALREADY_COMPENSATED,
+            format!(
+                "saga {} was compensated before `{action}` arrived; refused",
+                call.saga
+            ),
+        ));
+    }
+    replay(row)
 }
 
 /// The barrier rows of one saga, oldest first.
@@ -146,58 +231,51 @@ pub async fn purge(
     Ok(deleted as u64)
 }
 
-/// Inserts a row; false when the key exists already.
-async fn try_insert(
+/// Inserts a row with its result. A duplicate key means a concurrent call
+/// of the same operation committed first: the transaction is rolled back
+/// and run again, and finds that call's row.
+async fn insert<T: Serialize>(
     conn: &mut AsyncMysqlConnection,
-    saga: &SagaId,
+    call: &SagaCall,
     operation: &str,
     state: &str,
-) -> Result<bool, ServiceError> {
+    outcome: Option<&T>,
+) -> Result<(), ServiceError> {
+    let response = outcome.map(serde_json::to_string).transpose()?;
     let inserted = diesel::insert_into(saga_barrier::table)
         .values((
-            saga_barrier::saga_id.eq(saga.as_str()),
+            saga_barrier::saga_id.eq(call.saga.as_str()),
             saga_barrier::operation.eq(operation),
             saga_barrier::state.eq(state),
+            saga_barrier::fence.eq(call.fence),
+            saga_barrier::response_json.eq(response),
             saga_barrier::created_at.eq(crate::time::now()),
         ))
         .execute(conn)
         .await;
     match inserted {
-        Ok(_) => Ok(true),
-        // MySQL rolls back only the failed statement, not the transaction.
-        Err(e) if is_unique_violation(&e) => Ok(false),
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(ServiceError::Conflict(format!(
+            "saga {} `{operation}` was recorded by a concurrent call",
+            call.saga
+        ))),
         Err(e) => Err(e.into()),
     }
 }
 
 async fn load(
     conn: &mut AsyncMysqlConnection,
-    saga: &SagaId,
+    call: &SagaCall,
     operation: &str,
-) -> Result<BarrierRow, ServiceError> {
-    // The failed insert waited for the row's writer to commit, and READ
-    // COMMITTED reads the latest commit. No locking read: concurrent repeats
-    // all hold shared locks from their duplicate-key checks, and upgrading
-    // them would deadlock.
+) -> Result<Option<BarrierRow>, ServiceError> {
+    // READ COMMITTED reads the latest commit: a duplicate that held the
+    // locks the refused effect waited for has committed by now.
     Ok(saga_barrier::table
-        .find((saga.as_str(), operation))
+        .find((call.saga.as_str(), operation))
         .select(BarrierRow::as_select())
         .first(conn)
-        .await?)
-}
-
-async fn record<T: Serialize>(
-    conn: &mut AsyncMysqlConnection,
-    saga: &SagaId,
-    operation: &str,
-    outcome: &T,
-) -> Result<(), ServiceError> {
-    let json = serde_json::to_string(outcome)?;
-    diesel::update(saga_barrier::table.find((saga.as_str(), operation)))
-        .set(saga_barrier::response_json.eq(json))
-        .execute(conn)
-        .await?;
-    Ok(())
+        .await
+        .optional()?)
 }
 
 fn replay<T: DeserializeOwned>(row: &BarrierRow) -> Result<T, ServiceError> {

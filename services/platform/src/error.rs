@@ -18,6 +18,9 @@ pub mod reason {
     pub const INVALID_FIELD: &str = "INVALID_FIELD";
     /// A saga action arrived after that saga's compensation.
     pub const SAGA_ALREADY_COMPENSATED: &str = "SAGA_ALREADY_COMPENSATED";
+    /// A saga call came with a lease fence lower than one this participant
+    /// has seen for the saga: its caller lost the saga to another instance.
+    pub const SAGA_FENCE_STALE: &str = "SAGA_FENCE_STALE";
     /// The database could not be reached.
     pub const DATABASE_UNAVAILABLE: &str = "DATABASE_UNAVAILABLE";
     /// A transaction lost a lock race; retrying is safe.

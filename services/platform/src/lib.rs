@@ -22,4 +22,4 @@ pub use config::{ServerArgs, ServerConfig, ServiceSpec};
 pub use db::{Database, Work};
 pub use error::ServiceError;
 pub use server::Application;
-pub use validate::{SagaId, UserId};
+pub use validate::{SagaCall, SagaId, UserId};

@@ -37,6 +37,40 @@ impl fmt::Display for SagaId {
     }
 }
 
+/// A saga call as a participant receives it: the saga, and the fence of the
+/// caller's lease on it (0 when the caller sends none), which the barrier
+/// checks against the highest fence it has seen for the saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaCall {
+    pub saga: SagaId,
+    pub fence: i64,
+}
+
+impl SagaCall {
+    /// From a request's `saga_id` and `saga_fence` fields.
+    pub fn parse(saga_id: &str, saga_fence: i64) -> Result<Self, ServiceError> {
+        if saga_fence < 0 {
+            return Err(ServiceError::invalid("saga_fence", "must not be negative"));
+        }
+        Ok(Self {
+            saga: SagaId::parse("saga_id", saga_id)?,
+            fence: saga_fence,
+        })
+    }
+
+    /// A call without a fence (tools and tests that drive a participant
+    /// directly).
+    pub fn unfenced(saga: SagaId) -> Self {
+        Self { saga, fence: 0 }
+    }
+}
+
+impl fmt::Display for SagaCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.saga.fmt(f)
+    }
+}
+
 /// An opaque user id set by the (trusted) caller: 1..=64 of `[A-Za-z0-9_.:@-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct UserId(String);

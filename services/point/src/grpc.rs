@@ -3,7 +3,7 @@
 //! converts the result to the wire type.
 
 use commerce_platform::paging::PageRequest;
-use commerce_platform::{SagaId, UserId};
+use commerce_platform::{SagaCall, UserId};
 use commerce_proto::point::v1 as pb;
 use commerce_proto::point::v1::point_service_server::{PointService, PointServiceServer};
 use tonic::{Request, Response, Status};
@@ -82,10 +82,10 @@ impl PointService for PointApi {
         request: Request<pb::DeductPointsRequest>,
     ) -> Result<Response<pb::DeductPointsResponse>, Status> {
         let request = request.into_inner();
-        let saga = SagaId::parse("saga_id", &request.saga_id)?;
+        let call = SagaCall::parse(&request.saga_id, request.saga_fence)?;
         let user = UserId::parse("user_id", &request.user_id)?;
         let amount = DeductAmount::parse("amount", request.amount)?;
-        let outcome = self.store.points_deduct(&saga, &user, amount).await?;
+        let outcome = self.store.points_deduct(&call, &user, amount).await?;
         Ok(Response::new(deduct_to_proto(outcome)))
     }
 
@@ -94,8 +94,9 @@ impl PointService for PointApi {
         &self,
         request: Request<pb::RefundPointsRequest>,
     ) -> Result<Response<pb::RefundPointsResponse>, Status> {
-        let saga = SagaId::parse("saga_id", &request.into_inner().saga_id)?;
-        let outcome = self.store.points_refund(&saga).await?;
+        let request = request.into_inner();
+        let call = SagaCall::parse(&request.saga_id, request.saga_fence)?;
+        let outcome = self.store.points_refund(&call).await?;
         Ok(Response::new(refund_to_proto(outcome)))
     }
 }

@@ -16,7 +16,7 @@ use chrono::NaiveDateTime;
 use commerce_platform::barrier::{self, SagaPair};
 use commerce_platform::db::{ScopedFutureExt, is_unique_violation, last_insert_id};
 use commerce_platform::paging::PageRequest;
-use commerce_platform::{Database, SagaId, ServiceError, UserId};
+use commerce_platform::{Database, SagaCall, SagaId, ServiceError, UserId};
 use diesel::prelude::*;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
@@ -205,19 +205,20 @@ impl PointStore {
     }
 
     /// The saga action: takes `amount` points from `user` once per saga.
-    #[tracing::instrument(skip_all, fields(saga_id = %saga, user_id = %user, amount = amount.get()))]
+    #[tracing::instrument(skip_all, fields(saga_id = %call, user_id = %user, amount = amount.get()))]
     pub async fn points_deduct(
         &self,
-        saga: &SagaId,
+        call: &SagaCall,
         user: &UserId,
         amount: DeductAmount,
     ) -> Result<DeductOutcome, ServiceError> {
         self.db
             .transaction(|c| {
                 async move {
+                    let saga = &call.saga;
                     barrier::run_action(
                         c,
-                        saga,
+                        call,
                         DEDUCT_POINTS.action,
                         async |c: &mut AsyncMysqlConnection| {
                             // No read first: the guarded update is the
@@ -244,14 +245,15 @@ impl PointStore {
 
     /// The compensation: gives back exactly what the saga deducted, once; a
     /// no-op (that blocks a late deduction) when it deducted nothing.
-    #[tracing::instrument(skip_all, fields(saga_id = %saga))]
-    pub async fn points_refund(&self, saga: &SagaId) -> Result<RefundOutcome, ServiceError> {
+    #[tracing::instrument(skip_all, fields(saga_id = %call))]
+    pub async fn points_refund(&self, call: &SagaCall) -> Result<RefundOutcome, ServiceError> {
+        let saga = &call.saga;
         self.db
             .transaction(|c| {
                 async move {
                     barrier::run_compensation(
                         c,
-                        saga,
+                        call,
                         DEDUCT_POINTS,
                         || RefundOutcome::nothing(saga.as_str()),
                         async |c: &mut AsyncMysqlConnection| refund_use(c, saga).await,

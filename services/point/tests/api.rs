@@ -238,12 +238,14 @@ pub fn deduct_request(saga: &str, user: &str, amount: i64) -> pb::DeductPointsRe
         saga_id: saga.to_owned(),
         user_id: user.to_owned(),
         amount,
+        saga_fence: 0,
     }
 }
 
 pub fn refund_request(saga: &str) -> pb::RefundPointsRequest {
     pb::RefundPointsRequest {
         saga_id: saga.to_owned(),
+        saga_fence: 0,
     }
 }
 

@@ -32,6 +32,7 @@ async fn reservation(mesh: &Mesh, saga_id: &str) -> product::ReservationState {
         .stock()
         .get_reservation(product::SagaRequest {
             saga_id: saga_id.to_owned(),
+            saga_fence: 0,
         })
         .await
         .unwrap()

@@ -341,6 +341,7 @@ async fn point_task(mesh: &Mesh, task: u64, mut rng: Rng) -> (Tally, PointTask) 
                         saga_id: saga.clone(),
                         user_id: user.clone(),
                         amount,
+                        saga_fence: 0,
                     },
                     async |r| client.deduct_points(r).await,
                     |a, p| {
@@ -362,6 +363,7 @@ async fn point_task(mesh: &Mesh, task: u64, mut rng: Rng) -> (Tally, PointTask) 
                     &[],
                     point::RefundPointsRequest {
                         saga_id: saga.clone(),
+                        saga_fence: 0,
                     },
                     async |r| client.refund_points(r).await,
                     |a, p| {
@@ -526,6 +528,7 @@ fn check_lines(
 fn saga_request(saga: &str) -> product::SagaRequest {
     product::SagaRequest {
         saga_id: saga.to_owned(),
+        saga_fence: 0,
     }
 }
 
@@ -721,6 +724,7 @@ async fn product_task(
                                 quantity,
                             })
                             .collect(),
+                        saga_fence: 0,
                     },
                     async |r| stock.reserve_stock(r).await,
                     |a, problems| check_reservation(problems, a, &saga, Reserved, &lines, products),
@@ -1089,6 +1093,7 @@ async fn coupon_task(
                         user_coupon_id: id,
                         order_amount: amount,
                         expected_discount: Some(discount),
+                        saga_fence: 0,
                     },
                     async |r| coupons.use_coupon(r).await,
                     |a, p| {
@@ -1108,6 +1113,7 @@ async fn coupon_task(
                     &[],
                     coupon::RestoreCouponRequest {
                         saga_id: saga.clone(),
+                        saga_fence: 0,
                     },
                     async |r| coupons.restore_coupon(r).await,
                     |a, p| check_restore(p, a, &saga, id),
@@ -1175,6 +1181,7 @@ async fn storm_coupon_answers_are_about_what_was_asked() {
                 &[],
                 coupon::RestoreCouponRequest {
                     saga_id: saga.clone(),
+                    saga_fence: 0,
                 },
                 async |r| coupons.restore_coupon(r).await,
                 |a, p| check_restore(p, a, saga, id),

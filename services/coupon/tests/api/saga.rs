@@ -251,6 +251,7 @@ async fn saga_requests_are_validated() {
         user_coupon_id: coupon.id,
         order_amount: 10_000,
         expected_discount: None,
+        saga_fence: 0,
     };
     let cases = [
         (
@@ -334,6 +335,7 @@ async fn fifty_sagas_racing_for_one_coupon_use_it_once() {
             user_coupon_id: coupon.id,
             order_amount: 10_000,
             expected_discount: None,
+            saga_fence: 0,
         };
         tokio::spawn(async move { client.use_coupon(request).await })
     });
@@ -371,6 +373,7 @@ async fn concurrent_repeats_of_one_use_apply_once() {
             user_coupon_id: coupon.id,
             order_amount: 10_000,
             expected_discount: None,
+            saga_fence: 0,
         };
         tokio::spawn(async move { client.use_coupon(request).await })
     });
@@ -400,8 +403,12 @@ async fn use_and_restore_racing_always_end_with_the_coupon_available() {
             user_coupon_id: coupon.id,
             order_amount: 10_000,
             expected_discount: None,
+            saga_fence: 0,
         };
-        let restore_request = pb::RestoreCouponRequest { saga_id };
+        let restore_request = pb::RestoreCouponRequest {
+            saga_id,
+            saga_fence: 0,
+        };
         let used = tokio::spawn(async move { user.use_coupon(use_request).await });
         let restored =
             tokio::spawn(async move { compensator.restore_coupon(restore_request).await });

@@ -111,6 +111,7 @@ impl TestApp {
                 user_coupon_id: coupon.id,
                 order_amount,
                 expected_discount,
+                saga_fence: 0,
             })
             .await
             .map(tonic::Response::into_inner)
@@ -121,6 +122,7 @@ impl TestApp {
             .clone()
             .restore_coupon(pb::RestoreCouponRequest {
                 saga_id: saga_id.to_owned(),
+                saga_fence: 0,
             })
             .await
             .map(tonic::Response::into_inner)

@@ -5,7 +5,7 @@ use commerce_platform::barrier::{self, SagaPair};
 use commerce_platform::db::ScopedFutureExt;
 use commerce_platform::error::reason;
 use commerce_platform::migrate;
-use commerce_platform::{Database, SagaId, ServiceError};
+use commerce_platform::{Database, SagaCall, SagaId, ServiceError};
 use commerce_testkit::TestDatabase;
 use diesel::sql_types::{BigInt, Char};
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
@@ -47,11 +47,20 @@ async fn fixture() -> Fixture {
 /// The action: writes an effect row; fails (and must leave nothing) when
 /// `amount` is negative.
 async fn act(database: &Database, saga: &SagaId, amount: i64) -> Result<i64, ServiceError> {
+    act_fenced(database, &SagaCall::unfenced(saga.clone()), amount).await
+}
+
+async fn act_fenced(
+    database: &Database,
+    call: &SagaCall,
+    amount: i64,
+) -> Result<i64, ServiceError> {
+    let saga = &call.saga;
     database
         .transaction(|c| {
             barrier::run_action(
                 c,
-                saga,
+                call,
                 PAIR.action,
                 async |c: &mut AsyncMysqlConnection| {
                     diesel::sql_query("INSERT INTO effects (saga_id, amount) VALUES (?, ?)")
@@ -72,11 +81,16 @@ async fn act(database: &Database, saga: &SagaId, amount: i64) -> Result<i64, Ser
 
 /// The compensation: deletes the effect row; reports what it removed.
 async fn undo(database: &Database, saga: &SagaId) -> Result<Option<i64>, ServiceError> {
+    undo_fenced(database, &SagaCall::unfenced(saga.clone())).await
+}
+
+async fn undo_fenced(database: &Database, call: &SagaCall) -> Result<Option<i64>, ServiceError> {
+    let saga = &call.saga;
     database
         .transaction(|c| {
             barrier::run_compensation(
                 c,
-                saga,
+                call,
                 PAIR,
                 || None,
                 async |c: &mut AsyncMysqlConnection| {
@@ -173,5 +187,39 @@ async fn concurrent_repeats_of_one_action_apply_once() {
         assert_eq!(result.unwrap(), 4);
     }
     assert_eq!(effect_count(&f.db).await, 1);
+    f.db.drop_database().await.unwrap();
+}
+
+fn stale(error: &ServiceError) -> bool {
+    matches!(error, ServiceError::Rejected { reason: r, .. } if *r == reason::SAGA_FENCE_STALE)
+}
+
+/// Once a call with fence 2 has been seen for a saga, a call with fence 1
+/// (an instance that lost its lease) is refused, action or compensation,
+/// and changes nothing; the current fence and newer ones go on.
+#[tokio::test]
+async fn a_call_older_than_a_fence_seen_is_refused() {
+    let f = fixture().await;
+    let saga = SagaId::generate();
+    let at = |fence| SagaCall {
+        saga: saga.clone(),
+        fence,
+    };
+    assert_eq!(act_fenced(&f.database, &at(2), 4).await.unwrap(), 4);
+    let refused = act_fenced(&f.database, &at(1), 4).await.unwrap_err();
+    assert!(stale(&refused), "{refused:?}");
+    let refused = undo_fenced(&f.database, &at(1)).await.unwrap_err();
+    assert!(stale(&refused), "{refused:?}");
+    assert_eq!(
+        effect_count(&f.db).await,
+        1,
+        "the stale undo changed nothing"
+    );
+    // The holder repeats (replayed), a newer holder compensates.
+    assert_eq!(act_fenced(&f.database, &at(2), 4).await.unwrap(), 4);
+    assert_eq!(undo_fenced(&f.database, &at(3)).await.unwrap(), Some(1));
+    assert_eq!(effect_count(&f.db).await, 0);
+    let refused = act_fenced(&f.database, &at(2), 4).await.unwrap_err();
+    assert!(stale(&refused), "{refused:?}");
     f.db.drop_database().await.unwrap();
 }

@@ -1,6 +1,6 @@
 //! `commerce.product.v1.StockService`: the order saga's reservation steps.
 
-use commerce_platform::SagaId;
+use commerce_platform::{SagaCall, SagaId};
 use commerce_proto::product::v1 as pb;
 use pb::stock_service_server::StockService;
 use tonic::{Request, Response, Status};
@@ -36,7 +36,8 @@ impl StockService for StockReservations {
             .map(|line| (line.product_id, line.quantity))
             .collect();
         let order = ReserveOrder::parse(&request.saga_id, &lines)?;
-        let reservation = self.store.reservation_create(&order).await?;
+        let fence = SagaCall::parse(&request.saga_id, request.saga_fence)?.fence;
+        let reservation = self.store.reservation_create(&order, fence).await?;
         Ok(Response::new(reservation_to_proto(reservation)))
     }
 
@@ -45,8 +46,9 @@ impl StockService for StockReservations {
         &self,
         request: Request<pb::SagaRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        let saga = SagaId::parse("saga_id", &request.into_inner().saga_id)?;
-        let reservation = self.store.reservation_confirm(&saga).await?;
+        let request = request.into_inner();
+        let call = SagaCall::parse(&request.saga_id, request.saga_fence)?;
+        let reservation = self.store.reservation_confirm(&call).await?;
         Ok(Response::new(reservation_to_proto(reservation)))
     }
 
@@ -55,8 +57,9 @@ impl StockService for StockReservations {
         &self,
         request: Request<pb::SagaRequest>,
     ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
-        let saga = SagaId::parse("saga_id", &request.into_inner().saga_id)?;
-        let outcome = self.store.reservation_release(&saga).await?;
+        let request = request.into_inner();
+        let call = SagaCall::parse(&request.saga_id, request.saga_fence)?;
+        let outcome = self.store.reservation_release(&call).await?;
         Ok(Response::new(release_to_proto(outcome)))
     }
 

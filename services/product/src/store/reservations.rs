@@ -10,7 +10,7 @@
 
 use commerce_platform::barrier::{self, SagaPair};
 use commerce_platform::db::ScopedFutureExt;
-use commerce_platform::{SagaId, ServiceError, time};
+use commerce_platform::{SagaCall, SagaId, ServiceError, time};
 use diesel::prelude::*;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
@@ -59,13 +59,18 @@ impl ProductStore {
     pub async fn reservation_create(
         &self,
         order: &ReserveOrder,
+        fence: i64,
     ) -> Result<Reservation, ServiceError> {
+        let call = &SagaCall {
+            saga: order.saga.clone(),
+            fence,
+        };
         self.db
             .transaction(|c| {
                 async move {
                     barrier::run_action(
                         c,
-                        &order.saga,
+                        call,
                         RESERVE_STOCK,
                         async |c: &mut AsyncMysqlConnection| reserve(c, order).await,
                     )
@@ -77,13 +82,14 @@ impl ProductStore {
     }
 
     /// Turns the saga's reservation into sold units, once.
-    pub async fn reservation_confirm(&self, saga: &SagaId) -> Result<Reservation, ServiceError> {
+    pub async fn reservation_confirm(&self, call: &SagaCall) -> Result<Reservation, ServiceError> {
+        let saga = &call.saga;
         self.db
             .transaction(|c| {
                 async move {
                     barrier::run_action(
                         c,
-                        saga,
+                        call,
                         CONFIRM_RESERVATION,
                         async |c: &mut AsyncMysqlConnection| confirm(c, saga).await,
                     )
@@ -96,13 +102,17 @@ impl ProductStore {
 
     /// Gives the saga's reserved or sold units back to `available`, once; a
     /// no-op (that blocks a late reserve) when nothing was reserved.
-    pub async fn reservation_release(&self, saga: &SagaId) -> Result<ReleaseOutcome, ServiceError> {
+    pub async fn reservation_release(
+        &self,
+        call: &SagaCall,
+    ) -> Result<ReleaseOutcome, ServiceError> {
+        let saga = &call.saga;
         self.db
             .transaction(|c| {
                 async move {
                     barrier::run_compensation(
                         c,
-                        saga,
+                        call,
                         STOCK_PAIR,
                         || ReleaseOutcome::nothing_reserved(saga),
                         async |c: &mut AsyncMysqlConnection| release(c, saga).await,
@@ -527,7 +537,7 @@ mod tests {
         // of more than is available is STOCK_INSUFFICIENT and leaves nothing.
         let saga = SagaId::parse("saga_id", &uuid::Uuid::new_v4().to_string()).unwrap();
         let order = ReserveOrder::parse(saga.as_str(), &[(id, 6)]).unwrap();
-        let refused = store.reservation_create(&order).await.unwrap_err();
+        let refused = store.reservation_create(&order, 0).await.unwrap_err();
         assert_eq!(refused.reason(), "STOCK_INSUFFICIENT");
         assert_eq!(levels(&store, id).await, (5, 0, 0));
 

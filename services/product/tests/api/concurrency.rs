@@ -22,6 +22,7 @@ async fn reserve_all(
                 .reserve_stock(pb::ReserveStockRequest {
                     saga_id,
                     lines: lines(&request),
+                    saga_fence: 0,
                 })
                 .await
                 .map(tonic::Response::into_inner)

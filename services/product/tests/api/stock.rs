@@ -80,6 +80,7 @@ async fn run_saga(client: StockClient, saga_id: String, request: Vec<(i64, i64)>
         let request = pb::ReserveStockRequest {
             saga_id: saga_id.clone(),
             lines: lines(&request),
+            saga_fence: 0,
         };
         async move { client.reserve_stock(request).await }
     };

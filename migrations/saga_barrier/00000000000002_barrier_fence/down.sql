@@ -1,0 +1,1 @@
+ALTER TABLE saga_barrier DROP COLUMN fence;
