@@ -153,22 +153,27 @@ async fn reserve(
 ) -> Result<Reservation, ServiceError> {
     let ids = order.product_ids();
     let stock = stock_lock(c, &ids).await?;
-    let snapshots = products::table
-        .inner_join(brands::table)
-        .filter(products::id.eq_any(&ids))
-        .select((
-            products::id,
-            products::name,
-            products::brand_id,
-            brands::name,
-            products::price,
-            products::status,
-        ))
-        .load::<SnapshotRow>(c)
-        .await?
-        .into_iter()
-        .map(snapshot_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+    // One cached statement per product (see `stock_lock`).
+    let mut snapshots = Vec::with_capacity(ids.len());
+    for &id in &ids {
+        let row = products::table
+            .inner_join(brands::table)
+            .filter(products::id.eq(id))
+            .select((
+                products::id,
+                products::name,
+                products::brand_id,
+                brands::name,
+                products::price,
+                products::status,
+            ))
+            .first::<SnapshotRow>(c)
+            .await
+            .optional()?;
+        if let Some(row) = row {
+            snapshots.push(snapshot_from_row(row)?);
+        }
+    }
     let plan = plan_reservation(order, &stock, &snapshots)?;
 
     let now = time::now();
@@ -193,14 +198,12 @@ async fn reserve(
         .execute(c)
         .await?;
     let lines: Vec<ReservedLine> = plan.into_iter().map(|planned| planned.line).collect();
-    let rows: Vec<ReservationLineRow> = lines
-        .iter()
-        .map(|line| ReservationLineRow::new(order.saga.as_str(), line))
-        .collect();
-    diesel::insert_into(reservation_lines::table)
-        .values(&rows)
-        .execute(c)
-        .await?;
+    for line in &lines {
+        diesel::insert_into(reservation_lines::table)
+            .values(ReservationLineRow::new(order.saga.as_str(), line))
+            .execute(c)
+            .await?;
+    }
     Ok(Reservation {
         saga_id: order.saga.to_string(),
         state: ReservationState::Reserved,
@@ -263,22 +266,29 @@ async fn release(
     })
 }
 
-/// Locks the stock rows of `product_ids` with one statement, in product-id
-/// order: every transaction takes them in the same order, so none deadlock.
+/// Locks the stock rows of `product_ids`, in product-id order: every
+/// transaction takes them in the same order, so none deadlock. One cached
+/// statement per row: an `IN` list is prepared and closed at every call,
+/// which costs more round trips than the few lines of an order.
 async fn stock_lock(
     c: &mut AsyncMysqlConnection,
     product_ids: &[i64],
 ) -> Result<Vec<Stock>, ServiceError> {
-    Ok(product_stock::table
-        .filter(product_stock::product_id.eq_any(product_ids))
-        .order(product_stock::product_id.asc())
-        .select(StockRow::as_select())
-        .for_update()
-        .load::<StockRow>(c)
-        .await?
-        .into_iter()
-        .map(Stock::from)
-        .collect())
+    let mut ids = product_ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut stock = Vec::with_capacity(ids.len());
+    for id in ids {
+        let row = product_stock::table
+            .find(id)
+            .select(StockRow::as_select())
+            .for_update()
+            .first::<StockRow>(c)
+            .await
+            .optional()?;
+        stock.extend(row.map(Stock::from));
+    }
+    Ok(stock)
 }
 
 /// Moves `quantity` units of one product with one guarded relative UPDATE
