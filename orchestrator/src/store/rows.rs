@@ -285,24 +285,24 @@ pub(super) struct SagaChanges<'a> {
 /// One log event as stored.
 #[derive(Insertable)]
 #[diesel(table_name = saga_log)]
-pub(super) struct NewLogRow<'a> {
-    saga_id: &'a str,
+pub(super) struct NewLogRow {
+    saga_id: String,
     step: i32,
-    step_name: &'a str,
-    direction: &'a str,
+    step_name: &'static str,
+    direction: &'static str,
     attempt: i32,
-    outcome: &'a str,
+    outcome: &'static str,
     response_json: Option<String>,
     error: Option<String>,
     created_at: NaiveDateTime,
 }
 
-impl<'a> NewLogRow<'a> {
+impl NewLogRow {
     /// The row of one event: one `error` column holds a rejection as
     /// [`Rejection::to_stored`] writes it, or a failure's detail.
-    pub fn new(saga_id: &'a str, step: Step, entry: &LogEntry) -> Result<Self, ServiceError> {
+    pub fn new(saga_id: &str, step: Step, entry: &LogEntry) -> Result<Self, ServiceError> {
         Ok(Self {
-            saga_id,
+            saga_id: saga_id.to_owned(),
             step: to_i32(entry.step),
             step_name: step.name(),
             direction: entry.direction.as_str(),

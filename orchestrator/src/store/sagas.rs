@@ -328,23 +328,46 @@ pub(super) async fn saga_insert(
     })
 }
 
-/// Appends log events, one cached statement each (a multi-row insert of
-/// varying size is prepared and closed at every call); an event already
-/// logged is kept as it was (the unique key makes a retried write harmless).
+/// Appends log events; an event already logged is kept as it was (the
+/// unique key makes a retried write harmless). A multi-row insert of varying
+/// size is prepared and closed at every call, so the rows go in chunks of
+/// 8, 4, 2 and 1: a handful of statement shapes, each prepared once per
+/// connection (a saga's last write, six events, is two statements).
 async fn log_insert(
     c: &mut AsyncMysqlConnection,
     saga_id: &SagaId,
     entries: &[(Step, LogEntry)],
 ) -> Result<(), ServiceError> {
-    if entries.is_empty() {
-        return Ok(());
+    let mut rows = entries
+        .iter()
+        .map(|(step, entry)| NewLogRow::new(saga_id.as_str(), *step, entry))
+        .collect::<Result<Vec<_>, ServiceError>>()?;
+    while !rows.is_empty() {
+        match rows.len() {
+            8.. => log_chunk::<8>(c, &mut rows).await?,
+            4..=7 => log_chunk::<4>(c, &mut rows).await?,
+            2 | 3 => log_chunk::<2>(c, &mut rows).await?,
+            _ => log_chunk::<1>(c, &mut rows).await?,
+        }
     }
-    for (step, entry) in entries {
-        diesel::insert_or_ignore_into(saga_log::table)
-            .values(NewLogRow::new(saga_id.as_str(), *step, entry)?)
-            .execute(c)
-            .await?;
-    }
+    Ok(())
+}
+
+/// Inserts the first `N` of `rows` with one cacheable statement (an array
+/// has a static shape) and removes them.
+async fn log_chunk<const N: usize>(
+    c: &mut AsyncMysqlConnection,
+    rows: &mut Vec<NewLogRow>,
+) -> Result<(), ServiceError> {
+    let chunk: [NewLogRow; N] = rows
+        .drain(..N)
+        .collect::<Vec<_>>()
+        .try_into()
+        .map_err(|_| ServiceError::internal("log chunk of the wrong size"))?;
+    diesel::insert_or_ignore_into(saga_log::table)
+        .values(chunk)
+        .execute(c)
+        .await?;
     Ok(())
 }
 
