@@ -1,12 +1,14 @@
 //! Saga reservations of stock: reserve (action), confirm (action) and release
 //! (compensation), each in one transaction with its barrier row.
 //!
-//! Defence in depth: each step locks the stock rows and checks its moves
-//! with the domain, but never writes a stock level computed from that read.
-//! Every move is one relative `UPDATE` guarded in its `WHERE` clause by the
-//! bounds the domain checks ([`StockMove::bounds`]), and a guard that matches
-//! no row is the domain's refusal, so a wrong read can never write a wrong
-//! quantity (see [`stock_apply`]).
+//! The guard is the check: every move is one relative `UPDATE` guarded in
+//! its `WHERE` clause by the bounds the domain checks ([`StockMove::bounds`]),
+//! and a guard that matches no row is the domain's refusal, explained from
+//! the row as it then is. A reservation reads each product's snapshot and
+//! stock once, unlocked, so that the domain refuses what it can see early;
+//! no stock level is ever written from a read, so a stale read can never
+//! write a wrong quantity (see [`stock_apply`]). Moves go in product-id
+//! order, so row locks are always taken in the same order.
 
 use commerce_platform::barrier::{self, SagaPair};
 use commerce_platform::db::ScopedFutureExt;
@@ -151,27 +153,34 @@ async fn reserve(
     c: &mut AsyncMysqlConnection,
     order: &ReserveOrder,
 ) -> Result<Reservation, ServiceError> {
-    let ids = order.product_ids();
-    let stock = stock_lock(c, &ids).await?;
-    // One cached statement per product (see `stock_lock`).
-    let mut snapshots = Vec::with_capacity(ids.len());
-    for &id in &ids {
+    // One cached read per product of its snapshot and stock, without a
+    // lock: the guarded UPDATE below is what decides, and the plan only
+    // explains a refusal early. (An `IN` list is prepared and closed at
+    // every call, which costs more round trips than an order's few lines.)
+    let mut stock = Vec::with_capacity(order.lines.len());
+    let mut snapshots = Vec::with_capacity(order.lines.len());
+    for id in order.product_ids() {
         let row = products::table
             .inner_join(brands::table)
+            .inner_join(product_stock::table)
             .filter(products::id.eq(id))
             .select((
-                products::id,
-                products::name,
-                products::brand_id,
-                brands::name,
-                products::price,
-                products::status,
+                (
+                    products::id,
+                    products::name,
+                    products::brand_id,
+                    brands::name,
+                    products::price,
+                    products::status,
+                ),
+                StockRow::as_select(),
             ))
-            .first::<SnapshotRow>(c)
+            .first::<(SnapshotRow, StockRow)>(c)
             .await
             .optional()?;
-        if let Some(row) = row {
-            snapshots.push(snapshot_from_row(row)?);
+        if let Some((snapshot, row)) = row {
+            snapshots.push(snapshot_from_row(snapshot)?);
+            stock.push(Stock::from(row));
         }
     }
     let plan = plan_reservation(order, &stock, &snapshots)?;
@@ -266,31 +275,6 @@ async fn release(
     })
 }
 
-/// Locks the stock rows of `product_ids`, in product-id order: every
-/// transaction takes them in the same order, so none deadlock. One cached
-/// statement per row: an `IN` list is prepared and closed at every call,
-/// which costs more round trips than the few lines of an order.
-async fn stock_lock(
-    c: &mut AsyncMysqlConnection,
-    product_ids: &[i64],
-) -> Result<Vec<Stock>, ServiceError> {
-    let mut ids = product_ids.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut stock = Vec::with_capacity(ids.len());
-    for id in ids {
-        let row = product_stock::table
-            .find(id)
-            .select(StockRow::as_select())
-            .for_update()
-            .first::<StockRow>(c)
-            .await
-            .optional()?;
-        stock.extend(row.map(Stock::from));
-    }
-    Ok(stock)
-}
-
 /// Moves `quantity` units of one product with one guarded relative UPDATE
 /// (for `AvailableToReserved`: `SET available = available - q, reserved =
 /// reserved + q WHERE product_id = ? AND available >= q AND reserved <=
@@ -331,37 +315,30 @@ async fn stock_apply(
     }
 }
 
-/// One stock row as it is now (locked, like every stock row a step reads).
+/// One stock row as it is now (locked: it explains a refusal).
 async fn stock_read(c: &mut AsyncMysqlConnection, product_id: i64) -> Result<Stock, ServiceError> {
-    stock_lock(c, &[product_id])
-        .await?
-        .into_iter()
-        .next()
+    product_stock::table
+        .find(product_id)
+        .select(StockRow::as_select())
+        .for_update()
+        .first::<StockRow>(c)
+        .await
+        .optional()?
+        .map(Stock::from)
         .ok_or_else(|| ServiceError::internal(format!("product {product_id} has no stock row")))
 }
 
 /// Moves every line's units of a held reservation (`lines` in product-id
-/// order): the rows are locked in that order and each move checked by the
-/// domain, then applied relatively and guarded.
+/// order, the order every transaction takes stock rows in): each move is one
+/// relative, guarded UPDATE. Held units always cover their move, so a guard
+/// that matches nothing is corrupt state, explained from the row as it is.
 async fn stock_move(
     c: &mut AsyncMysqlConnection,
     lines: &[ReservedLine],
     step: StockMove,
     now: chrono::NaiveDateTime,
 ) -> Result<(), ServiceError> {
-    let ids: Vec<i64> = lines.iter().map(|line| line.product_id).collect();
-    let stock = stock_lock(c, &ids).await?;
     for line in lines {
-        let current = stock
-            .iter()
-            .find(|s| s.product_id == line.product_id)
-            .ok_or_else(|| {
-                ServiceError::internal(format!(
-                    "reserved product {} has no stock row",
-                    line.product_id
-                ))
-            })?;
-        current.moved_held(step, line.quantity)?;
         if !stock_apply(c, line.product_id, step, line.quantity, now).await? {
             let current = stock_read(c, line.product_id).await?;
             return Err(current.held_move_refusal(step, line.quantity));
