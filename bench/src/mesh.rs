@@ -198,6 +198,16 @@ impl Systems {
         Ok(())
     }
 
+    /// Kills the first orchestrator instance (SIGKILL) and starts it again,
+    /// same instance id, with `env` added to its environment (its flags'
+    /// `env` names, e.g. `CALL_TIMEOUT_MS`).
+    pub async fn restart_orchestrator_with(&mut self, env: &[(&str, &str)]) {
+        self.orchestrator.kill().await;
+        let mut all = ORCHESTRATOR_LOG.to_vec();
+        all.extend_from_slice(env);
+        self.orchestrator.start_with(&all).await;
+    }
+
     /// Every orchestrator instance running, the first one first.
     pub fn orchestrators(&self) -> Vec<&Node> {
         std::iter::once(&self.orchestrator)
