@@ -455,3 +455,57 @@ async fn the_forward_budget_counts_from_the_step_log_across_restarts() {
     assert_eq!(saga.saga.reason, reason::STEP_RETRIES_EXHAUSTED);
     f.db.drop_database().await.unwrap();
 }
+
+/// The executor's writes are group-committed: written together, each one
+/// stays fenced on its own (a stale lease writes nothing and is answered
+/// `false`), and a write that fails fails only its own saga.
+#[tokio::test]
+async fn group_committed_writes_are_fenced_and_fail_alone() {
+    use crate::executor::SagaStore;
+
+    let f = fixture().await;
+    let (good_order, good, good_lease) = place(&f.store, "u-good", "a").await;
+    let (_, stale, stale_lease) = place(&f.store, "u-stale", "a").await;
+    take_over(&f.store, &stale, "b").await;
+    let (_, bad, bad_lease) = place(&f.store, "u-bad", "a").await;
+    let params = |saga: &SagaId| {
+        let f = &f;
+        let saga = saga.clone();
+        async move { f.store.saga_load(&saga).await.unwrap().saga.params }
+    };
+    let failed_once = event(0, Direction::Forward, 1, Outcome::Failed);
+    let write = progress(vec![(Step::ReserveStock, failed_once)], Vec::new());
+    // A transition from a state the order is not in breaks an invariant.
+    let broken = progress(
+        Vec::new(),
+        vec![OrderChange::Transition {
+            from: OrderState::Confirmed,
+            to: OrderState::Cancelled,
+            reason: None,
+        }],
+    );
+    let (good_params, stale_params, bad_params) = (
+        params(&good).await,
+        params(&stale).await,
+        params(&bad).await,
+    );
+    let (written, refused, failed) = tokio::join!(
+        f.store
+            .saga_progress(&good, &good_params, &good_lease, &write),
+        f.store
+            .saga_progress(&stale, &stale_params, &stale_lease, &write),
+        f.store
+            .saga_progress(&bad, &bad_params, &bad_lease, &broken),
+    );
+    assert!(written.unwrap(), "the current lease writes");
+    assert!(!refused.unwrap(), "the stale lease writes nothing");
+    assert!(failed.is_err(), "the broken write fails");
+    assert_eq!(f.store.saga_load(&good).await.unwrap().log.len(), 2);
+    assert_eq!(f.store.saga_load(&stale).await.unwrap().log.len(), 1);
+    assert_eq!(f.store.saga_load(&bad).await.unwrap().log.len(), 1);
+    assert_eq!(
+        f.store.order_get(&good_order).await.unwrap().order.state,
+        "PENDING"
+    );
+    f.db.drop_database().await.unwrap();
+}

@@ -6,6 +6,7 @@
 //! is fenced by the saga's lease, so an instance that lost its lease cannot
 //! overwrite the new owner's progress.
 
+mod group_commit;
 mod order_changes;
 mod orders;
 mod rows;
@@ -24,10 +25,16 @@ pub use crate::domain::saga::{Lease, SagaWrite};
 #[derive(Clone)]
 pub struct OrderStore {
     db: Database,
+    log_writer: group_commit::LogWriter,
 }
 
 impl OrderStore {
+    /// The store, with its group-commit writer running on the current tokio
+    /// runtime.
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            log_writer: group_commit::LogWriter::start(db.clone()),
+            db,
+        }
     }
 }

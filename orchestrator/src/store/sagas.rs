@@ -103,7 +103,9 @@ impl OrderStore {
     }
 
     /// Writes saga progress if `lease` is still current; `Ok(false)` when it
-    /// is not (another instance took the saga over: stop driving it).
+    /// is not (another instance took the saga over: stop driving it). One
+    /// transaction of its own; the executor's writes go through the group
+    /// commit ([`super::group_commit`]) instead.
     pub async fn saga_write(
         &self,
         saga_id: &SagaId,
@@ -112,34 +114,7 @@ impl OrderStore {
         write: &SagaWrite<OrderChange>,
     ) -> Result<bool, ServiceError> {
         self.db
-            .transaction(|c| {
-                async move {
-                    let at = now();
-                    let fenced = sagas::table
-                        .filter(sagas::id.eq(saga_id.as_str()))
-                        .filter(sagas::lease_owner.eq(&lease.owner))
-                        .filter(sagas::fence.eq(lease.fence));
-                    let matched = diesel::update(fenced)
-                        .set(&SagaChanges {
-                            state: write.state.as_str(),
-                            current_step: to_i32(write.current_step),
-                            attempts: to_i32(write.attempts as usize),
-                            reason: write.reason.as_deref(),
-                            next_attempt_at: write.next_attempt_at,
-                            lease_expires_at: write.lease_until.unwrap_or(at),
-                            updated_at: at,
-                        })
-                        .execute(c)
-                        .await?;
-                    if matched == 0 {
-                        return Ok(false);
-                    }
-                    log_insert(c, saga_id, &write.entries).await?;
-                    order_apply(c, order_id, &write.changes).await?;
-                    Ok(true)
-                }
-                .scope_boxed()
-            })
+            .transaction(|c| saga_write_in(c, saga_id, order_id, lease, write).scope_boxed())
             .await
     }
 
@@ -292,6 +267,40 @@ impl OrderStore {
     }
 }
 
+/// One fenced write of saga progress inside the caller's transaction:
+/// `Ok(false)`, with nothing written, when `lease` is no longer current.
+pub(super) async fn saga_write_in(
+    c: &mut AsyncMysqlConnection,
+    saga_id: &SagaId,
+    order_id: &str,
+    lease: &Lease,
+    write: &SagaWrite<OrderChange>,
+) -> Result<bool, ServiceError> {
+    let at = now();
+    let fenced = sagas::table
+        .filter(sagas::id.eq(saga_id.as_str()))
+        .filter(sagas::lease_owner.eq(&lease.owner))
+        .filter(sagas::fence.eq(lease.fence));
+    let matched = diesel::update(fenced)
+        .set(&SagaChanges {
+            state: write.state.as_str(),
+            current_step: to_i32(write.current_step),
+            attempts: to_i32(write.attempts as usize),
+            reason: write.reason.as_deref(),
+            next_attempt_at: write.next_attempt_at,
+            lease_expires_at: write.lease_until.unwrap_or(at),
+            updated_at: at,
+        })
+        .execute(c)
+        .await?;
+    if matched == 0 {
+        return Ok(false);
+    }
+    log_insert(c, saga_id, &write.entries).await?;
+    order_apply(c, order_id, &write.changes).await?;
+    Ok(true)
+}
+
 /// Records a new saga, RUNNING and leased to its creator.
 pub(super) async fn saga_insert(
     c: &mut AsyncMysqlConnection,
@@ -421,7 +430,9 @@ impl SagaStore<OrderChange> for OrderStore {
         lease: &Lease,
         write: &SagaWrite<OrderChange>,
     ) -> Result<bool, ServiceError> {
-        self.saga_write(saga, params.order_id(), lease, write).await
+        self.log_writer
+            .write(saga, params.order_id(), lease, write)
+            .await
     }
 
     async fn saga_holder(&self, saga: &SagaId) -> Result<Holder, ServiceError> {
