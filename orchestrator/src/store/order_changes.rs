@@ -1,6 +1,7 @@
 //! What a saga's write changes on its order, applied in the same
 //! transaction as the write.
 
+use commerce_platform::db::PreparedExt;
 use commerce_platform::error::ServiceError;
 use commerce_platform::time::now;
 use diesel::prelude::*;
@@ -95,6 +96,7 @@ pub(super) async fn order_apply(
     let Some(from) = expected else {
         diesel::update(orders::table.find(order_id))
             .set(&patch)
+            .prepared()
             .execute(c)
             .await?;
         return Ok(());
@@ -105,6 +107,7 @@ pub(super) async fn order_apply(
             .filter(orders::state.eq(from.as_str())),
     )
     .set(&patch)
+    .prepared()
     .execute(c)
     .await?;
     if matched == 0 {

@@ -82,8 +82,10 @@ pub mod schema {
 
 use schema::{order_lines, orders, saga_log, sagas};
 
+// None is written as NULL, not DEFAULT: an insert that may write DEFAULT is
+// never a cached prepared statement.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = orders)]
+#[diesel(table_name = orders, treat_none_as_default_value = false)]
 pub struct OrderRow {
     pub id: String,
     pub user_id: String,
@@ -102,7 +104,7 @@ pub struct OrderRow {
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = order_lines)]
+#[diesel(table_name = order_lines, treat_none_as_default_value = false)]
 pub struct OrderLineRow {
     pub order_id: String,
     pub product_id: i64,
@@ -284,7 +286,7 @@ pub(super) struct SagaChanges<'a> {
 
 /// One log event as stored.
 #[derive(Insertable)]
-#[diesel(table_name = saga_log)]
+#[diesel(table_name = saga_log, treat_none_as_default_value = false)]
 pub(super) struct NewLogRow {
     saga_id: String,
     step: i32,

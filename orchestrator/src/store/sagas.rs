@@ -4,7 +4,7 @@
 
 use chrono::NaiveDateTime;
 use commerce_platform::SagaId;
-use commerce_platform::db::ScopedFutureExt;
+use commerce_platform::db::{PreparedExt, ScopedFutureExt};
 use commerce_platform::error::ServiceError;
 use commerce_platform::paging::PageRequest;
 use commerce_platform::time::now;
@@ -291,6 +291,7 @@ pub(super) async fn saga_write_in(
             lease_expires_at: write.lease_until.unwrap_or(at),
             updated_at: at,
         })
+        .prepared()
         .execute(c)
         .await?;
     if matched == 0 {

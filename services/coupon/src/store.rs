@@ -4,7 +4,7 @@
 
 use chrono::NaiveDateTime;
 use commerce_platform::barrier::{self, SagaPair};
-use commerce_platform::db::{ScopedFutureExt, is_unique_violation, last_insert_id};
+use commerce_platform::db::{PreparedExt, ScopedFutureExt, is_unique_violation, last_insert_id};
 use commerce_platform::paging::PageRequest;
 use commerce_platform::{Database, SagaCall, ServiceError, UserId, time};
 use diesel::prelude::*;
@@ -391,6 +391,7 @@ impl CouponStore {
                                     user_coupons::used_by_saga.eq(Some(saga.as_str())),
                                     user_coupons::used_at.eq(Some(time::now())),
                                 ))
+                                .prepared()
                                 .execute(c)
                                 .await?;
                             Ok(CouponUse {
@@ -435,6 +436,7 @@ impl CouponStore {
                                     user_coupons::used_by_saga.eq(None::<&str>),
                                     user_coupons::used_at.eq(None::<NaiveDateTime>),
                                 ))
+                                .prepared()
                                 .execute(c)
                                 .await?;
                             Ok(CouponRestore {

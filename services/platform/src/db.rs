@@ -34,7 +34,9 @@
 
 use std::time::{Duration, Instant};
 
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::mysql::Mysql;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::result::{DatabaseErrorKind, Error as DieselError, QueryResult};
 use diesel_async::pooled_connection::PoolableConnection;
 use diesel_async::{
     AnsiTransactionManager, AsyncConnection, AsyncMysqlConnection, RunQueryDsl,
@@ -266,6 +268,49 @@ async fn establish(url: &str) -> diesel::ConnectionResult<AsyncMysqlConnection> 
             .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
     }
     Ok(conn)
+}
+
+/// A statement run as a prepared statement cached on its connection, keyed
+/// by its SQL text and bind types.
+///
+/// diesel marks every `UPDATE` (and every insert that may write `DEFAULT`)
+/// unsafe to cache, so diesel-async prepares, executes and closes it at each
+/// call: three round trips where one would do. That marking protects caches
+/// keyed by the statement's Rust type, whose SQL may vary with the values
+/// (an optional column in a changeset); this wrapper has no static type key,
+/// so the cache is keyed by the SQL actually built, and each shape of the
+/// statement is prepared once per connection. For hot-path statements of a
+/// fixed shape, never for `IN` lists of varying length (each length would be
+/// another cached statement).
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared<Q>(Q);
+
+/// `.prepared()` on any statement: see [`Prepared`].
+pub trait PreparedExt: Sized {
+    fn prepared(self) -> Prepared<Self> {
+        Prepared(self)
+    }
+}
+
+impl<Q> PreparedExt for Q {}
+
+impl<Q> QueryId for Prepared<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: QueryFragment<Mysql>> QueryFragment<Mysql> for Prepared<Q> {
+    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    fn is_safe_to_cache_prepared(&self, _: &Mysql) -> QueryResult<bool> {
+        Ok(true)
+    }
+}
+
+impl<Q: Query> Query for Prepared<Q> {
+    type SqlType = Q::SqlType;
 }
 
 /// True when the error is a violation of a unique key.

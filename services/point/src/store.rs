@@ -14,7 +14,7 @@
 
 use chrono::NaiveDateTime;
 use commerce_platform::barrier::{self, SagaPair};
-use commerce_platform::db::{ScopedFutureExt, is_unique_violation, last_insert_id};
+use commerce_platform::db::{PreparedExt, ScopedFutureExt, is_unique_violation, last_insert_id};
 use commerce_platform::paging::PageRequest;
 use commerce_platform::{Database, SagaCall, SagaId, ServiceError, UserId};
 use diesel::prelude::*;
@@ -424,6 +424,7 @@ pub async fn ledger_apply(
         point_accounts::balance.eq(point_accounts::balance + change.amount()),
         point_accounts::updated_at.eq(now),
     ))
+    .prepared()
     .execute(c)
     .await
     .map_err(ServiceError::from)?;

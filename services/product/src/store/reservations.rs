@@ -11,7 +11,7 @@
 //! order, so row locks are always taken in the same order.
 
 use commerce_platform::barrier::{self, SagaPair};
-use commerce_platform::db::ScopedFutureExt;
+use commerce_platform::db::{PreparedExt, ScopedFutureExt};
 use commerce_platform::{SagaCall, SagaId, ServiceError, time};
 use diesel::prelude::*;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
@@ -41,6 +41,7 @@ macro_rules! stock_move_sql {
             product_stock::$to.eq(product_stock::$to + $quantity),
             product_stock::updated_at.eq($now),
         ))
+        .prepared()
         .execute($c)
         .await
     };
@@ -204,6 +205,7 @@ async fn reserve(
             reservations::created_at.eq(now),
             reservations::updated_at.eq(now),
         ))
+        .prepared()
         .execute(c)
         .await?;
     let lines: Vec<ReservedLine> = plan.into_iter().map(|planned| planned.line).collect();
@@ -386,6 +388,7 @@ async fn state_store(
             reservations::state.eq(state.as_str()),
             reservations::updated_at.eq(now),
         ))
+        .prepared()
         .execute(c)
         .await?;
     Ok(())
@@ -399,7 +402,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use commerce_platform::ServerConfig;
-    use commerce_platform::db::ScopedFutureExt;
+    use commerce_platform::db::{PreparedExt, ScopedFutureExt};
     use commerce_testkit::TestDatabase;
 
     use super::*;
