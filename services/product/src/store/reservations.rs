@@ -402,7 +402,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use commerce_platform::ServerConfig;
-    use commerce_platform::db::{PreparedExt, ScopedFutureExt};
+    use commerce_platform::db::ScopedFutureExt;
     use commerce_testkit::TestDatabase;
 
     use super::*;
