@@ -9,6 +9,7 @@
 //! `report.json` and charts to `--out`.
 
 mod baseline;
+mod dtm;
 mod load;
 mod mesh;
 mod metrics;
@@ -46,7 +47,7 @@ enum Command {
     Run(RunArgs),
     /// Runs one server (used by `run` to start the systems as processes).
     Serve {
-        /// product, point, coupon, orchestrator or baseline.
+        /// product, point, coupon, orchestrator, baseline or dtm.
         server: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
@@ -90,6 +91,9 @@ fn main() -> ExitCode {
         Command::Serve { server, args } => {
             let mut argv = vec![OsString::from(format!("commerce-bench serve {server}"))];
             argv.extend(args);
+            if server == "dtm" {
+                return dtm::server::serve(argv);
+            }
             if server == "baseline" {
                 return commerce_platform::server::run_cli::<NoExtraArgs, _, _>(
                     baseline::SPEC,

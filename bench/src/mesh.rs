@@ -22,7 +22,14 @@ pub struct Databases {
 }
 
 /// Every server with a database of its own.
-pub const SERVERS: [&str; 5] = ["product", "point", "coupon", "orchestrator", "baseline"];
+pub const SERVERS: [&str; 6] = [
+    "product",
+    "point",
+    "coupon",
+    "orchestrator",
+    "baseline",
+    "dtm",
+];
 
 impl Databases {
     pub fn new(server_url: &str, prefix: &str) -> Self {
@@ -76,6 +83,9 @@ pub struct Systems {
     pub coupon: Node,
     pub orchestrator: Node,
     pub baseline: Node,
+    /// The dtm peer: the dtmrs TC with its branch endpoints (its own
+    /// database), over the same product, point and coupon services.
+    pub dtm: crate::dtm::Dtm,
     /// More orchestrator instances on the same database (the `instances`
     /// scenario), by process name: `orchestrator-2`, `orchestrator-3`, ...
     pub extra_orchestrators: Vec<(&'static str, Node)>,
@@ -163,12 +173,20 @@ impl Systems {
         };
         let mut orchestrator = orchestrator_spawn.node("orchestrator", "bench-orchestrator");
         orchestrator.start_with(&ORCHESTRATOR_LOG).await;
+        let mut dtm = crate::dtm::Dtm::new(
+            &program,
+            &databases.url("dtm"),
+            log_dir,
+            [&product, &point, &coupon],
+        );
+        dtm.start().await;
         Ok(Self {
             product,
             point,
             coupon,
             orchestrator,
             baseline,
+            dtm,
             extra_orchestrators: Vec::new(),
             orchestrator_spawn,
         })
@@ -223,6 +241,7 @@ impl Systems {
             &self.point,
             &self.coupon,
             &self.baseline,
+            &self.dtm.node,
         ]
         .into_iter()
         .filter_map(|n| n.pid().map(|pid| (n.service, pid)))
@@ -241,6 +260,7 @@ impl Systems {
             &mut self.point,
             &mut self.coupon,
             &mut self.baseline,
+            &mut self.dtm.node,
         ] {
             node.kill().await;
         }

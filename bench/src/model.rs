@@ -71,6 +71,9 @@ pub enum System {
     Saga,
     /// One MySQL transaction in one server (the seed write-ups' design).
     Baseline,
+    /// The same saga coordinated by dtmrs over the same services (see
+    /// `bench/src/dtm`).
+    Dtm,
 }
 
 impl System {
@@ -78,6 +81,7 @@ impl System {
         match self {
             Self::Saga => "saga",
             Self::Baseline => "baseline",
+            Self::Dtm => "dtm",
         }
     }
 }

@@ -60,6 +60,8 @@ struct LevelPair<'a> {
     concurrency: usize,
     saga: Option<&'a LevelResult>,
     baseline: Option<&'a LevelResult>,
+    /// The dtm peer (its own table: `crate::dtm::report`).
+    dtm: Option<&'a LevelResult>,
 }
 
 impl<'a> LevelPair<'a> {
@@ -67,6 +69,7 @@ impl<'a> LevelPair<'a> {
         match system {
             System::Saga => self.saga,
             System::Baseline => self.baseline,
+            System::Dtm => self.dtm,
         }
     }
 
@@ -114,6 +117,7 @@ fn group_levels(levels: &[LevelResult]) -> Vec<ScenarioLevels<'_>> {
                     concurrency: level.concurrency,
                     saga: None,
                     baseline: None,
+                    dtm: None,
                 });
                 let last = pairs.len() - 1;
                 &mut pairs[last]
@@ -122,6 +126,7 @@ fn group_levels(levels: &[LevelResult]) -> Vec<ScenarioLevels<'_>> {
         let slot = match level.system {
             System::Saga => &mut pair.saga,
             System::Baseline => &mut pair.baseline,
+            System::Dtm => &mut pair.dtm,
         };
         slot.get_or_insert(level);
     }
@@ -211,6 +216,16 @@ mod tests {
                 ]
                 .as_slice(),
                 1.0,
+            ),
+            System::Dtm => (
+                [
+                    ("dtm", 0.000_4),
+                    ("product", 0.000_1),
+                    ("mariadb", 0.000_8),
+                    ("generator", 0.000_4),
+                ]
+                .as_slice(),
+                9.0,
             ),
         };
         let latency = Latency {

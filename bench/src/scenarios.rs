@@ -73,6 +73,7 @@ async fn measure(
 ) -> anyhow::Result<(LevelResult, Outcome)> {
     let nodes = match system {
         System::Saga => systems.orchestrators(),
+        System::Dtm => vec![&systems.dtm.node],
         System::Baseline => vec![&systems.baseline],
     };
     let clients = clients_over(&nodes);
@@ -84,14 +85,21 @@ async fn measure(
     let mut counters = metrics::DbCounterReader::connect(server_url).await?;
     let db_before = counters.read().await?;
     let cpu_before = CpuSample::take(&processes);
-    let outcome = load::drive(&clients, Arc::new(orders), concurrency, DEADLINE).await;
+    let outcome = match system {
+        System::Dtm => {
+            let client = &systems.dtm.client;
+            client.drive(Arc::new(orders), concurrency, DEADLINE).await
+        }
+        _ => load::drive(&clients, Arc::new(orders), concurrency, DEADLINE).await,
+    };
     let cpu_after = CpuSample::take(&processes);
     let db_after = counters.read().await?;
     let db = counters.per_order(&db_before, &db_after, count);
     let mut cpu = cpu_before.per_order(&cpu_after, count);
     // Only the system under test (and the database and generator) count.
     cpu.retain(|name, _| match system {
-        System::Saga => name != "baseline",
+        System::Saga => !matches!(name.as_str(), "baseline" | "dtm"),
+        System::Dtm => !(name == "baseline" || name.starts_with("orchestrator")),
         System::Baseline => matches!(name.as_str(), "baseline" | "mariadb" | "generator"),
     });
     let result = LevelResult {
@@ -173,23 +181,33 @@ pub async fn uniform(
 ) -> anyhow::Result<(Vec<LevelResult>, Vec<ScenarioResult>)> {
     let shop = seed::seed(systems, plan.shop, "uniform").await?;
     baseline::seed(baseline_url, &shop).await?;
+    // dtm places the same orders in a shop of its own (same sizes, prices
+    // and coupons) on the same participants.
+    let dtm_shop = seed::seed(systems, plan.shop, "uniform-dtm").await?;
+    let mut dtm_placed = Vec::new();
     let mut results = Vec::new();
     let mut breakdown = None;
     let mut first = 0;
     for &level in &plan.levels {
         let orders = uniform_orders(&shop, plan.orders_per_level, first, &format!("u{level}"));
+        let dtm_orders = uniform_orders(
+            &dtm_shop,
+            plan.orders_per_level,
+            first,
+            &format!("d{level}"),
+        );
         first += plan.orders_per_level;
-        for system in [System::Saga, System::Baseline] {
+        for system in [System::Saga, System::Baseline, System::Dtm] {
             let log_from = metrics::log_len(systems.orchestrator.log());
-            let (result, outcome) = measure(
-                systems,
-                server_url,
-                "uniform",
-                system,
-                orders.clone(),
-                level,
-            )
-            .await?;
+            let orders = match system {
+                System::Dtm => dtm_orders.clone(),
+                _ => orders.clone(),
+            };
+            let (result, outcome) =
+                measure(systems, server_url, "uniform", system, orders, level).await?;
+            if system == System::Dtm {
+                dtm_placed.extend(systems.dtm.settle().await?);
+            }
             if system == System::Saga {
                 settle(systems, &outcome).await?;
                 // At the lowest level no call waits behind another.
@@ -203,10 +221,16 @@ pub async fn uniform(
     let placed = plan.orders_per_level * plan.levels.len();
     let mut checks = reconcile_saga(systems, &shop, Some(placed)).await?;
     checks.extend(reconcile_baseline(baseline_url, &shop, Some(placed)).await?);
+    checks.extend(crate::dtm::check::reconcile(systems, &dtm_shop, &dtm_placed).await?);
     let reconciliation = reconciliation("uniform", &shop, checks);
+    let peer = crate::dtm::report::peer("uniform", &results, &systems.dtm);
     Ok((
         results,
-        breakdown.into_iter().chain([reconciliation]).collect(),
+        breakdown
+            .into_iter()
+            .chain([reconciliation])
+            .chain(peer)
+            .collect(),
     ))
 }
 

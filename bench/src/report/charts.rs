@@ -56,6 +56,7 @@ const PALETTE: [RGBColor; 10] = [
 const LEGEND_LINE: i32 = 30;
 const SAGA_COLOR: RGBColor = RGBColor(31, 119, 180);
 const BASELINE_COLOR: RGBColor = RGBColor(255, 127, 14);
+const DTM_COLOR: RGBColor = RGBColor(44, 160, 44);
 
 /// What [`write`] produced.
 pub(super) struct Charts {
@@ -124,7 +125,7 @@ fn curves(main: &ScenarioLevels<'_>) -> Vec<Curve> {
     let mut curves = Vec::new();
     for (index, pair) in main.pairs.iter().enumerate() {
         let color = PALETTE[index % PALETTE.len()];
-        for system in [System::Saga, System::Baseline] {
+        for system in [System::Saga, System::Baseline, System::Dtm] {
             let Some(level) = pair.side(system) else {
                 continue;
             };
@@ -239,7 +240,7 @@ fn draw_latency(main: &ScenarioLevels<'_>, path: &Path, text: bool) -> anyhow::R
         builder
             .caption(
                 format!(
-                    "Latency distribution, {} (saga solid, baseline dashed)",
+                    "Latency distribution, {} (saga solid, baseline dashed, dtm dotted)",
                     main.scenario
                 ),
                 ("sans-serif", 28),
@@ -325,6 +326,15 @@ fn draw_latency(main: &ScenarioLevels<'_>, path: &Path, text: bool) -> anyhow::R
                     DashedPathElement::new([(x, y), (x + LEGEND_LINE, y)], 8, 4, style)
                 });
             }
+            // dtm: dotted.
+            System::Dtm => {
+                let style = color.mix(0.9).stroke_width(2);
+                let series =
+                    chart.draw_series(DashedLineSeries::new(curve.points.clone(), 3, 5, style))?;
+                series.label(label).legend(move |(x, y)| {
+                    DashedPathElement::new([(x, y), (x + LEGEND_LINE, y)], 3, 4, style)
+                });
+            }
         }
     }
     if text {
@@ -346,7 +356,7 @@ fn draw_throughput(main: &ScenarioLevels<'_>, path: &Path, text: bool) -> anyhow
     let high = main
         .pairs
         .iter()
-        .flat_map(|p| [p.saga, p.baseline])
+        .flat_map(|p| [p.saga, p.baseline, p.dtm])
         .flatten()
         .map(|l| l.throughput)
         .filter(|t| t.is_finite())
@@ -395,7 +405,7 @@ fn draw_throughput(main: &ScenarioLevels<'_>, path: &Path, text: bool) -> anyhow
     }
     mesh.draw()?;
 
-    for system in [System::Saga, System::Baseline] {
+    for system in [System::Saga, System::Baseline, System::Dtm] {
         let points: Vec<(SegmentValue<i32>, f64)> = main
             .pairs
             .iter()
@@ -410,6 +420,7 @@ fn draw_throughput(main: &ScenarioLevels<'_>, path: &Path, text: bool) -> anyhow
         let (color, dashed) = match system {
             System::Saga => (SAGA_COLOR, false),
             System::Baseline => (BASELINE_COLOR, true),
+            System::Dtm => (DTM_COLOR, true),
         };
         let style = color.stroke_width(3);
         if dashed {

@@ -13,12 +13,13 @@ use crate::model::{LevelResult, Report, ScenarioResult};
 
 /// The processes in the order a reader expects them: the saga's path, the
 /// baseline, the database, then the harness. Others follow alphabetically.
-const PROCESS_ORDER: [&str; 7] = [
+const PROCESS_ORDER: [&str; 8] = [
     "orchestrator",
     "product",
     "point",
     "coupon",
     "baseline",
+    "dtm",
     "mariadb",
     GENERATOR_PROCESS,
 ];
@@ -47,6 +48,7 @@ pub(super) fn render(
     for group in groups {
         level_tables(&mut md, group)?;
     }
+    crate::dtm::report::section(&mut md, &report.levels)?;
     instances_section(&mut md, report)?;
     if let Some(charts) = charts {
         chart_section(&mut md, groups, charts)?;
@@ -121,7 +123,7 @@ fn level_tables(md: &mut String, group: &ScenarioLevels<'_>) -> fmt::Result {
     let levels: Vec<&LevelResult> = group
         .pairs
         .iter()
-        .flat_map(|p| [p.saga, p.baseline])
+        .flat_map(|p| [p.saga, p.baseline, p.dtm])
         .flatten()
         .collect();
     statements_table(md, group.scenario, &levels)
@@ -377,7 +379,7 @@ fn cpu_split_table(md: &mut String, group: &ScenarioLevels<'_>) -> fmt::Result {
     let levels: Vec<&LevelResult> = group
         .pairs
         .iter()
-        .flat_map(|p| [p.saga, p.baseline])
+        .flat_map(|p| [p.saga, p.baseline, p.dtm])
         .flatten()
         .collect();
     let seen: BTreeSet<&str> = levels
@@ -432,7 +434,7 @@ fn chart_section(md: &mut String, groups: &[ScenarioLevels<'_>], charts: &Charts
         md,
         "Latency distribution: x is the percentile on a \"nines\" scale (p90, p99 and \
          p99.9 equally spaced, so the tail gets room), y the latency in ms. One line per \
-         system and number of clients; saga solid, baseline dashed, one colour per \
+         system and number of clients; saga solid, baseline dashed, dtm dotted, one colour per \
          number of clients."
     )?;
     writeln!(md)?;
