@@ -292,26 +292,27 @@ impl Engine {
         // by its previous run: take them back at once, batch after batch.
         let mut reclaim_own = Some(now());
         loop {
-            let available = permits.available_permits() as i64;
-            let claimed = if available == 0 {
-                Ok(Vec::new())
-            } else {
-                self.store()
-                    .sagas_claim(
-                        &self.config.owner,
-                        self.lease_until(),
-                        available.min(self.config.recovery_batch),
-                        reclaim_own,
-                    )
-                    .await
-            };
+            if permits.available_permits() == 0 {
+                // Every slot is driving a saga: wait for one to end rather
+                // than claim nothing (and, while reclaiming, conclude that
+                // none of our own sagas is left).
+                let Ok(slot) = Arc::clone(&permits).acquire_owned().await else {
+                    return;
+                };
+                drop(slot);
+            }
+            let wanted = (permits.available_permits() as i64).min(self.config.recovery_batch);
+            let claimed = self
+                .store()
+                .sagas_claim(&self.config.owner, self.lease_until(), wanted, reclaim_own)
+                .await;
             match claimed {
                 Ok(claimed) => {
                     if !claimed.is_empty() {
                         tracing::info!(sagas = claimed.len(), "resuming unfinished sagas");
                     }
-                    let full_batch = !claimed.is_empty()
-                        && claimed.len() as i64 == available.min(self.config.recovery_batch);
+                    // A short batch: no due saga is left, our own included.
+                    let full_batch = claimed.len() as i64 == wanted;
                     if !full_batch {
                         reclaim_own = None;
                     }
