@@ -212,6 +212,7 @@ async fn reserve(
     for line in &lines {
         diesel::insert_into(reservation_lines::table)
             .values(ReservationLineRow::new(order.saga.as_str(), line))
+            .prepared()
             .execute(c)
             .await?;
     }
