@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
 use super::rows::OrderLineRow;
-use super::rows::schema::{order_lines, orders};
+use super::rows::schema::orders;
 use crate::domain::order::{OrderState, Pricing, SnapshotLine};
 use crate::domain::saga::Rejection;
 
@@ -40,6 +40,7 @@ pub enum OrderChange {
 #[derive(Debug, Default, AsChangeset)]
 #[diesel(table_name = orders)]
 struct OrderPatch {
+    lines_json: Option<String>,
     subtotal: Option<i64>,
     discount: Option<i64>,
     points_paid: Option<i64>,
@@ -49,9 +50,8 @@ struct OrderPatch {
     updated_at: Option<chrono::NaiveDateTime>,
 }
 
-/// Applies a write's changes to its order: the snapshot lines (one cached
-/// statement per line), then one UPDATE of the order, guarded by the state
-/// a transition expects.
+/// Applies a write's changes to its order with one UPDATE (its lines are a
+/// column of it), guarded by the state a transition expects.
 pub(super) async fn order_apply(
     c: &mut AsyncMysqlConnection,
     order_id: &str,
@@ -63,13 +63,9 @@ pub(super) async fn order_apply(
         match change {
             OrderChange::Priced { lines, pricing } => {
                 // The reservation merges lines per product as the order
-                // did, so this replaces each requested line by its snapshot.
-                for line in lines {
-                    diesel::replace_into(order_lines::table)
-                        .values(OrderLineRow::snapshot(order_id, line))
-                        .execute(c)
-                        .await?;
-                }
+                // did: its snapshot lines replace the requested ones.
+                let lines: Vec<OrderLineRow> = lines.iter().map(OrderLineRow::snapshot).collect();
+                patch.lines_json = Some(OrderLineRow::to_json(&lines)?);
                 patch.subtotal = Some(pricing.subtotal);
                 patch.discount = Some(pricing.discount);
             }

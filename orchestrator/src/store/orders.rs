@@ -9,8 +9,8 @@ use commerce_platform::time::now;
 use diesel::prelude::*;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
-use super::rows::schema::{order_lines, orders};
-use super::rows::{OrderLineRow, OrderRecord, OrderRow};
+use super::rows::schema::orders;
+use super::rows::{OrderRecord, OrderRow};
 use super::sagas::{NewSaga, saga_insert};
 use super::{Lease, OrderStore};
 use crate::domain::order::{OrderEvent, OrderState, PlaceOrder, reason};
@@ -38,7 +38,7 @@ impl OrderStore {
             .transaction(|c| {
                 async move {
                     let pending =
-                        OrderRow::pending(order_id, request, fingerprint, saga.id.as_str());
+                        OrderRow::pending(order_id, request, fingerprint, saga.id.as_str())?;
                     let inserted = diesel::insert_into(orders::table)
                         .values(&pending)
                         .execute(c)
@@ -60,17 +60,11 @@ impl OrderStore {
                                     "this idempotency key was used for a different order",
                                 ));
                             }
-                            return Ok(Placed::Existing(Box::new(load_order(c, existing).await?)));
+                            return Ok(Placed::Existing(Box::new(OrderRecord::from_row(
+                                existing,
+                            )?)));
                         }
                         Err(e) => return Err(e.into()),
-                    }
-                    // One cached statement per line: a multi-row insert of
-                    // varying size is prepared and closed at every call.
-                    for l in &request.lines {
-                        diesel::insert_into(order_lines::table)
-                            .values(OrderLineRow::requested(order_id, l.product_id, l.quantity))
-                            .execute(c)
-                            .await?;
                     }
                     Ok(Placed::Created(saga_insert(c, saga).await?))
                 }
@@ -90,7 +84,7 @@ impl OrderStore {
                         .await
                         .optional()?
                         .ok_or_else(|| ServiceError::not_found("order", order_id))?;
-                    load_order(c, order).await
+                    OrderRecord::from_row(order)
                 }
                 .scope_boxed()
             })
@@ -119,22 +113,10 @@ impl OrderStore {
                         .select(OrderRow::as_select())
                         .load(c)
                         .await?;
-                    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-                    let mut lines = order_lines::table
-                        .filter(order_lines::order_id.eq_any(&ids))
-                        .order((order_lines::order_id, order_lines::product_id))
-                        .select(OrderLineRow::as_select())
-                        .load(c)
-                        .await?;
                     let records = rows
                         .into_iter()
-                        .map(|order| {
-                            let (mine, rest): (Vec<_>, Vec<_>) =
-                                lines.drain(..).partition(|l| l.order_id == order.id);
-                            lines = rest;
-                            OrderRecord { order, lines: mine }
-                        })
-                        .collect();
+                        .map(OrderRecord::from_row)
+                        .collect::<Result<_, _>>()?;
                     Ok((records, total))
                 }
                 .scope_boxed()
@@ -155,7 +137,7 @@ impl OrderStore {
                     let next = OrderState::parse(&order.state)?.apply(event)?;
                     order_set_state(c, order_id, next).await?;
                     let order = order_lock(c, order_id).await?;
-                    load_order(c, order).await
+                    OrderRecord::from_row(order)
                 }
                 .scope_boxed()
             })
@@ -200,20 +182,6 @@ async fn order_lock(
         .await
         .optional()?
         .ok_or_else(|| ServiceError::not_found("order", order_id))
-}
-
-/// An order row with its lines, in product-id order.
-pub async fn load_order(
-    c: &mut AsyncMysqlConnection,
-    order: OrderRow,
-) -> Result<OrderRecord, ServiceError> {
-    let lines = order_lines::table
-        .filter(order_lines::order_id.eq(&order.id))
-        .order(order_lines::product_id)
-        .select(OrderLineRow::as_select())
-        .load(c)
-        .await?;
-    Ok(OrderRecord { order, lines })
 }
 
 async fn order_set_state(

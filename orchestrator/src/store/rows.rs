@@ -11,8 +11,7 @@ use crate::domain::saga::{
     Direction, LogEntry, Outcome, Rejection, SagaParams, SagaState, Step, StepOutput,
 };
 
-/// The orchestrator's tables (the benchmark's baseline stores its orders in
-/// the same `orders` and `order_lines` shape).
+/// The orchestrator's tables.
 pub mod schema {
     diesel::table! {
         orders (id) {
@@ -22,6 +21,7 @@ pub mod schema {
             request_json -> Text,
             state -> Varchar,
             user_coupon_id -> Nullable<BigInt>,
+            lines_json -> Mediumtext,
             subtotal -> BigInt,
             discount -> BigInt,
             points_paid -> BigInt,
@@ -30,18 +30,6 @@ pub mod schema {
             saga_id -> Char,
             created_at -> Datetime,
             updated_at -> Datetime,
-        }
-    }
-
-    diesel::table! {
-        order_lines (order_id, product_id) {
-            order_id -> Char,
-            product_id -> BigInt,
-            quantity -> BigInt,
-            product_name -> Nullable<Varchar>,
-            brand_id -> Nullable<BigInt>,
-            brand_name -> Nullable<Varchar>,
-            unit_price -> Nullable<BigInt>,
         }
     }
 
@@ -80,7 +68,7 @@ pub mod schema {
     }
 }
 
-use schema::{order_lines, orders, saga_log, sagas};
+use schema::{orders, saga_log, sagas};
 
 // None is written as NULL, not DEFAULT: an insert that may write DEFAULT is
 // never a cached prepared statement.
@@ -93,6 +81,8 @@ pub struct OrderRow {
     pub request_json: String,
     pub state: String,
     pub user_coupon_id: Option<i64>,
+    /// The lines ([`OrderLineRow`]s) as one JSON array.
+    pub lines_json: String,
     pub subtotal: i64,
     pub discount: i64,
     pub points_paid: i64,
@@ -103,10 +93,10 @@ pub struct OrderRow {
     pub updated_at: NaiveDateTime,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = order_lines, treat_none_as_default_value = false)]
+/// One line of an order, as stored in its row's `lines_json`: as requested,
+/// then with the snapshot of its reservation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OrderLineRow {
-    pub order_id: String,
     pub product_id: i64,
     pub quantity: i64,
     pub product_name: Option<String>,
@@ -118,15 +108,26 @@ pub struct OrderLineRow {
 impl OrderRow {
     /// A new order, PENDING until its saga (`saga_id`, empty when there is
     /// none) decides it.
-    pub fn pending(order_id: &str, request: &PlaceOrder, fingerprint: &str, saga_id: &str) -> Self {
+    pub fn pending(
+        order_id: &str,
+        request: &PlaceOrder,
+        fingerprint: &str,
+        saga_id: &str,
+    ) -> Result<Self, ServiceError> {
         let at = now();
-        Self {
+        let lines: Vec<OrderLineRow> = request
+            .lines
+            .iter()
+            .map(|l| OrderLineRow::requested(l.product_id, l.quantity))
+            .collect();
+        Ok(Self {
             id: order_id.to_owned(),
             user_id: request.user.to_string(),
             idempotency_key: request.idempotency_key.as_str().to_owned(),
             request_json: fingerprint.to_owned(),
             state: OrderState::Pending.as_str().to_owned(),
             user_coupon_id: request.user_coupon_id,
+            lines_json: OrderLineRow::to_json(&lines)?,
             subtotal: 0,
             discount: 0,
             points_paid: 0,
@@ -135,15 +136,14 @@ impl OrderRow {
             saga_id: saga_id.to_owned(),
             created_at: at,
             updated_at: at,
-        }
+        })
     }
 }
 
 impl OrderLineRow {
     /// A line as requested, before its stock is reserved.
-    pub fn requested(order_id: &str, product_id: i64, quantity: i64) -> Self {
+    pub fn requested(product_id: i64, quantity: i64) -> Self {
         Self {
-            order_id: order_id.to_owned(),
             product_id,
             quantity,
             product_name: None,
@@ -154,9 +154,8 @@ impl OrderLineRow {
     }
 
     /// A line with the snapshot of its reservation.
-    pub fn snapshot(order_id: &str, line: &SnapshotLine) -> Self {
+    pub fn snapshot(line: &SnapshotLine) -> Self {
         Self {
-            order_id: order_id.to_owned(),
             product_id: line.product_id,
             quantity: line.quantity,
             product_name: Some(line.product_name.clone()),
@@ -164,6 +163,15 @@ impl OrderLineRow {
             brand_name: Some(line.brand_name.clone()),
             unit_price: Some(line.unit_price),
         }
+    }
+}
+
+impl OrderLineRow {
+    /// Lines as stored, in product-id order.
+    pub fn to_json(lines: &[OrderLineRow]) -> Result<String, ServiceError> {
+        let mut lines = lines.to_vec();
+        lines.sort_by_key(|l| l.product_id);
+        Ok(serde_json::to_string(&lines)?)
     }
 }
 
@@ -175,6 +183,13 @@ pub struct OrderRecord {
 }
 
 impl OrderRecord {
+    /// The order with its lines read from its row.
+    pub fn from_row(order: OrderRow) -> Result<Self, ServiceError> {
+        let mut lines: Vec<OrderLineRow> = serde_json::from_str(&order.lines_json)?;
+        lines.sort_by_key(|l| l.product_id);
+        Ok(Self { order, lines })
+    }
+
     pub fn state(&self) -> Result<OrderState, ServiceError> {
         OrderState::parse(&self.order.state)
     }

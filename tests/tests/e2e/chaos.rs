@@ -801,7 +801,9 @@ async fn chaos_orders_keep_every_invariant_while_servers_are_killed() {
     let lines: Vec<LineRow> = invariants::load(
         &mesh,
         "order",
-        "SELECT order_id, product_id, quantity FROM order_lines",
+        "SELECT o.id AS order_id, j.product_id, j.quantity FROM orders o, \
+         JSON_TABLE(o.lines_json, '$[*]' COLUMNS (product_id BIGINT PATH '$.product_id', \
+         quantity BIGINT PATH '$.quantity')) AS j",
     )
     .await;
     let sagas: Vec<SagaRow> = invariants::load(
