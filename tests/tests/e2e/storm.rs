@@ -855,8 +855,9 @@ async fn storm_product_answers_are_about_what_was_asked() {
     let lines: Vec<ReservationLineRow> = invariants::load(
         &mesh,
         "product",
-        "SELECT r.saga_id, r.state, l.product_id, l.quantity \
-         FROM reservations r JOIN reservation_lines l ON l.saga_id = r.saga_id",
+        "SELECT r.saga_id, r.state, l.product_id, l.quantity FROM reservations r, \
+         JSON_TABLE(r.lines_json, '$[*]' COLUMNS (product_id BIGINT PATH '$.product_id', \
+         quantity BIGINT PATH '$.quantity')) AS l",
     )
     .await;
     let mut broken = Violations::default();

@@ -6,7 +6,7 @@ use chrono::NaiveDateTime;
 use commerce_platform::ServiceError;
 use diesel::prelude::*;
 
-use super::schema::{brands, product_stock, products, reservation_lines, reservations};
+use super::schema::{brands, product_stock, products, reservations};
 use crate::domain::{
     Brand, Product, ProductSnapshot, ProductStatus, Reservation, ReservationState, ReservedLine,
     Stock,
@@ -159,6 +159,8 @@ pub fn snapshot_from_row(
 pub struct ReservationRow {
     pub saga_id: String,
     pub state: String,
+    /// The reserved lines as one JSON array, in product-id order.
+    pub lines_json: String,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
 }
@@ -168,52 +170,21 @@ impl ReservationRow {
         ReservationState::from_stored(&self.state)
     }
 
-    pub fn into_reservation(self, lines: Vec<ReservedLine>) -> Result<Reservation, ServiceError> {
+    /// The reserved lines, in product-id order.
+    pub fn lines(&self) -> Result<Vec<ReservedLine>, ServiceError> {
+        let mut lines: Vec<ReservedLine> = serde_json::from_str(&self.lines_json)?;
+        // Moved in this order, as every stock row lock is taken.
+        lines.sort_by_key(|l| l.product_id);
+        Ok(lines)
+    }
+
+    pub fn into_reservation(self) -> Result<Reservation, ServiceError> {
         Ok(Reservation {
             state: self.state()?,
+            lines: self.lines()?,
             saga_id: self.saga_id,
-            lines,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
-    }
-}
-
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = reservation_lines, check_for_backend(diesel::mysql::Mysql))]
-pub struct ReservationLineRow {
-    pub saga_id: String,
-    pub product_id: i64,
-    pub quantity: i64,
-    pub product_name: String,
-    pub brand_id: i64,
-    pub brand_name: String,
-    pub unit_price: i64,
-}
-
-impl ReservationLineRow {
-    pub fn new(saga_id: &str, line: &ReservedLine) -> Self {
-        Self {
-            saga_id: saga_id.to_owned(),
-            product_id: line.product_id,
-            quantity: line.quantity,
-            product_name: line.product_name.clone(),
-            brand_id: line.brand_id,
-            brand_name: line.brand_name.clone(),
-            unit_price: line.unit_price,
-        }
-    }
-}
-
-impl From<ReservationLineRow> for ReservedLine {
-    fn from(row: ReservationLineRow) -> Self {
-        ReservedLine {
-            product_id: row.product_id,
-            quantity: row.quantity,
-            product_name: row.product_name,
-            brand_id: row.brand_id,
-            brand_name: row.brand_name,
-            unit_price: row.unit_price,
-        }
     }
 }

@@ -17,8 +17,8 @@ use diesel::prelude::*;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
 use super::ProductStore;
-use super::models::{ReservationLineRow, ReservationRow, SnapshotRow, StockRow, snapshot_from_row};
-use super::schema::{brands, product_stock, products, reservation_lines, reservations};
+use super::models::{ReservationRow, SnapshotRow, StockRow, snapshot_from_row};
+use super::schema::{brands, product_stock, products, reservations};
 use crate::domain::{
     ReleaseOutcome, Reservation, ReservationState, ReserveOrder, ReservedLine, Stock, StockMove,
     plan_reservation,
@@ -139,8 +139,7 @@ impl ProductStore {
                         .await
                         .optional()?
                         .ok_or_else(|| ServiceError::not_found("reservation", saga))?;
-                    let lines = lines_load(c, saga).await?;
-                    row.into_reservation(lines)
+                    row.into_reservation()
                 }
                 .scope_boxed()
             })
@@ -198,24 +197,19 @@ async fn reserve(
             return Err(current.reserve_refusal(&line.product_name, line.quantity));
         }
     }
+    // The plan is in product-id order, as the lines are stored.
+    let lines: Vec<ReservedLine> = plan.into_iter().map(|planned| planned.line).collect();
     diesel::insert_into(reservations::table)
         .values((
             reservations::saga_id.eq(order.saga.as_str()),
             reservations::state.eq(ReservationState::Reserved.as_str()),
+            reservations::lines_json.eq(serde_json::to_string(&lines)?),
             reservations::created_at.eq(now),
             reservations::updated_at.eq(now),
         ))
         .prepared()
         .execute(c)
         .await?;
-    let lines: Vec<ReservedLine> = plan.into_iter().map(|planned| planned.line).collect();
-    for line in &lines {
-        diesel::insert_into(reservation_lines::table)
-            .values(ReservationLineRow::new(order.saga.as_str(), line))
-            .prepared()
-            .execute(c)
-            .await?;
-    }
     Ok(Reservation {
         saga_id: order.saga.to_string(),
         state: ReservationState::Reserved,
@@ -230,17 +224,16 @@ async fn confirm(c: &mut AsyncMysqlConnection, saga: &SagaId) -> Result<Reservat
     let row = reservation_lock(c, saga)
         .await?
         .ok_or_else(|| ServiceError::not_found("reservation", saga))?;
-    let lines = lines_load(c, saga).await?;
     let Some(step) = row.state()?.confirm(saga)? else {
-        return row.into_reservation(lines);
+        return row.into_reservation();
     };
     let now = time::now();
-    stock_move(c, &lines, step, now).await?;
+    stock_move(c, &row.lines()?, step, now).await?;
     state_store(c, saga, ReservationState::Confirmed, now).await?;
     Ok(Reservation {
         state: ReservationState::Confirmed,
         updated_at: now,
-        ..row.into_reservation(lines)?
+        ..row.into_reservation()?
     })
 }
 
@@ -266,7 +259,7 @@ async fn release(
             lines: Vec::new(),
         });
     };
-    let lines = lines_load(c, saga).await?;
+    let lines = row.lines()?;
     let now = time::now();
     stock_move(c, &lines, step, now).await?;
     state_store(c, saga, ReservationState::Released, now).await?;
@@ -361,21 +354,6 @@ async fn reservation_lock(
         .first(c)
         .await
         .optional()?)
-}
-
-async fn lines_load(
-    c: &mut AsyncMysqlConnection,
-    saga: &SagaId,
-) -> Result<Vec<ReservedLine>, ServiceError> {
-    Ok(reservation_lines::table
-        .filter(reservation_lines::saga_id.eq(saga.as_str()))
-        .order(reservation_lines::product_id.asc())
-        .select(ReservationLineRow::as_select())
-        .load(c)
-        .await?
-        .into_iter()
-        .map(ReservedLine::from)
-        .collect())
 }
 
 async fn state_store(

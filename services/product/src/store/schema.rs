@@ -45,27 +45,15 @@ diesel::table! {
     reservations (saga_id) {
         saga_id -> Char,
         state -> Varchar,
+        lines_json -> Mediumtext,
         created_at -> Datetime,
         updated_at -> Datetime,
-    }
-}
-
-diesel::table! {
-    reservation_lines (saga_id, product_id) {
-        saga_id -> Char,
-        product_id -> BigInt,
-        quantity -> BigInt,
-        product_name -> Varchar,
-        brand_id -> BigInt,
-        brand_name -> Varchar,
-        unit_price -> BigInt,
     }
 }
 
 diesel::joinable!(products -> brands (brand_id));
 diesel::joinable!(product_stock -> products (product_id));
 diesel::joinable!(product_likes -> products (product_id));
-diesel::joinable!(reservation_lines -> reservations (saga_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     brands,
@@ -73,5 +61,4 @@ diesel::allow_tables_to_appear_in_same_query!(
     product_stock,
     product_likes,
     reservations,
-    reservation_lines,
 );
