@@ -23,7 +23,7 @@
 //! run again ([`ServiceError::Conflict`]), finding the first result to
 //! replay. An effect that fails because a concurrent duplicate committed
 //! first (a duplicate key of its own, or a refusal for what the duplicate
-//! took) is rolled back and run again the same way.
+//! took), action or compensation, is rolled back and run again the same way.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -96,23 +96,7 @@ where
     }
     let outcome = match effect(conn).await {
         Ok(outcome) => outcome,
-        // A lost lock race: the whole transaction runs again.
-        Err(conflict @ ServiceError::Conflict(_)) => return Err(conflict),
-        Err(failed) => {
-            // A concurrent repeat may have applied the action since the
-            // read: its effect then clashes with this one (a duplicate key)
-            // or took what this one needed (a refusal), and it committed
-            // before this effect could fail. Part of this effect may be
-            // written, so the transaction is rolled back and run again, and
-            // answers from the repeat's row.
-            return match load(conn, call, action).await? {
-                Some(_) => Err(ServiceError::Conflict(format!(
-                    "saga {} `{action}` was applied by a concurrent call",
-                    call.saga
-                ))),
-                None => Err(failed),
-            };
-        }
+        Err(failed) => return Err(raced(conn, call, action, failed).await?),
     };
     insert(conn, call, action, APPLIED, Some(&outcome)).await?;
     Ok(outcome)
@@ -137,7 +121,10 @@ where
         return replay(row);
     }
     let outcome = match seen.row(pair.action) {
-        Some(_) => undo(conn).await?,
+        Some(_) => match undo(conn).await {
+            Ok(outcome) => outcome,
+            Err(failed) => return Err(raced(conn, call, pair.compensation, failed).await?),
+        },
         None => {
             // A concurrent action commits first (and this insert then fails
             // as a duplicate: run again, and undo it) or never applies.
@@ -147,6 +134,31 @@ where
     };
     insert(conn, call, pair.compensation, APPLIED, Some(&outcome)).await?;
     Ok(outcome)
+}
+
+/// The error to answer when `operation`'s effect failed with `failed`. A
+/// concurrent repeat may have applied the operation since this call's read:
+/// its effect then clashes with this one (a duplicate key) or took what this
+/// one needed (a refusal), and it committed before this effect could fail.
+/// Part of this effect may be written, so the transaction is rolled back and
+/// run again ([`ServiceError::Conflict`]), and answers from the repeat's row.
+async fn raced(
+    conn: &mut AsyncMysqlConnection,
+    call: &SagaCall,
+    operation: &str,
+    failed: ServiceError,
+) -> Result<ServiceError, ServiceError> {
+    if matches!(failed, ServiceError::Conflict(_)) {
+        // A lost lock race: the whole transaction runs again anyway.
+        return Ok(failed);
+    }
+    Ok(match load(conn, call, operation).await? {
+        Some(_) => ServiceError::Conflict(format!(
+            "saga {} `{operation}` was applied by a concurrent call",
+            call.saga
+        )),
+        None => failed,
+    })
 }
 
 /// A saga's barrier rows as this call found them.

@@ -32,7 +32,8 @@ async fn fixture() -> Fixture {
     .unwrap();
     let mut conn = db.connect().await.unwrap();
     conn.batch_execute(
-        "CREATE TABLE effects (saga_id CHAR(36) NOT NULL PRIMARY KEY, amount BIGINT NOT NULL)",
+        "CREATE TABLE effects (saga_id CHAR(36) NOT NULL PRIMARY KEY, amount BIGINT NOT NULL); \
+         CREATE TABLE undone (saga_id CHAR(36) NOT NULL PRIMARY KEY)",
     )
     .await
     .unwrap();
@@ -95,6 +96,12 @@ async fn undo_fenced(database: &Database, call: &SagaCall) -> Result<Option<i64>
                 || None,
                 async |c: &mut AsyncMysqlConnection| {
                     diesel::sql_query("DELETE FROM effects WHERE saga_id = ?")
+                        .bind::<Char, _>(saga.as_str())
+                        .execute(c)
+                        .await?;
+                    // Keyed like a refund's ledger entry: a second undo
+                    // applied would be a duplicate key.
+                    diesel::sql_query("INSERT INTO undone (saga_id) VALUES (?)")
                         .bind::<Char, _>(saga.as_str())
                         .execute(c)
                         .await?;
@@ -187,6 +194,23 @@ async fn concurrent_repeats_of_one_action_apply_once() {
         assert_eq!(result.unwrap(), 4);
     }
     assert_eq!(effect_count(&f.db).await, 1);
+    f.db.drop_database().await.unwrap();
+}
+
+/// Concurrent repeats of a compensation whose undo writes a keyed row: one
+/// undo applies, the others replay its answer (none fails on the key).
+#[tokio::test]
+async fn concurrent_repeats_of_one_compensation_undo_once() {
+    let f = fixture().await;
+    for _ in 0..5 {
+        let saga = SagaId::generate();
+        act(&f.database, &saga, 4).await.unwrap();
+        let undos = (0..8).map(|_| undo(&f.database, &saga));
+        for result in futures::future::join_all(undos).await {
+            assert_eq!(result.unwrap(), Some(1));
+        }
+    }
+    assert_eq!(effect_count(&f.db).await, 0);
     f.db.drop_database().await.unwrap();
 }
 
