@@ -142,6 +142,33 @@ async fn measure(
     Ok((result, outcome))
 }
 
+/// An order of `shop`'s first user that costs more than the points the user
+/// was seeded with (the dearest products, half their stock each), within
+/// what the point service accepts as one deduction; `None` when the shop
+/// is too small for one.
+fn unpayable_order(shop: &Shop, key: &str) -> Option<OrderSpec> {
+    let user = shop.users.first()?;
+    let mut products: Vec<_> = shop.products.iter().collect();
+    products.sort_by_key(|p| std::cmp::Reverse(p.price));
+    let (mut lines, mut cost) = (Vec::new(), 0i64);
+    for product in products {
+        if cost > user.points {
+            break;
+        }
+        let quantity = (product.stock / 2).min(1_000);
+        if quantity > 0 {
+            lines.push((product.id, quantity));
+            cost = cost.saturating_add(product.price.saturating_mul(quantity));
+        }
+    }
+    (cost > user.points && cost <= 1_000_000_000).then(|| OrderSpec {
+        user_id: user.user_id.clone(),
+        lines,
+        user_coupon_id: None,
+        idempotency_key: key.to_owned(),
+    })
+}
+
 /// Orders of the uniform scenario: 1 to 3 lines over many products, one in
 /// three with a coupon (each coupon used by one order), spread over users.
 fn uniform_orders(shop: &Shop, count: usize, first: usize, tag: &str) -> Vec<OrderSpec> {
@@ -218,10 +245,36 @@ pub async fn uniform(
             results.push(result);
         }
     }
+    // Every uniform order confirms, so dtm's compensation path runs here
+    // once: an order its user cannot pay, whose deduction is refused after
+    // its stock was reserved. dtm must end it rejected with the reservation
+    // released; the reconciliation below checks that nothing of it is left.
+    let mut dtm_compensation = None;
+    if let Some(unpayable) = unpayable_order(&dtm_shop, "dtm-unpayable") {
+        systems
+            .dtm
+            .client
+            .drive(Arc::new(vec![unpayable]), 1, DEADLINE)
+            .await;
+        let ended = systems.dtm.settle().await?;
+        dtm_compensation = Some(
+            !ended.is_empty()
+                && ended
+                    .iter()
+                    .all(|p| p.ending == crate::dtm::client::Ending::Rejected),
+        );
+        dtm_placed.extend(ended);
+    }
     let placed = plan.orders_per_level * plan.levels.len();
     let mut checks = reconcile_saga(systems, &shop, Some(placed)).await?;
     checks.extend(reconcile_baseline(baseline_url, &shop, Some(placed)).await?);
     checks.extend(crate::dtm::check::reconcile(systems, &dtm_shop, &dtm_placed).await?);
+    if let Some(compensated) = dtm_compensation {
+        checks.push((
+            "dtm: an order its user cannot pay ends rejected (its reservation compensated)".into(),
+            compensated,
+        ));
+    }
     let reconciliation = reconciliation("uniform", &shop, checks);
     let peer = crate::dtm::report::peer("uniform", &results, &systems.dtm);
     Ok((
