@@ -251,7 +251,7 @@ where
                 Err(StepError::Fenced(detail)) => {
                     // A participant saw a newer lease of this saga: another
                     // instance drives it now.
-                    self.lease_lost(saga_id, &params, &lease, step, &detail)
+                    self.lease_lost(saga_id, &params, &lease, Some(step), &detail)
                         .await;
                     return Ok(Driven::LeaseLost);
                 }
@@ -410,10 +410,7 @@ where
         {
             return Ok(true);
         }
-        let step = write
-            .entries
-            .first()
-            .map_or(Step::ReserveStock, |(s, _)| *s);
+        let step = write.entries.first().map(|(s, _)| *s);
         self.lease_lost(
             saga_id,
             params,
@@ -433,7 +430,7 @@ where
         saga_id: &SagaId,
         params: &SagaParams,
         lease: &Lease,
-        step: Step,
+        step: Option<Step>,
         detail: &str,
     ) {
         let leases_lost = self.leases_lost.fetch_add(1, Ordering::Relaxed) + 1;
@@ -442,7 +439,7 @@ where
         tracing::warn!(
             %saga_id,
             subject = params.subject(),
-            step = step.name(),
+            step = step.map_or("", Step::name),
             owner = %lease.owner,
             fence = lease.fence,
             holder = %holder.owner,

@@ -103,9 +103,10 @@ impl OrderStore {
     }
 
     /// Writes saga progress if `lease` is still current; `Ok(false)` when it
-    /// is not (another instance took the saga over: stop driving it). One
-    /// transaction of its own; the executor's writes go through the group
-    /// commit ([`super::group_commit`]) instead.
+    /// is not. One transaction of its own, for tests of the fenced write;
+    /// the executor's writes go through the group commit
+    /// ([`super::group_commit`]).
+    #[cfg(test)]
     pub async fn saga_write(
         &self,
         saga_id: &SagaId,
