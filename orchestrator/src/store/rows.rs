@@ -300,7 +300,7 @@ pub(super) struct SagaChanges<'a> {
 }
 
 /// One log event as stored.
-#[derive(Insertable)]
+#[derive(Clone, Insertable)]
 #[diesel(table_name = saga_log, treat_none_as_default_value = false)]
 pub(super) struct NewLogRow {
     saga_id: String,
@@ -315,6 +315,12 @@ pub(super) struct NewLogRow {
 }
 
 impl NewLogRow {
+    /// The bytes its text columns send.
+    pub(super) fn payload_len(&self) -> usize {
+        self.response_json.as_ref().map_or(0, String::len)
+            + self.error.as_ref().map_or(0, String::len)
+    }
+
     /// The row of one event: one `error` column holds a rejection as
     /// [`Rejection::to_stored`] writes it, or a failure's detail.
     pub fn new(saga_id: &str, step: Step, entry: &LogEntry) -> Result<Self, ServiceError> {

@@ -341,9 +341,10 @@ pub(super) async fn saga_insert(
 
 /// Appends log events; an event already logged is kept as it was (the
 /// unique key makes a retried write harmless). A multi-row insert of varying
-/// size is prepared and closed at every call, so the rows go in chunks of
-/// 8, 4, 2 and 1: a handful of statement shapes, each prepared once per
-/// connection (a saga's last write, six events, is two statements).
+/// size is prepared and closed at every call, so the rows go in chunks of 8,
+/// 4, 2 or 1, a short chunk padded with repeats of its smallest row (which
+/// the unique key ignores): a handful of statement shapes, each prepared once
+/// per connection, and one statement for a saga's last write of six events.
 async fn log_insert(
     c: &mut AsyncMysqlConnection,
     saga_id: &SagaId,
@@ -354,10 +355,15 @@ async fn log_insert(
         .map(|(step, entry)| NewLogRow::new(saga_id.as_str(), *step, entry))
         .collect::<Result<Vec<_>, ServiceError>>()?;
     while !rows.is_empty() {
-        match rows.len() {
-            8.. => log_chunk::<8>(c, &mut rows).await?,
-            4..=7 => log_chunk::<4>(c, &mut rows).await?,
-            2 | 3 => log_chunk::<2>(c, &mut rows).await?,
+        let real = rows.len().min(8);
+        let size = real.next_power_of_two();
+        if let Some(filler) = rows[..real].iter().min_by_key(|r| r.payload_len()).cloned() {
+            rows.splice(real..real, std::iter::repeat_n(filler, size - real));
+        }
+        match size {
+            8 => log_chunk::<8>(c, &mut rows).await?,
+            4 => log_chunk::<4>(c, &mut rows).await?,
+            2 => log_chunk::<2>(c, &mut rows).await?,
             _ => log_chunk::<1>(c, &mut rows).await?,
         }
     }

@@ -185,15 +185,17 @@ impl PointStore {
                     }
                     let change = BalanceChange::charge(amount);
                     let expected = balance.apply(change)?;
-                    let entry = ledger_apply(c, user, change, key.as_str())
-                        .await
-                        .map_err(|e| match e {
-                            LedgerWriteError::Duplicate => ServiceError::Conflict(format!(
-                                "concurrent charge with key {key:?}; reading it again"
-                            )),
-                            LedgerWriteError::Failed(e) => e,
-                        })?;
-                    check_read(user, expected, &entry);
+                    let applied =
+                        ledger_apply(c, user, change, key.as_str())
+                            .await
+                            .map_err(|e| match e {
+                                LedgerWriteError::Duplicate => ServiceError::Conflict(format!(
+                                    "concurrent charge with key {key:?}; reading it again"
+                                )),
+                                LedgerWriteError::Failed(e) => e,
+                            })?;
+                    check_read(user, expected, &applied);
+                    let entry = applied.entry(c, user, key.as_str()).await?;
                     Ok(ChargeOutcome {
                         balance: entry.balance_after,
                         entry,
@@ -402,7 +404,8 @@ impl From<ServiceError> for LedgerWriteError {
 ///    is written.
 /// 2. The balance read back under the row lock (which the update holds to
 ///    the end of the transaction): the exact `balance_after`.
-/// 3. The ledger entry with that `balance_after`.
+/// 3. The ledger entry with that `balance_after` (its id is not read back:
+///    only a charge answers with it, see [`Applied::entry`]).
 ///
 /// Public so that tests can call it with the domain check bypassed.
 pub async fn ledger_apply(
@@ -410,7 +413,7 @@ pub async fn ledger_apply(
     user: &UserId,
     change: BalanceChange,
     reference: &str,
-) -> Result<LedgerEntry, LedgerWriteError> {
+) -> Result<Applied, LedgerWriteError> {
     let now = commerce_platform::time::now();
     // diesel-async on MySQL counts matched rows; the guard is in WHERE, so
     // a match is exactly an applied change.
@@ -456,23 +459,51 @@ pub async fn ledger_apply(
         Err(e) if is_unique_violation(&e) => return Err(LedgerWriteError::Duplicate),
         Err(e) => return Err(LedgerWriteError::Failed(e.into())),
     }
-    let id = last_insert_id(c).await?;
-    Ok(LedgerEntry {
-        id,
-        user_id: user.to_string(),
+    Ok(Applied {
         kind: change.kind(),
         amount: change.amount(),
         balance_after: after.get(),
-        reference: reference.to_owned(),
         created_at: now,
     })
+}
+
+/// A change [`ledger_apply`] made: its ledger entry without the entry's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub kind: LedgerKind,
+    /// Signed, as in the ledger.
+    pub amount: i64,
+    pub balance_after: i64,
+    pub created_at: NaiveDateTime,
+}
+
+impl Applied {
+    /// The whole entry, its id read from the session (`LAST_INSERT_ID()`,
+    /// one more round trip: the saga steps, which answer without it, skip
+    /// it).
+    async fn entry(
+        self,
+        c: &mut AsyncMysqlConnection,
+        user: &UserId,
+        reference: &str,
+    ) -> Result<LedgerEntry, ServiceError> {
+        Ok(LedgerEntry {
+            id: last_insert_id(c).await?,
+            user_id: user.to_string(),
+            kind: self.kind,
+            amount: self.amount,
+            balance_after: self.balance_after,
+            reference: reference.to_owned(),
+            created_at: self.created_at,
+        })
+    }
 }
 
 /// The balance written is the one read back; it differs from what the domain
 /// computed only if the balance read before the change was wrong, which the
 /// row lock rules out. Worth a loud line, not a refusal: what was written is
 /// exact either way.
-fn check_read(user: &UserId, expected: Balance, entry: &LedgerEntry) {
+fn check_read(user: &UserId, expected: Balance, entry: &Applied) {
     if entry.balance_after != expected.get() {
         tracing::error!(
             user_id = %user,

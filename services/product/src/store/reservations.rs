@@ -13,7 +13,10 @@
 use commerce_platform::barrier::{self, SagaPair};
 use commerce_platform::db::{PreparedExt, ScopedFutureExt};
 use commerce_platform::{SagaCall, SagaId, ServiceError, time};
+use diesel::mysql::Mysql;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::sql_types::{BigInt, Datetime};
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
 use super::ProductStore;
@@ -23,29 +26,6 @@ use crate::domain::{
     ReleaseOutcome, Reservation, ReservationState, ReserveOrder, ReservedLine, Stock, StockMove,
     plan_reservation,
 };
-
-/// Applies a move of `$quantity` units from the `$from` to the `$to` column
-/// of one stock row, relatively and guarded: evaluates to the number of
-/// matched rows (diesel-async on MySQL counts matched, not changed, rows;
-/// the guard is in WHERE, so a match is an applied move).
-macro_rules! stock_move_sql {
-    ($c:expr, $product_id:expr, $quantity:expr, $bounds:expr, $now:expr, $from:ident -> $to:ident) => {
-        diesel::update(
-            product_stock::table
-                .find($product_id)
-                .filter(product_stock::$from.ge($bounds.min_source))
-                .filter(product_stock::$to.le($bounds.max_target)),
-        )
-        .set((
-            product_stock::$from.eq(product_stock::$from - $quantity),
-            product_stock::$to.eq(product_stock::$to + $quantity),
-            product_stock::updated_at.eq($now),
-        ))
-        .prepared()
-        .execute($c)
-        .await
-    };
-}
 
 /// Barrier operation of `ReserveStock`. Persisted: never rename.
 pub const RESERVE_STOCK: &str = "reserve_stock";
@@ -153,49 +133,59 @@ async fn reserve(
     c: &mut AsyncMysqlConnection,
     order: &ReserveOrder,
 ) -> Result<Reservation, ServiceError> {
-    // One cached read per product of its snapshot and stock, without a
-    // lock: the guarded UPDATE below is what decides, and the plan only
-    // explains a refusal early. (An `IN` list is prepared and closed at
-    // every call, which costs more round trips than an order's few lines.)
-    let mut stock = Vec::with_capacity(order.lines.len());
-    let mut snapshots = Vec::with_capacity(order.lines.len());
-    for id in order.product_ids() {
-        let row = products::table
-            .inner_join(brands::table)
-            .inner_join(product_stock::table)
-            .filter(products::id.eq(id))
-            .select((
-                (
-                    products::id,
-                    products::name,
-                    products::brand_id,
-                    brands::name,
-                    products::price,
-                    products::status,
-                ),
-                StockRow::as_select(),
-            ))
-            .first::<(SnapshotRow, StockRow)>(c)
-            .await
-            .optional()?;
-        if let Some((snapshot, row)) = row {
-            snapshots.push(snapshot_from_row(snapshot)?);
-            stock.push(Stock::from(row));
-        }
+    // One read of every product's snapshot and stock, without a lock: the
+    // guarded UPDATE below is what decides, and the plan only explains a
+    // refusal early. The `IN` list is padded to a power of two (repeating
+    // an id changes no result), so a handful of statements cover every
+    // order and each stays prepared.
+    let rows = products::table
+        .inner_join(brands::table)
+        .inner_join(product_stock::table)
+        .filter(products::id.eq_any(padded_ids(order.product_ids())))
+        .select((
+            (
+                products::id,
+                products::name,
+                products::brand_id,
+                brands::name,
+                products::price,
+                products::status,
+            ),
+            StockRow::as_select(),
+        ))
+        .prepared()
+        .load::<(SnapshotRow, StockRow)>(c)
+        .await?;
+    let mut stock = Vec::with_capacity(rows.len());
+    let mut snapshots = Vec::with_capacity(rows.len());
+    for (snapshot, row) in rows {
+        snapshots.push(snapshot_from_row(snapshot)?);
+        stock.push(Stock::from(row));
     }
     let plan = plan_reservation(order, &stock, &snapshots)?;
 
     let now = time::now();
-    for planned in &plan {
-        let line = &planned.line;
-        let step = StockMove::AvailableToReserved;
-        if !stock_apply(c, line.product_id, step, line.quantity, now).await? {
-            // The domain found enough units in the row it read, the guard
-            // did not: refuse from the row as it is (the whole reservation
-            // rolls back with this error).
+    let moves: Vec<(i64, i64)> = plan
+        .iter()
+        .map(|p| (p.line.product_id, p.line.quantity))
+        .collect();
+    if !stock_apply(c, &moves, StockMove::AvailableToReserved, now).await? {
+        // The domain found enough units in the rows it read, a guard did
+        // not: refuse from the rows as they are (the whole reservation rolls
+        // back with this error).
+        for planned in &plan {
+            let line = &planned.line;
             let current = stock_read(c, line.product_id).await?;
-            return Err(current.reserve_refusal(&line.product_name, line.quantity));
+            if current
+                .moved(StockMove::AvailableToReserved, line.quantity)
+                .is_none()
+            {
+                return Err(current.reserve_refusal(&line.product_name, line.quantity));
+            }
         }
+        return Err(ServiceError::internal(
+            "a stock guard refused a reservation that every row allows",
+        ));
     }
     // The plan is in product-id order, as the lines are stored.
     let lines: Vec<ReservedLine> = plan.into_iter().map(|planned| planned.line).collect();
@@ -217,6 +207,14 @@ async fn reserve(
         created_at: now,
         updated_at: now,
     })
+}
+
+/// `ids` (not empty) padded with its last id to the next power of two.
+fn padded_ids(mut ids: Vec<i64>) -> Vec<i64> {
+    if let Some(&last) = ids.last() {
+        ids.resize(ids.len().next_power_of_two(), last);
+    }
+    ids
 }
 
 /// The effect of `confirm_reservation`.
@@ -271,44 +269,131 @@ async fn release(
     })
 }
 
-/// Moves `quantity` units of one product with one guarded relative UPDATE
-/// (for `AvailableToReserved`: `SET available = available - q, reserved =
-/// reserved + q WHERE product_id = ? AND available >= q AND reserved <=
-/// i64::MAX - q`). False when the guard matched no row: nothing was written
-/// and the caller refuses.
+/// Moves every `(product id, quantity)` of `moves` (distinct products) with
+/// one guarded relative UPDATE; for `AvailableToReserved`:
+///
+/// ```sql
+/// UPDATE product_stock SET available = available - CASE product_id WHEN ? THEN ? .. END,
+///   reserved = reserved + CASE .. END, updated_at = ?
+/// WHERE product_id IN (..) AND available >= CASE .. END
+///   AND reserved <= 9223372036854775807 - CASE .. END
+/// ```
+///
+/// (the bounds of [`StockMove::bounds`]). One statement instead of one per
+/// line, and its row locks are taken in primary-key order like every other
+/// transaction's. False when a guard matched fewer rows than there are
+/// products: the caller refuses, and its transaction rolls back the rows
+/// that did move.
 async fn stock_apply(
     c: &mut AsyncMysqlConnection,
-    product_id: i64,
+    moves: &[(i64, i64)],
     step: StockMove,
-    quantity: i64,
     now: chrono::NaiveDateTime,
 ) -> Result<bool, ServiceError> {
-    let bounds = step.bounds(quantity).ok_or_else(|| {
-        ServiceError::internal(format!(
+    if let Some((product_id, quantity)) = moves.iter().find(|(_, q)| step.bounds(*q).is_none()) {
+        return Err(ServiceError::internal(format!(
             "cannot move {quantity} units of product {product_id}"
-        ))
-    })?;
-    let matched = match step {
-        StockMove::AvailableToReserved => {
-            stock_move_sql!(c, product_id, quantity, bounds, now, available -> reserved)
-        }
-        StockMove::ReservedToSold => {
-            stock_move_sql!(c, product_id, quantity, bounds, now, reserved -> sold)
-        }
-        StockMove::ReservedToAvailable => {
-            stock_move_sql!(c, product_id, quantity, bounds, now, reserved -> available)
-        }
-        StockMove::SoldToAvailable => {
-            stock_move_sql!(c, product_id, quantity, bounds, now, sold -> available)
-        }
-    }?;
-    match matched {
-        0 => Ok(false),
-        1 => Ok(true),
-        n => Err(ServiceError::internal(format!(
-            "stock update of product {product_id} matched {n} rows"
+        )));
+    }
+    let matched = StockMoves::new(step, moves, now).execute(c).await?;
+    match matched.cmp(&moves.len()) {
+        std::cmp::Ordering::Less => Ok(false),
+        std::cmp::Ordering::Equal => Ok(true),
+        std::cmp::Ordering::Greater => Err(ServiceError::internal(format!(
+            "stock update of {} products matched {matched} rows",
+            moves.len()
         ))),
     }
+}
+
+/// The statement of [`stock_apply`]. Its list of moves is padded to a power
+/// of two by repeating the last move (a repeated `WHEN` and `IN` entry change
+/// nothing), so a few statements serve every order and each is prepared once
+/// per connection (cached by its SQL text).
+struct StockMoves {
+    from: &'static str,
+    to: &'static str,
+    moves: Vec<(i64, i64)>,
+    now: chrono::NaiveDateTime,
+}
+
+impl StockMoves {
+    fn new(step: StockMove, moves: &[(i64, i64)], now: chrono::NaiveDateTime) -> Self {
+        let (from, to) = match step {
+            StockMove::AvailableToReserved => ("available", "reserved"),
+            StockMove::ReservedToSold => ("reserved", "sold"),
+            StockMove::ReservedToAvailable => ("reserved", "available"),
+            StockMove::SoldToAvailable => ("sold", "available"),
+        };
+        let mut moves = moves.to_vec();
+        if let Some(&last) = moves.last() {
+            moves.resize(moves.len().next_power_of_two(), last);
+        }
+        Self {
+            from,
+            to,
+            moves,
+            now,
+        }
+    }
+
+    /// `CASE product_id WHEN ? THEN ? .. END`: each move's quantity.
+    fn quantities<'b>(&'b self, out: &mut AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        out.push_sql("CASE `product_id`");
+        for (product_id, quantity) in &self.moves {
+            out.push_sql(" WHEN ");
+            out.push_bind_param::<BigInt, _>(product_id)?;
+            out.push_sql(" THEN ");
+            out.push_bind_param::<BigInt, _>(quantity)?;
+        }
+        out.push_sql(" END");
+        Ok(())
+    }
+}
+
+impl QueryFragment<Mysql> for StockMoves {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        let (from, to) = (self.from, self.to);
+        out.push_sql("UPDATE `product_stock` SET ");
+        out.push_identifier(from)?;
+        out.push_sql(" = ");
+        out.push_identifier(from)?;
+        out.push_sql(" - ");
+        self.quantities(&mut out)?;
+        out.push_sql(", ");
+        out.push_identifier(to)?;
+        out.push_sql(" = ");
+        out.push_identifier(to)?;
+        out.push_sql(" + ");
+        self.quantities(&mut out)?;
+        out.push_sql(", `updated_at` = ");
+        out.push_bind_param::<Datetime, _>(&self.now)?;
+        out.push_sql(" WHERE `product_id` IN (");
+        for (k, (product_id, _)) in self.moves.iter().enumerate() {
+            if k > 0 {
+                out.push_sql(", ");
+            }
+            out.push_bind_param::<BigInt, _>(product_id)?;
+        }
+        out.push_sql(") AND ");
+        out.push_identifier(from)?;
+        out.push_sql(" >= ");
+        self.quantities(&mut out)?;
+        out.push_sql(" AND ");
+        out.push_identifier(to)?;
+        out.push_sql(&format!(" <= {} - ", i64::MAX));
+        self.quantities(&mut out)?;
+        Ok(())
+    }
+
+    fn is_safe_to_cache_prepared(&self, _: &Mysql) -> QueryResult<bool> {
+        Ok(true)
+    }
+}
+
+impl QueryId for StockMoves {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
 }
 
 /// One stock row as it is now (locked: it explains a refusal).
@@ -334,13 +419,19 @@ async fn stock_move(
     step: StockMove,
     now: chrono::NaiveDateTime,
 ) -> Result<(), ServiceError> {
+    let moves: Vec<(i64, i64)> = lines.iter().map(|l| (l.product_id, l.quantity)).collect();
+    if stock_apply(c, &moves, step, now).await? {
+        return Ok(());
+    }
     for line in lines {
-        if !stock_apply(c, line.product_id, step, line.quantity, now).await? {
-            let current = stock_read(c, line.product_id).await?;
+        let current = stock_read(c, line.product_id).await?;
+        if current.moved(step, line.quantity).is_none() {
             return Err(current.held_move_refusal(step, line.quantity));
         }
     }
-    Ok(())
+    Err(ServiceError::internal(format!(
+        "a stock guard refused a {step:?} move that every row allows"
+    )))
 }
 
 async fn reservation_lock(
@@ -390,6 +481,14 @@ mod tests {
         StockUnits,
     };
 
+    #[test]
+    fn padded_ids_keep_every_id_and_round_up_to_a_power_of_two() {
+        assert_eq!(padded_ids(vec![7]), vec![7]);
+        assert_eq!(padded_ids(vec![1, 2, 3]), vec![1, 2, 3, 3]);
+        assert_eq!(padded_ids(vec![1, 2, 3, 4]), vec![1, 2, 3, 4]);
+        assert_eq!(padded_ids((1..=100).collect()).len(), 128);
+    }
+
     /// Runs [`stock_apply`] in a transaction of its own.
     async fn try_apply(
         store: &ProductStore,
@@ -400,7 +499,7 @@ mod tests {
         store
             .db
             .transaction(|c| {
-                async move { stock_apply(c, product_id, step, quantity, time::now()).await }
+                async move { stock_apply(c, &[(product_id, quantity)], step, time::now()).await }
                     .scope_boxed()
             })
             .await
@@ -509,6 +608,101 @@ mod tests {
         let refused = store.reservation_create(&order, 0).await.unwrap_err();
         assert_eq!(refused.reason(), "STOCK_INSUFFICIENT");
         assert_eq!(levels(&store, id).await, (5, 0, 0));
+
+        drop(app);
+        db.drop_database().await.unwrap();
+    }
+
+    /// Several products move in one statement (three, padded to four):
+    /// all of them, or with one guard short, a refusal that the saga step
+    /// turns into a rollback of every row.
+    #[tokio::test]
+    async fn one_statement_moves_every_line_or_the_step_refuses_them_all() {
+        let db = TestDatabase::create("product_moves").await.unwrap();
+        let app = crate::build(ServerConfig::for_tests("product", db.url.clone()))
+            .await
+            .unwrap();
+        let store = ProductStore::new(app.database().clone());
+        let brand = store
+            .brand_create(&NewBrand {
+                name: BrandName::parse("name", "Acme").unwrap(),
+                description: BrandDescription::parse("description", "").unwrap(),
+            })
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for (name, stock) in [("Hat", 5), ("Scarf", 5), ("Glove", 2)] {
+            let product = store
+                .product_create(&NewProduct {
+                    brand_id: brand.id,
+                    name: ProductName::parse("name", name).unwrap(),
+                    price: Price::parse("price", 1_000).unwrap(),
+                    status: ProductStatus::OnSale,
+                    stock: StockUnits::parse("stock", stock).unwrap(),
+                })
+                .await
+                .unwrap();
+            ids.push(product.id);
+        }
+        let (hat, scarf, glove) = (ids[0], ids[1], ids[2]);
+        let moves = |store: &ProductStore, moves: Vec<(i64, i64)>, step| {
+            let store = store.clone();
+            async move {
+                store
+                    .db
+                    .transaction(|c| {
+                        let moves = &moves;
+                        async move { stock_apply(c, moves, step, time::now()).await }.scope_boxed()
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        use StockMove::*;
+        assert!(
+            moves(
+                &store,
+                vec![(hat, 1), (scarf, 2), (glove, 2)],
+                AvailableToReserved
+            )
+            .await
+        );
+        assert_eq!(levels(&store, hat).await, (4, 1, 0));
+        assert_eq!(levels(&store, scarf).await, (3, 2, 0));
+        assert_eq!(levels(&store, glove).await, (0, 2, 0));
+        // The glove has nothing left: fewer rows match than products.
+        assert!(
+            !moves(
+                &store,
+                vec![(hat, 1), (scarf, 1), (glove, 1)],
+                AvailableToReserved
+            )
+            .await
+        );
+        assert!(moves(&store, vec![(hat, 1), (glove, 2)], ReservedToSold).await);
+        assert_eq!(levels(&store, glove).await, (0, 0, 2));
+
+        // Through the saga step: the short glove refuses the whole
+        // reservation with its own reason, and the other rows roll back.
+        let before = [
+            levels(&store, hat).await,
+            levels(&store, scarf).await,
+            levels(&store, glove).await,
+        ];
+        stage(&store, glove, 1, 0).await;
+        let saga = SagaId::parse("saga_id", &uuid::Uuid::new_v4().to_string()).unwrap();
+        let order =
+            ReserveOrder::parse(saga.as_str(), &[(hat, 1), (scarf, 1), (glove, 2)]).unwrap();
+        let refused = store.reservation_create(&order, 0).await.unwrap_err();
+        assert_eq!(refused.reason(), "STOCK_INSUFFICIENT");
+        assert_eq!(levels(&store, hat).await, before[0]);
+        assert_eq!(levels(&store, scarf).await, before[1]);
+        let saga = SagaId::parse("saga_id", &uuid::Uuid::new_v4().to_string()).unwrap();
+        let order =
+            ReserveOrder::parse(saga.as_str(), &[(hat, 1), (scarf, 1), (glove, 1)]).unwrap();
+        let reserved = store.reservation_create(&order, 0).await.unwrap();
+        assert_eq!(reserved.lines.len(), 3);
+        assert_eq!(levels(&store, glove).await, (0, 1, 2));
 
         drop(app);
         db.drop_database().await.unwrap();
