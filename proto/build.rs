@@ -22,6 +22,7 @@ const PROTOS: &[&str] = &[
     "commerce/coupon/v1/coupon.proto",
     "commerce/saga/v1/barrier.proto",
     "commerce/order/v1/order.proto",
+    "commerce/events/v1/order_events.proto",
 ];
 
 /// The standard health service, served by every server with [`CODEC`].

@@ -371,4 +371,12 @@ impl SagaAdminService for SagaAdminApi {
         }
         Ok(Response::new(counts))
     }
+
+    // Placeholder until the outbox lands (issue 10, in progress).
+    async fn get_outbox(
+        &self,
+        _request: Request<pb::GetOutboxRequest>,
+    ) -> Result<Response<pb::OutboxStats>, Status> {
+        Err(Status::unimplemented("the outbox is not built yet"))
+    }
 }

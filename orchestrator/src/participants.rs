@@ -65,10 +65,12 @@ pub type Reply<T> = Result<T, StepError>;
 /// an action runs at most once, an undo after its action (or instead of a
 /// late one) at most once.
 pub trait Participants: Send + Sync + 'static {
-    /// Reserves every line or none; answers each line's snapshot.
+    /// Reserves every line of the order or none; answers each line's
+    /// snapshot.
     fn reserve_stock(
         &self,
         saga: &SagaCall,
+        order_id: &str,
         lines: &[LineRequest],
     ) -> impl Future<Output = Reply<Vec<SnapshotLine>>> + Send;
     fn confirm_reservation(&self, saga: &SagaCall) -> impl Future<Output = Reply<()>> + Send;
@@ -162,8 +164,11 @@ impl Participants for GrpcParticipants {
     async fn reserve_stock(
         &self,
         saga: &SagaCall,
+        order_id: &str,
         lines: &[LineRequest],
     ) -> Reply<Vec<SnapshotLine>> {
+        let ordered_at =
+            crate::domain::order::ordered_at(order_id).map(commerce_platform::time::to_proto);
         let lines = lines
             .iter()
             .map(|l| product::ReserveLine {
@@ -179,6 +184,8 @@ impl Participants for GrpcParticipants {
                         saga_id,
                         lines,
                         saga_fence,
+                        order_id: order_id.to_owned(),
+                        ordered_at,
                     }
                 }))
                 .await,

@@ -41,6 +41,13 @@ pub mod order {
     }
 }
 
+/// Events published to Redis streams (not a service: messages only).
+pub mod events {
+    pub mod v1 {
+        tonic::include_proto!("commerce.events.v1");
+    }
+}
+
 pub mod saga {
     pub mod v1 {
         tonic::include_proto!("commerce.saga.v1");

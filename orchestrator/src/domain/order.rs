@@ -12,6 +12,18 @@ pub const MAX_QUANTITY: i64 = 1000;
 /// The most points a balance may hold (DOMAIN.md, points).
 pub const MAX_POINT_BALANCE: i64 = 1_000_000_000;
 
+/// When an order was placed, read from its id (a UUIDv7 made at placement):
+/// the day its sales count on. Derived, not stored, so that the product
+/// service's reservation, every event of the order and a saga resumed from
+/// an old log all agree on it. `None` for an id that is not a UUIDv7.
+pub fn ordered_at(order_id: &str) -> Option<chrono::NaiveDateTime> {
+    let (secs, nanos) = uuid::Uuid::parse_str(order_id)
+        .ok()?
+        .get_timestamp()?
+        .to_unix();
+    chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos).map(|t| t.naive_utc())
+}
+
 /// Reasons this service gives itself (participants give the others).
 pub mod reason {
     pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
@@ -238,6 +250,16 @@ impl Pricing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_order_is_dated_by_its_uuid_v7() {
+        let before = chrono::Utc::now().naive_utc() - chrono::Duration::milliseconds(1);
+        let id = uuid::Uuid::now_v7().to_string();
+        let at = ordered_at(&id).unwrap();
+        assert!(at >= before && at <= chrono::Utc::now().naive_utc(), "{at}");
+        assert_eq!(ordered_at(&uuid::Uuid::new_v4().to_string()), None);
+        assert_eq!(ordered_at("nope"), None);
+    }
 
     #[test]
     fn state_machine_allows_only_the_documented_transitions() {

@@ -71,10 +71,10 @@ pub async fn run<P: Participants>(
     input: StepInput<'_>,
 ) -> Reply<StepOutput> {
     let SagaParams::PlaceOrder {
+        order_id,
         user,
         lines,
         user_coupon_id,
-        ..
     } = input.params
     else {
         return Err(misplaced(step, input.params));
@@ -82,7 +82,7 @@ pub async fn run<P: Participants>(
     let saga = input.call;
     match step {
         Step::ReserveStock => {
-            let lines = participants.reserve_stock(saga, lines).await?;
+            let lines = participants.reserve_stock(saga, order_id, lines).await?;
             let subtotal = Pricing::subtotal(&lines);
             let discount = match user_coupon_id {
                 Some(coupon) => participants.quote_discount(user, *coupon, subtotal).await?,

@@ -179,6 +179,7 @@ impl Participants for World {
     async fn reserve_stock(
         &self,
         saga: &SagaCall,
+        _order_id: &str,
         lines: &[LineRequest],
     ) -> Reply<Vec<SnapshotLine>> {
         let key = saga.to_string();
@@ -728,7 +729,12 @@ async fn a_refused_cancellation_step_is_retried_until_stuck_then_finishes() {
     // Participants refusing the cancellation's first call.
     struct Refusing;
     impl Participants for Refusing {
-        async fn reserve_stock(&self, _: &SagaCall, _: &[LineRequest]) -> Reply<Vec<SnapshotLine>> {
+        async fn reserve_stock(
+            &self,
+            _: &SagaCall,
+            _: &str,
+            _: &[LineRequest],
+        ) -> Reply<Vec<SnapshotLine>> {
             unreachable!()
         }
         async fn confirm_reservation(&self, _: &SagaCall) -> Reply<()> {
@@ -791,7 +797,7 @@ async fn undos_before_their_actions_and_late_duplicates_apply_nothing() {
     world.release_reservation(&saga).await.unwrap();
     world.refund_points(&saga).await.unwrap();
     world.restore_coupon(&saga).await.unwrap();
-    assert!(world.reserve_stock(&saga, &lines).await.is_err());
+    assert!(world.reserve_stock(&saga, "", &lines).await.is_err());
     assert!(world.deduct_points(&saga, &user, 100).await.is_err());
     assert!(
         world
@@ -807,9 +813,9 @@ async fn undos_before_their_actions_and_late_duplicates_apply_nothing() {
     world.deduct_points(&other, &user, 100).await.unwrap();
     world.refund_points(&other).await.unwrap();
     assert_eq!(world.deduct_points(&other, &user, 100).await.unwrap(), 100);
-    world.reserve_stock(&other, &lines).await.unwrap();
+    world.reserve_stock(&other, "", &lines).await.unwrap();
     world.release_reservation(&other).await.unwrap();
-    world.reserve_stock(&other, &lines).await.unwrap();
+    world.reserve_stock(&other, "", &lines).await.unwrap();
     assert_eq!(world.ledgers(), clean_slate());
 
     // Through the executor: a saga refused at its first step compensates
@@ -833,7 +839,7 @@ async fn undos_before_their_actions_and_late_duplicates_apply_nothing() {
         saga,
         fence: i64::MAX,
     };
-    assert!(world.reserve_stock(&saga, lines).await.is_err(), "blocked");
+    assert!(world.reserve_stock(&saga, "", lines).await.is_err(), "blocked");
     assert_eq!(world.ledgers(), clean_slate());
 }
 
@@ -856,7 +862,7 @@ async fn a_stale_instance_is_fenced_off_by_the_participants() {
         saga: saga.clone(),
         fence: current.fence,
     };
-    world.reserve_stock(&call, &lines).await.unwrap();
+    world.reserve_stock(&call, "", &lines).await.unwrap();
     let seen = world.ledgers();
 
     let driven = exec.drive(&saga, stale).await.unwrap();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use diesel_migrations::EmbeddedMigrations;
 
 use crate::db::DbSettings;
+use crate::redis::RedisSettings;
 use crate::telemetry::LogFormat;
 
 /// What distinguishes one server binary from another.
@@ -91,6 +92,17 @@ pub struct ServerArgs {
     /// Log output.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Redis, the speed and event layer (`off` turns every Redis path off;
+    /// the server works without it, slower and without events).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of every Redis key and stream, so that meshes can share a Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "commerce")]
+    pub redis_prefix: String,
+    /// Bound of one Redis call, in milliseconds: past it the fast path falls
+    /// back to MySQL.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 250)]
+    pub redis_timeout_ms: u64,
 }
 
 /// Resolved configuration of one server.
@@ -104,6 +116,7 @@ pub struct ServerConfig {
     pub concurrency_limit: usize,
     /// None disables the purge job.
     pub barrier_retention: Option<Duration>,
+    pub redis: RedisSettings,
 }
 
 impl ServerConfig {
@@ -143,6 +156,11 @@ impl ServerConfig {
             concurrency_limit: args.concurrency_limit,
             barrier_retention: (args.barrier_retention_hours > 0)
                 .then(|| Duration::from_secs(args.barrier_retention_hours * 3600)),
+            redis: RedisSettings::new(
+                &args.redis_url,
+                &args.redis_prefix,
+                Duration::from_millis(args.redis_timeout_ms),
+            )?,
         })
     }
 
@@ -162,6 +180,9 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(30),
             concurrency_limit: 256,
             barrier_retention: None,
+            // A prefix of this server's own; tests whose servers share
+            // streams set one prefix for all of them.
+            redis: RedisSettings::for_tests(format!("test:{}", uuid::Uuid::new_v4().simple())),
         }
     }
 }

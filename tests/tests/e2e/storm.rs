@@ -725,6 +725,7 @@ async fn product_task(
                             })
                             .collect(),
                         saga_fence: 0,
+                        ..Default::default()
                     },
                     async |r| stock.reserve_stock(r).await,
                     |a, problems| check_reservation(problems, a, &saga, Reserved, &lines, products),

@@ -112,4 +112,12 @@ impl ProductAdminService for ProductAdmin {
         let stock = self.store.stock_set(product_id, available).await?;
         Ok(Response::new(stock_to_proto(stock)))
     }
+
+    // Placeholder until the ranking lands (issue 10, in progress).
+    async fn rebuild_ranking(
+        &self,
+        _request: Request<pb::RebuildRankingRequest>,
+    ) -> Result<Response<pb::RebuildRankingResponse>, Status> {
+        Err(Status::unimplemented("the sales ranking is not built yet"))
+    }
 }

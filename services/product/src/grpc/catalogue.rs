@@ -97,4 +97,12 @@ impl CatalogService for Catalogue {
         let outcome = self.store.like_remove(&user, product_id).await?;
         Ok(Response::new(like_to_proto(outcome)))
     }
+
+    // Placeholder until the ranking lands (issue 10, in progress).
+    async fn list_popular_products(
+        &self,
+        _request: Request<pb::ListPopularProductsRequest>,
+    ) -> Result<Response<pb::ListPopularProductsResponse>, Status> {
+        Err(Status::unimplemented("the sales ranking is not built yet"))
+    }
 }

@@ -23,6 +23,7 @@ async fn reserve_all(
                     saga_id,
                     lines: lines(&request),
                     saga_fence: 0,
+                    ..Default::default()
                 })
                 .await
                 .map(tonic::Response::into_inner)

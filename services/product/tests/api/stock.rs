@@ -81,6 +81,7 @@ async fn run_saga(client: StockClient, saga_id: String, request: Vec<(i64, i64)>
             saga_id: saga_id.clone(),
             lines: lines(&request),
             saga_fence: 0,
+            ..Default::default()
         };
         async move { client.reserve_stock(request).await }
     };

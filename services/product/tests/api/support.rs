@@ -128,6 +128,7 @@ impl TestApp {
                 saga_id: saga_id.to_owned(),
                 lines: lines(request),
                 saga_fence: 0,
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
@@ -210,5 +211,6 @@ pub fn saga_request(saga_id: &str) -> pb::SagaRequest {
     pb::SagaRequest {
         saga_id: saga_id.to_owned(),
         saga_fence: 0,
+        ..Default::default()
     }
 }
