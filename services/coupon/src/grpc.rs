@@ -13,6 +13,7 @@ use crate::domain::{
     self, CouponState, CouponTemplate, DiscountKind, NewTemplate, OrderAmount, TemplateInput,
     UserCoupon,
 };
+use crate::gate::Issuance;
 use crate::store::{CouponStore, CouponUseRequest};
 
 /// `CouponAdminService`: template management.
@@ -29,11 +30,13 @@ impl CouponAdminApi {
 /// `CouponService`: issuance, listing, quotes and the saga operations.
 pub struct CouponApi {
     store: CouponStore,
+    /// IssueCoupon: the admission gate (when on) in front of the store.
+    issuance: Issuance,
 }
 
 impl CouponApi {
-    pub fn new(store: CouponStore) -> Self {
-        Self { store }
+    pub fn new(store: CouponStore, issuance: Issuance) -> Self {
+        Self { store, issuance }
     }
 }
 
@@ -85,7 +88,7 @@ impl CouponService for CouponApi {
         let request = request.into_inner();
         let template_id = validate::id("template_id", request.template_id)?;
         let user = UserId::parse("user_id", &request.user_id)?;
-        let coupon = self.store.coupon_issue(template_id, &user).await?;
+        let coupon = self.issuance.coupon_issue(template_id, &user).await?;
         Ok(Response::new(coupon_to_proto(coupon)))
     }
 

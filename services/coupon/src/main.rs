@@ -1,3 +1,7 @@
 fn main() -> std::process::ExitCode {
-    commerce_platform::server::main(coupon_service::SPEC, coupon_service::build)
+    commerce_platform::server::run_cli(
+        coupon_service::SPEC,
+        std::env::args_os(),
+        coupon_service::build_with,
+    )
 }

@@ -173,6 +173,14 @@ pub struct CouponUseRequest {
     pub expected_discount: Option<i64>,
 }
 
+/// What the issue gate is rebuilt from: a template's quantity and the users
+/// holding one of its coupons.
+#[derive(Debug, Clone)]
+pub struct IssueSnapshot {
+    pub total_quantity: i64,
+    pub users: Vec<String>,
+}
+
 /// The coupon service's database.
 #[derive(Debug, Clone)]
 pub struct CouponStore {
@@ -217,6 +225,33 @@ impl CouponStore {
     pub async fn template_get(&self, template_id: i64) -> Result<CouponTemplate, ServiceError> {
         self.db
             .read(|c| template_load(c, template_id).scope_boxed())
+            .await
+    }
+
+    /// The quantity of `template_id` and every user it was issued to, for the
+    /// issue gate (NOT_FOUND when unknown). Two unlocked reads: an issue that
+    /// commits in between is missing from `users`, which makes the gate
+    /// admit more, never fewer, than MySQL would accept.
+    pub async fn template_issue_snapshot(
+        &self,
+        template_id: i64,
+    ) -> Result<IssueSnapshot, ServiceError> {
+        self.db
+            .read(|c| {
+                async move {
+                    let template = template_load(c, template_id).await?;
+                    let users = user_coupons::table
+                        .filter(user_coupons::template_id.eq(template_id))
+                        .select(user_coupons::user_id)
+                        .load(c)
+                        .await?;
+                    Ok(IssueSnapshot {
+                        total_quantity: template.total_quantity,
+                        users,
+                    })
+                }
+                .scope_boxed()
+            })
             .await
     }
 

@@ -22,3 +22,6 @@ mod saga;
 
 #[path = "api/operations.rs"]
 mod operations;
+
+#[path = "api/gate.rs"]
+mod gate;
