@@ -19,6 +19,7 @@ use crate::executor::Executor;
 pub use crate::executor::{Driven, TIMING_TARGET};
 use crate::fault::Faults;
 use crate::participants::GrpcParticipants;
+use crate::place_gate::{Admission, PlaceGate};
 use crate::sagas::{self, OrderSagas, cancel_order, place_order};
 use crate::store::{NewSaga, OrderRecord, OrderStore, Placed, TakeOver, TurnAround};
 
@@ -41,6 +42,7 @@ pub struct EngineConfig {
 pub struct Engine {
     executor: Executor<OrderStore, OrderSagas<GrpcParticipants>>,
     config: EngineConfig,
+    gate: Option<PlaceGate>,
 }
 
 impl Engine {
@@ -59,7 +61,14 @@ impl Engine {
                 faults,
             ),
             config,
+            gate: None,
         }
+    }
+
+    /// Turns concurrent duplicate `PlaceOrder` calls away before MySQL.
+    pub fn with_place_gate(mut self, gate: PlaceGate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     pub fn store(&self) -> &OrderStore {
@@ -95,13 +104,30 @@ impl Engine {
         wait: Duration,
     ) -> Result<OrderRecord, ServiceError> {
         let order_id = uuid::Uuid::now_v7().hyphenated().to_string();
+        let key = request.idempotency_key.as_str();
+        if let Some(gate) = &self.gate
+            && let Admission::Duplicate(first) = gate.admit(&request.user, key, &order_id).await
+            && let Some(record) = self.known_order(&first, wait).await?
+        {
+            if record.order.request_json != request.fingerprint() {
+                return Err(ServiceError::already_exists(
+                    reason::IDEMPOTENCY_KEY_REUSED,
+                    "this idempotency key was used for a different order",
+                ));
+            }
+            return self.settled(record, wait).await;
+        }
         let saga_id = SagaId::generate();
         let params = place_order::params(&order_id, &request);
         let placing = Instant::now();
         let placed = self
             .store()
             .order_place(&order_id, &request, &self.new_saga(&saga_id, &params))
-            .await?;
+            .await;
+        if let (Err(_), Some(gate)) = (&placed, &self.gate) {
+            gate.release(&request.user, key, &order_id).await;
+        }
+        let placed = placed?;
         tracing::debug!(
             target: TIMING_TARGET,
             step = "place_order",
@@ -114,7 +140,14 @@ impl Engine {
                     .await;
                 self.store().order_get(&order_id).await
             }
-            Placed::Existing(record) => self.settled(*record, wait).await,
+            Placed::Existing(record) => {
+                // An earlier call placed it: the gate must not name the id
+                // this call made up.
+                if let Some(gate) = &self.gate {
+                    gate.release(&request.user, key, &order_id).await;
+                }
+                self.settled(*record, wait).await
+            }
         }
     }
 
@@ -255,6 +288,30 @@ impl Engine {
                 Err(error) => tracing::warn!(%saga_id, %error, "saga drive interrupted"),
             }
         })
+    }
+
+    /// The order a concurrent first call is recording, once it is readable
+    /// (bounded by `wait`); `None` when it never appeared (that call failed
+    /// or died): the caller then places through MySQL, which decides.
+    async fn known_order(
+        &self,
+        order_id: &str,
+        wait: Duration,
+    ) -> Result<Option<OrderRecord>, ServiceError> {
+        let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(2));
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.store().order_get(order_id).await {
+                Ok(record) => return Ok(Some(record)),
+                Err(ServiceError::NotFound { .. }) => {}
+                Err(other) => return Err(other),
+            }
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
     }
 
     /// Waits (bounded by `wait`) for a saga driven elsewhere to settle the

@@ -207,11 +207,13 @@ impl OrderService for OrderApi {
 #[derive(Clone)]
 pub struct SagaAdminApi {
     engine: Arc<Engine>,
+    /// The order event stream the relay publishes to (for GetOutbox).
+    stream: String,
 }
 
 impl SagaAdminApi {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    pub fn new(engine: Arc<Engine>, stream: String) -> Self {
+        Self { engine, stream }
     }
 
     async fn saga(&self, saga_id: &SagaId) -> Result<pb::Saga, ServiceError> {
@@ -372,11 +374,22 @@ impl SagaAdminService for SagaAdminApi {
         Ok(Response::new(counts))
     }
 
-    // Placeholder until the outbox lands (issue 10, in progress).
     async fn get_outbox(
         &self,
         _request: Request<pb::GetOutboxRequest>,
     ) -> Result<Response<pb::OutboxStats>, Status> {
-        Err(Status::unimplemented("the outbox is not built yet"))
+        let counts = self.engine.store().outbox_counts().await?;
+        let age_ms = counts.oldest_pending_at.map_or(0, |at| {
+            (commerce_platform::time::now() - at)
+                .num_milliseconds()
+                .max(0)
+        });
+        Ok(Response::new(pb::OutboxStats {
+            pending: counts.pending,
+            oldest_pending_at: counts.oldest_pending_at.map(to_proto),
+            oldest_pending_age_ms: age_ms,
+            published_kept: counts.published_kept,
+            stream: self.stream.clone(),
+        }))
     }
 }

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use commerce_platform::{Application, ServerConfig, ServiceSpec};
+use commerce_platform::{Application, Redis, ServerConfig, ServiceSpec};
 use commerce_proto::order::v1::order_service_server::OrderServiceServer;
 use commerce_proto::order::v1::saga_admin_service_server::SagaAdminServiceServer;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
@@ -21,16 +21,20 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 mod db_tests;
 pub mod domain;
 pub mod engine;
+pub mod events;
 pub mod executor;
 pub mod fault;
 pub mod grpc;
 pub mod participants;
+pub mod place_gate;
+pub mod relay;
 pub mod sagas;
 pub mod store;
 
 use domain::saga::RetryPolicy;
 use engine::{Engine, EngineConfig};
 use participants::{GrpcParticipants, ParticipantConfig};
+use relay::{Relay, RelayConfig};
 
 pub static MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/order");
 
@@ -91,6 +95,23 @@ pub struct OrchestratorArgs {
     /// deadline, in ms (kept below the request timeout).
     #[arg(long, env = "PLACE_ORDER_WAIT_MS", default_value_t = 5_000)]
     pub place_order_wait_ms: u64,
+    /// Order events the outbox relay publishes per round.
+    #[arg(long, env = "OUTBOX_BATCH", default_value_t = 128)]
+    pub outbox_batch: i64,
+    /// How long the relay's claim on outbox rows holds, in ms (then another
+    /// instance may publish them).
+    #[arg(long, env = "OUTBOX_CLAIM_MS", default_value_t = 30_000)]
+    pub outbox_claim_ms: u64,
+    /// Longest wait of an idle relay before it looks for rows other
+    /// instances wrote, in ms.
+    #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 500)]
+    pub outbox_poll_ms: u64,
+    /// Published outbox rows are purged after this many hours.
+    #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 24)]
+    pub outbox_retention_hours: u64,
+    /// Approximate length bound of the order event stream (XADD MAXLEN ~).
+    #[arg(long, env = "EVENTS_STREAM_MAXLEN", default_value_t = 1_000_000)]
+    pub events_stream_maxlen: usize,
 }
 
 /// Builds the orchestrator: migrations, engine, gRPC services and the
@@ -111,25 +132,46 @@ pub async fn build(config: ServerConfig, args: OrchestratorArgs) -> anyhow::Resu
         coupon: args.coupon_addr.clone(),
         call_timeout: Duration::from_millis(args.call_timeout_ms),
     })?;
-    let engine = Arc::new(Engine::new(
-        store::OrderStore::new(app.database().clone()),
-        participants,
-        EngineConfig {
-            owner,
-            lease: Duration::from_millis(args.lease_ms),
-            retry: RetryPolicy {
-                base: Duration::from_millis(args.retry_base_ms),
-                max: Duration::from_millis(args.retry_max_ms),
-                forward_budget: Duration::from_millis(args.forward_retry_budget_ms),
-                stuck_after: args.stuck_after.max(1),
-                stuck_retry: Duration::from_secs(args.stuck_retry_secs),
-            },
-            recovery_interval: Duration::from_millis(args.recovery_interval_ms),
-            recovery_batch: 100,
-            max_recovering: args.max_recovering.max(1),
+    let redis = Redis::connect(&app.config().redis)?;
+    let store = store::OrderStore::new(app.database().clone());
+    anyhow::ensure!(args.outbox_batch > 0, "--outbox-batch must be positive");
+    let relay = Relay::new(
+        store.clone(),
+        redis.clone(),
+        owner.clone(),
+        RelayConfig {
+            batch: args.outbox_batch,
+            claim_for: Duration::from_millis(args.outbox_claim_ms.max(1)),
+            idle_poll: Duration::from_millis(args.outbox_poll_ms.max(1)),
+            backoff_max: Duration::from_secs(5),
+            retention: Duration::from_secs(args.outbox_retention_hours.max(1) * 3600),
+            stream_max_len: args.events_stream_maxlen.max(1),
         },
-        fault::Faults::from_env(),
-    ));
+    );
+    let stream = relay.stream();
+    let gate = place_gate::PlaceGate::new(redis.clone(), Duration::from_secs(60));
+    let engine = Arc::new(
+        Engine::new(
+            store,
+            participants,
+            EngineConfig {
+                owner,
+                lease: Duration::from_millis(args.lease_ms),
+                retry: RetryPolicy {
+                    base: Duration::from_millis(args.retry_base_ms),
+                    max: Duration::from_millis(args.retry_max_ms),
+                    forward_budget: Duration::from_millis(args.forward_retry_budget_ms),
+                    stuck_after: args.stuck_after.max(1),
+                    stuck_retry: Duration::from_secs(args.stuck_retry_secs),
+                },
+                recovery_interval: Duration::from_millis(args.recovery_interval_ms),
+                recovery_batch: 100,
+                max_recovering: args.max_recovering.max(1),
+            },
+            fault::Faults::from_env(),
+        )
+        .with_place_gate(gate),
+    );
     // The answer must leave before the server's own request timeout cuts
     // the call: PENDING is a better answer than CANCELLED.
     let wait = Duration::from_millis(args.place_order_wait_ms).min(
@@ -138,9 +180,10 @@ pub async fn build(config: ServerConfig, args: OrchestratorArgs) -> anyhow::Resu
             .saturating_sub(Duration::from_millis(500)),
     );
     let orders = grpc::OrderApi::new(Arc::clone(&engine), wait);
-    let admin = grpc::SagaAdminApi::new(Arc::clone(&engine));
+    let admin = grpc::SagaAdminApi::new(Arc::clone(&engine), stream);
     Ok(app
         .add_service(OrderServiceServer::new(orders))
         .add_service(SagaAdminServiceServer::new(admin))
-        .spawn_job(engine.recover_forever()))
+        .spawn_job(engine.recover_forever())
+        .spawn_job(relay.run_forever()))
 }

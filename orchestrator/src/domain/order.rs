@@ -12,6 +12,56 @@ pub const MAX_QUANTITY: i64 = 1000;
 /// The most points a balance may hold (DOMAIN.md, points).
 pub const MAX_POINT_BALANCE: i64 = 1_000_000_000;
 
+/// The events the world is told about an order: one per state an order
+/// enters that others act on (PENDING and CANCELLING are internal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderEventKind {
+    Confirmed,
+    Rejected,
+    Cancelled,
+    Shipped,
+    Delivered,
+}
+
+impl OrderEventKind {
+    /// The event of entering `state`, if it has one.
+    pub fn on_entering(state: OrderState) -> Option<Self> {
+        match state {
+            OrderState::Confirmed => Some(Self::Confirmed),
+            OrderState::Rejected => Some(Self::Rejected),
+            OrderState::Cancelled => Some(Self::Cancelled),
+            OrderState::Shipped => Some(Self::Shipped),
+            OrderState::Delivered => Some(Self::Delivered),
+            OrderState::Pending | OrderState::Cancelling => None,
+        }
+    }
+
+    /// The event's message name: stored in the outbox and sent as the
+    /// stream entry's `type`. Persisted: never rename.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirmed => "OrderConfirmed",
+            Self::Rejected => "OrderRejected",
+            Self::Cancelled => "OrderCancelled",
+            Self::Shipped => "OrderShipped",
+            Self::Delivered => "OrderDelivered",
+        }
+    }
+
+    pub fn parse(stored: &str) -> Result<Self, ServiceError> {
+        [
+            Self::Confirmed,
+            Self::Rejected,
+            Self::Cancelled,
+            Self::Shipped,
+            Self::Delivered,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == stored)
+        .ok_or_else(|| ServiceError::internal(format!("unknown order event kind {stored:?}")))
+    }
+}
+
 /// When an order was placed, read from its id (a UUIDv7 made at placement):
 /// the day its sales count on. Derived, not stored, so that the product
 /// service's reservation, every event of the order and a saga resumed from

@@ -839,7 +839,10 @@ async fn undos_before_their_actions_and_late_duplicates_apply_nothing() {
         saga,
         fence: i64::MAX,
     };
-    assert!(world.reserve_stock(&saga, "", lines).await.is_err(), "blocked");
+    assert!(
+        world.reserve_stock(&saga, "", lines).await.is_err(),
+        "blocked"
+    );
     assert_eq!(world.ledgers(), clean_slate());
 }
 

@@ -9,13 +9,18 @@
 mod group_commit;
 mod order_changes;
 mod orders;
+mod outbox;
 mod rows;
 mod sagas;
 
+use std::sync::Arc;
+
 use commerce_platform::Database;
+use tokio::sync::Notify;
 
 pub use order_changes::OrderChange;
 pub use orders::Placed;
+pub use outbox::{OutboxCounts, OutboxRow, PendingEvent};
 pub use rows::{LogRow, OrderLineRow, OrderRecord, OrderRow, Saga, SagaRecord};
 pub use sagas::{NewSaga, TakeOver, TurnAround};
 
@@ -26,6 +31,9 @@ pub use crate::domain::saga::{Lease, SagaWrite};
 pub struct OrderStore {
     db: Database,
     log_writer: group_commit::LogWriter,
+    /// Woken after a write that may have added outbox rows, so the relay
+    /// publishes at once instead of at its next poll.
+    outbox_written: Arc<Notify>,
 }
 
 impl OrderStore {
@@ -35,6 +43,12 @@ impl OrderStore {
         Self {
             log_writer: group_commit::LogWriter::start(db.clone()),
             db,
+            outbox_written: Arc::new(Notify::new()),
         }
+    }
+
+    /// Notified after writes that may have added outbox rows.
+    pub fn outbox_signal(&self) -> Arc<Notify> {
+        Arc::clone(&self.outbox_written)
     }
 }

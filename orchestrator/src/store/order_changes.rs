@@ -7,6 +7,7 @@ use commerce_platform::time::now;
 use diesel::prelude::*;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
+use super::outbox::outbox_record;
 use super::rows::OrderLineRow;
 use super::rows::schema::orders;
 use crate::domain::order::{OrderState, Pricing, SnapshotLine};
@@ -59,6 +60,7 @@ pub(super) async fn order_apply(
 ) -> Result<(), ServiceError> {
     let mut patch = OrderPatch::default();
     let mut expected = None;
+    let mut entered = None;
     for change in changes {
         match change {
             OrderChange::Priced { lines, pricing } => {
@@ -79,6 +81,7 @@ pub(super) async fn order_apply(
                     .as_ref()
                     .map_or(("", ""), |r| (r.reason.as_str(), r.message.as_str()));
                 expected = Some(*from);
+                entered = Some(*to);
                 patch.state = Some(to.as_str());
                 patch.reason = Some(code.to_owned());
                 patch.reason_message = Some(message.chars().take(500).collect());
@@ -111,6 +114,9 @@ pub(super) async fn order_apply(
             "order {order_id} is not {} as its saga expects",
             from.as_str()
         )));
+    }
+    if let Some(to) = entered {
+        outbox_record(c, order_id, to).await?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use commerce_platform::time::now;
 use diesel::prelude::*;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
+use super::outbox::outbox_record;
 use super::rows::schema::orders;
 use super::rows::{OrderRecord, OrderRow};
 use super::sagas::{NewSaga, saga_insert};
@@ -142,6 +143,7 @@ impl OrderStore {
                 .scope_boxed()
             })
             .await
+            .inspect(|_| self.outbox_written.notify_one())
     }
 
     /// Moves the order from `from` to `to` and records its cancel saga
@@ -196,5 +198,6 @@ async fn order_set_state(
         ))
         .execute(c)
         .await?;
+    outbox_record(c, order_id, state).await?;
     Ok(())
 }

@@ -66,6 +66,22 @@ pub mod schema {
             created_at -> Datetime,
         }
     }
+
+    diesel::table! {
+        outbox (id) {
+            id -> BigInt,
+            event_id -> Char,
+            order_id -> Char,
+            kind -> Varchar,
+            occurred_at -> Datetime,
+            published_at -> Nullable<Datetime>,
+            claimed_by -> Nullable<Varchar>,
+            claim_until -> Nullable<Datetime>,
+        }
+    }
+
+    diesel::joinable!(outbox -> orders (order_id));
+    diesel::allow_tables_to_appear_in_same_query!(orders, outbox);
 }
 
 use schema::{orders, saga_log, sagas};

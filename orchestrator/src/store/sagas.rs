@@ -438,9 +438,19 @@ impl SagaStore<OrderChange> for OrderStore {
         lease: &Lease,
         write: &SagaWrite<OrderChange>,
     ) -> Result<bool, ServiceError> {
-        self.log_writer
+        let written = self
+            .log_writer
             .write(saga, params.order_id(), lease, write)
-            .await
+            .await?;
+        if written
+            && write
+                .changes
+                .iter()
+                .any(|c| matches!(c, OrderChange::Transition { .. }))
+        {
+            self.outbox_written.notify_one();
+        }
+        Ok(written)
     }
 
     async fn saga_holder(&self, saga: &SagaId) -> Result<Holder, ServiceError> {
