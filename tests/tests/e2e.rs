@@ -11,6 +11,8 @@ mod chaos;
 mod concurrency;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/events.rs"]
+mod events;
 #[path = "e2e/failures.rs"]
 mod failures;
 #[path = "e2e/fuzz.rs"]

@@ -34,7 +34,12 @@ fn orchestrator(mesh: &Mesh, instance: &str, flags: &[(&str, &str)]) -> Node {
             None => args.extend([flag.to_owned(), value.to_owned()]),
         }
     }
-    let mut all = vec!["--db-pool-size".to_owned(), "8".to_owned()];
+    let mut all = vec![
+        "--db-pool-size".to_owned(),
+        "8".to_owned(),
+        "--redis-prefix".to_owned(),
+        mesh.redis_prefix.clone(),
+    ];
     all.extend(args);
     Node::new(
         Path::new(BINARY),

@@ -24,12 +24,19 @@ const BINARY: &str = env!("CARGO_BIN_EXE_commerce-mesh");
 fn node(
     service: &'static str,
     database_url: &str,
+    redis_prefix: &str,
     extra: Vec<String>,
     log_dir: &Path,
     name: &str,
 ) -> Node {
-    // Small pools: many test meshes share one database server.
-    let mut args = vec!["--db-pool-size".to_owned(), "8".to_owned()];
+    // Small pools: many test meshes share one database server; a Redis
+    // prefix of the mesh's own: they share one Redis too.
+    let mut args = vec![
+        "--db-pool-size".to_owned(),
+        "8".to_owned(),
+        "--redis-prefix".to_owned(),
+        redis_prefix.to_owned(),
+    ];
     args.extend(extra);
     Node::new(
         Path::new(BINARY),
@@ -51,6 +58,8 @@ pub struct Mesh {
     pub order_db: TestDatabase,
     databases: Vec<TestDatabase>,
     pub log_dir: PathBuf,
+    /// Every key and stream of this mesh in Redis starts with it.
+    pub redis_prefix: String,
 }
 
 /// Orchestrator flags for tests: short leases and backoffs so recovery and
@@ -99,9 +108,24 @@ impl Mesh {
         let point_db = TestDatabase::create("point").await.expect("point db");
         let coupon_db = TestDatabase::create("coupon").await.expect("coupon db");
         let order_db = TestDatabase::create("order").await.expect("order db");
-        let mut product = node("product", &product_db.url, vec![], &log_dir, "product");
-        let mut point = node("point", &point_db.url, vec![], &log_dir, "point");
-        let mut coupon = node("coupon", &coupon_db.url, vec![], &log_dir, "coupon");
+        let prefix = format!("e2e:{}", uuid::Uuid::new_v4().simple());
+        let mut product = node(
+            "product",
+            &product_db.url,
+            &prefix,
+            vec![],
+            &log_dir,
+            "product",
+        );
+        let mut point = node("point", &point_db.url, &prefix, vec![], &log_dir, "point");
+        let mut coupon = node(
+            "coupon",
+            &coupon_db.url,
+            &prefix,
+            vec![],
+            &log_dir,
+            "coupon",
+        );
         tokio::join!(product.start(), point.start(), coupon.start());
         let mut nodes: Vec<Node> = (0..orchestrators)
             .map(|i| {
@@ -109,6 +133,7 @@ impl Mesh {
                 node(
                     "orchestrator",
                     &order_db.url,
+                    &prefix,
                     orchestrator_args((&product, &point, &coupon), &instance),
                     &log_dir,
                     &instance,
@@ -126,6 +151,7 @@ impl Mesh {
             order_db: order_db.clone(),
             databases: vec![product_db, point_db, coupon_db, order_db],
             log_dir,
+            redis_prefix: prefix,
         }
     }
 
