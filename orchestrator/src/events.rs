@@ -83,3 +83,61 @@ pub fn type_name(event: &ev::OrderEvent) -> &'static str {
         None => "OrderEvent",
     }
 }
+
+/// The event as one JSON object (for operators' tools: `commerce-mesh
+/// events tail`), field names as in the proto.
+pub fn to_json(event: &ev::OrderEvent) -> serde_json::Value {
+    use serde_json::json;
+    let time = |t: Option<&prost_types::Timestamp>| {
+        t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    };
+    let summary = |s: Option<&ev::OrderSummary>| {
+        s.map(|s| {
+            json!({
+                "lines": s.lines.iter().map(|l| json!({
+                    "product_id": l.product_id,
+                    "quantity": l.quantity,
+                    "product_name": l.product_name,
+                    "brand_id": l.brand_id,
+                    "brand_name": l.brand_name,
+                    "unit_price": l.unit_price,
+                    "line_total": l.line_total,
+                })).collect::<Vec<_>>(),
+                "subtotal": s.subtotal,
+                "discount": s.discount,
+                "points_paid": s.points_paid,
+                "user_coupon_id": s.user_coupon_id,
+                "ordered_at": time(s.ordered_at.as_ref()),
+                "saga_id": s.saga_id,
+            })
+        })
+    };
+    let mut out = json!({
+        "type": type_name(event),
+        "event_id": event.event_id,
+        "order_id": event.order_id,
+        "user_id": event.user_id,
+        "occurred_at": time(event.occurred_at.as_ref()),
+    });
+    let details = match &event.kind {
+        Some(ev::order_event::Kind::Confirmed(e)) => json!({ "order": summary(e.order.as_ref()) }),
+        Some(ev::order_event::Kind::Rejected(e)) => json!({
+            "order": summary(e.order.as_ref()),
+            "reason": e.reason,
+            "reason_message": e.reason_message,
+        }),
+        Some(ev::order_event::Kind::Cancelled(e)) => json!({
+            "order": summary(e.order.as_ref()),
+            "points_refunded": e.points_refunded,
+            "coupon_restored": e.coupon_restored,
+        }),
+        Some(ev::order_event::Kind::Shipped(e)) => json!({ "order": summary(e.order.as_ref()) }),
+        Some(ev::order_event::Kind::Delivered(e)) => json!({ "order": summary(e.order.as_ref()) }),
+        None => json!({}),
+    };
+    if let (Some(out), serde_json::Value::Object(details)) = (out.as_object_mut(), details) {
+        out.extend(details);
+    }
+    out
+}

@@ -3,6 +3,7 @@
 //! and [`node::Node`], one server as a child process.
 
 pub mod node;
+pub mod tail;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -6,14 +6,21 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-const USAGE: &str =
-    "usage: commerce-mesh <product|point|coupon|orchestrator> [flags] (--help for flags)";
+const USAGE: &str = "usage: commerce-mesh <product|point|coupon|orchestrator> [flags] (--help for flags)\n       commerce-mesh events tail [--last N] [--count N] [--redis-url URL] [--redis-prefix P]";
 
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     if args.len() < 2 {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
+    }
+    if args.get(1).and_then(|a| a.to_str()) == Some("events") {
+        if args.get(2).and_then(|a| a.to_str()) != Some("tail") {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+        args.drain(1..3);
+        return commerce_e2e::tail::run(args);
     }
     let service = args.remove(1);
     service

@@ -363,6 +363,35 @@ pub struct OrderLine {
 pub struct ReserveOrder {
     pub saga: SagaId,
     pub lines: Vec<OrderLine>,
+    /// The order the stock is for; `None` from callers that predate it (the
+    /// ranking's rebuild cannot count such a reservation).
+    pub order_id: Option<OrderId>,
+    /// When that order was placed (its sales count on this day); `None`: the
+    /// reservation's own time.
+    pub ordered_at: Option<NaiveDateTime>,
+}
+
+/// An order's id (a UUID, hyphenated lower case as the orchestrator writes
+/// it): the key the sales ranking counts each order under, once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OrderId(String);
+
+impl OrderId {
+    pub fn parse(field: &str, raw: &str) -> Result<Self, ServiceError> {
+        let id = uuid::Uuid::try_parse(raw)
+            .map_err(|_| ServiceError::invalid(field, "must be a UUID"))?;
+        Ok(Self(id.hyphenated().to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for OrderId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl ReserveOrder {
@@ -398,6 +427,25 @@ impl ReserveOrder {
                     quantity,
                 })
                 .collect(),
+            order_id: None,
+            ordered_at: None,
+        })
+    }
+
+    /// The order the reservation is for: `order_id` (the `order_id` field;
+    /// empty from callers that predate it) and when it was placed.
+    pub fn for_order(
+        self,
+        order_id: &str,
+        ordered_at: Option<NaiveDateTime>,
+    ) -> Result<Self, ServiceError> {
+        let order_id = (!order_id.is_empty())
+            .then(|| OrderId::parse("order_id", order_id))
+            .transpose()?;
+        Ok(Self {
+            order_id,
+            ordered_at,
+            ..self
         })
     }
 
@@ -668,6 +716,29 @@ mod tests {
                 field
             );
         }
+    }
+
+    #[test]
+    fn reserve_order_records_its_order_when_the_caller_names_one() {
+        let order = ReserveOrder::parse(SAGA, &[(1, 1)]).unwrap();
+        let placed = chrono::DateTime::from_timestamp(1_700_000_000, 0)
+            .unwrap()
+            .naive_utc();
+        let unnamed = order.clone().for_order("", None).unwrap();
+        assert_eq!((unnamed.order_id, unnamed.ordered_at), (None, None));
+        let named = order
+            .clone()
+            .for_order("6F9619FF-8B86-D011-B42D-00C04FC964FF", Some(placed))
+            .unwrap();
+        assert_eq!(
+            named.order_id.unwrap().as_str(),
+            "6f9619ff-8b86-d011-b42d-00c04fc964ff"
+        );
+        assert_eq!(named.ordered_at, Some(placed));
+        assert_eq!(
+            field_of(order.for_order("order-1", None).unwrap_err()),
+            "order_id"
+        );
     }
 
     #[test]

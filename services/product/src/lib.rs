@@ -7,11 +7,13 @@
 
 pub mod domain;
 pub mod grpc;
+pub mod ranking;
 pub mod store;
 
-use commerce_platform::{Application, ServerConfig, ServiceSpec};
+use commerce_platform::{Application, Redis, ServerConfig, ServiceSpec};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
+use crate::ranking::{ConsumerSettings, OrderEventConsumer, Ranking, SalesTally};
 use crate::store::ProductStore;
 
 pub static MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/product");
@@ -25,12 +27,34 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 };
 
 /// Migrates the database, binds the listener and registers the catalogue,
-/// admin and stock services.
+/// admin and stock services, with the ranking's consumer at its defaults.
 pub async fn build(config: ServerConfig) -> anyhow::Result<Application> {
+    build_with(config, ConsumerSettings::default()).await
+}
+
+/// [`build`] with the ranking's consumer tuned (`--ranking-*` flags, tests).
+/// With Redis turned off there is no consumer, and the ranking answers
+/// UNAVAILABLE.
+pub async fn build_with(
+    config: ServerConfig,
+    consumer: ConsumerSettings,
+) -> anyhow::Result<Application> {
     let app = Application::build(&SPEC, config).await?;
     let store = ProductStore::new(app.database().clone());
-    Ok(app
-        .add_service(grpc::catalogue_server(store.clone()))
-        .add_service(grpc::admin_server(store.clone()))
-        .add_service(grpc::stock_server(store)))
+    let redis = Redis::connect(&app.config().redis)?;
+    let tally = SalesTally::new(redis.clone());
+    let ranking = Ranking::new(store.clone(), tally.clone());
+    let consumer = redis
+        .is_enabled()
+        .then(|| OrderEventConsumer::new(&app.config().redis, tally, consumer))
+        .transpose()?;
+    let mut app = app
+        .add_service(grpc::catalogue_server(store.clone(), ranking.clone()))
+        .add_service(grpc::admin_server(store.clone(), ranking))
+        .add_service(grpc::stock_server(store));
+    match consumer {
+        Some(consumer) => app = app.spawn_job(consumer.run()),
+        None => tracing::warn!("Redis is off: the sales ranking follows no order events"),
+    }
+    Ok(app)
 }

@@ -20,3 +20,6 @@ mod stock;
 
 #[path = "api/operations.rs"]
 mod operations;
+
+#[path = "api/ranking.rs"]
+mod ranking;

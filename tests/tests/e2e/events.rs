@@ -143,8 +143,31 @@ async fn every_state_change_is_published_with_what_the_participants_did() {
     assert_eq!(stats.stream, format!("{}:events:orders", mesh.redis_prefix));
     assert!(stats.published_kept >= 7, "{stats:?}");
 
-    let orders = per_order(&stream(&mesh).await);
+    let entries = stream(&mesh).await;
+    let orders = per_order(&entries);
     assert_eq!(orders.len(), 4, "{orders:#?}");
+
+    // What an operator sees: `commerce-mesh events tail` prints the same
+    // events as JSON lines.
+    let tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_commerce-mesh"))
+        .args(["events", "tail", "--redis-prefix", &mesh.redis_prefix])
+        .args(["--last", "1000", "--count", &entries.len().to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(tail.status.success(), "{tail:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(tail.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let tailed: Vec<&str> = lines
+        .iter()
+        .map(|l| l["event_id"].as_str().unwrap())
+        .collect();
+    let streamed: Vec<&str> = entries.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(tailed, streamed);
+    assert_eq!(lines[0]["type"], kind_name(&entries[0]));
     let of = |o: &order::Order| orders[&o.order_id].clone();
 
     let events = of(&confirmed);

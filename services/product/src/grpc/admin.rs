@@ -10,15 +10,17 @@ use crate::domain::{
     BrandChanges, BrandDescription, BrandName, NewBrand, NewProduct, Price, ProductChanges,
     ProductName, ProductStatus, StockUnits,
 };
+use crate::ranking::{Ranking, RebuildDays};
 use crate::store::ProductStore;
 
 pub struct ProductAdmin {
     store: ProductStore,
+    ranking: Ranking,
 }
 
 impl ProductAdmin {
-    pub fn new(store: ProductStore) -> Self {
-        Self { store }
+    pub fn new(store: ProductStore, ranking: Ranking) -> Self {
+        Self { store, ranking }
     }
 }
 
@@ -113,11 +115,17 @@ impl ProductAdminService for ProductAdmin {
         Ok(Response::new(stock_to_proto(stock)))
     }
 
-    // Placeholder until the ranking lands (issue 10, in progress).
+    #[tracing::instrument(skip_all, fields(days = request.get_ref().days))]
     async fn rebuild_ranking(
         &self,
-        _request: Request<pb::RebuildRankingRequest>,
+        request: Request<pb::RebuildRankingRequest>,
     ) -> Result<Response<pb::RebuildRankingResponse>, Status> {
-        Err(Status::unimplemented("the sales ranking is not built yet"))
+        let days = RebuildDays::parse("days", request.into_inner().days)?;
+        let report = self.ranking.rebuild(days).await?;
+        Ok(Response::new(pb::RebuildRankingResponse {
+            orders_counted: report.orders_counted,
+            orders_cancelled: report.orders_cancelled,
+            days: i32::try_from(report.days).unwrap_or(i32::MAX),
+        }))
     }
 }

@@ -7,17 +7,21 @@ use commerce_proto::product::v1 as pb;
 use pb::catalog_service_server::CatalogService;
 use tonic::{Request, Response, Status};
 
-use super::{brand_to_proto, product_to_proto, sort_from_proto};
+use super::{
+    brand_to_proto, product_to_proto, sort_from_proto, window_from_proto, window_to_proto,
+};
 use crate::domain::{LikeOutcome, ProductQuery};
+use crate::ranking::{PopularLimit, Ranking};
 use crate::store::ProductStore;
 
 pub struct Catalogue {
     store: ProductStore,
+    ranking: Ranking,
 }
 
 impl Catalogue {
-    pub fn new(store: ProductStore) -> Self {
-        Self { store }
+    pub fn new(store: ProductStore, ranking: Ranking) -> Self {
+        Self { store, ranking }
     }
 }
 
@@ -98,11 +102,25 @@ impl CatalogService for Catalogue {
         Ok(Response::new(like_to_proto(outcome)))
     }
 
-    // Placeholder until the ranking lands (issue 10, in progress).
+    #[tracing::instrument(skip_all, fields(window = request.get_ref().window, limit = request.get_ref().limit))]
     async fn list_popular_products(
         &self,
-        _request: Request<pb::ListPopularProductsRequest>,
+        request: Request<pb::ListPopularProductsRequest>,
     ) -> Result<Response<pb::ListPopularProductsResponse>, Status> {
-        Err(Status::unimplemented("the sales ranking is not built yet"))
+        let request = request.into_inner();
+        let window = window_from_proto("window", request.window)?;
+        let limit = PopularLimit::parse("limit", request.limit)?;
+        let popular = self.ranking.popular(window, limit).await?;
+        Ok(Response::new(pb::ListPopularProductsResponse {
+            window: window_to_proto(window).into(),
+            products: popular
+                .into_iter()
+                .map(|p| pb::PopularProduct {
+                    rank: i32::try_from(p.rank).unwrap_or(i32::MAX),
+                    units_sold: p.units_sold,
+                    product: Some(product_to_proto(p.product)),
+                })
+                .collect(),
+        }))
     }
 }

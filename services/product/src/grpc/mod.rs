@@ -16,18 +16,22 @@ use crate::domain::{
     Brand, Product, ProductSort, ProductStatus, ReleaseOutcome, Reservation, ReservationState,
     ReservedLine, Stock,
 };
+use crate::ranking::{Ranking, RankingWindow};
 use crate::store::ProductStore;
 
 pub use admin::ProductAdmin;
 pub use catalogue::Catalogue;
 pub use stock::StockReservations;
 
-pub fn catalogue_server(store: ProductStore) -> CatalogServiceServer<Catalogue> {
-    CatalogServiceServer::new(Catalogue::new(store))
+pub fn catalogue_server(store: ProductStore, ranking: Ranking) -> CatalogServiceServer<Catalogue> {
+    CatalogServiceServer::new(Catalogue::new(store, ranking))
 }
 
-pub fn admin_server(store: ProductStore) -> ProductAdminServiceServer<ProductAdmin> {
-    ProductAdminServiceServer::new(ProductAdmin::new(store))
+pub fn admin_server(
+    store: ProductStore,
+    ranking: Ranking,
+) -> ProductAdminServiceServer<ProductAdmin> {
+    ProductAdminServiceServer::new(ProductAdmin::new(store, ranking))
 }
 
 pub fn stock_server(store: ProductStore) -> StockServiceServer<StockReservations> {
@@ -69,6 +73,27 @@ fn sort_from_proto(field: &str, raw: i32) -> Result<ProductSort, ServiceError> {
         Ok(pb::ProductSort::PriceAsc) => Ok(ProductSort::PriceAsc),
         Ok(pb::ProductSort::LikesDesc) => Ok(ProductSort::LikesDesc),
         Err(_) => Err(ServiceError::invalid(field, format!("unknown sort {raw}"))),
+    }
+}
+
+/// A wire ranking window; UNSPECIFIED is a day.
+fn window_from_proto(field: &str, raw: i32) -> Result<RankingWindow, ServiceError> {
+    match pb::RankingWindow::try_from(raw) {
+        Ok(pb::RankingWindow::Unspecified | pb::RankingWindow::Day) => Ok(RankingWindow::Day),
+        Ok(pb::RankingWindow::Week) => Ok(RankingWindow::Week),
+        Ok(pb::RankingWindow::Month) => Ok(RankingWindow::Month),
+        Err(_) => Err(ServiceError::invalid(
+            field,
+            format!("unknown window {raw}"),
+        )),
+    }
+}
+
+fn window_to_proto(window: RankingWindow) -> pb::RankingWindow {
+    match window {
+        RankingWindow::Day => pb::RankingWindow::Day,
+        RankingWindow::Week => pb::RankingWindow::Week,
+        RankingWindow::Month => pb::RankingWindow::Month,
     }
 }
 

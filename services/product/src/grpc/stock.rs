@@ -1,6 +1,6 @@
 //! `commerce.product.v1.StockService`: the order saga's reservation steps.
 
-use commerce_platform::{SagaCall, SagaId};
+use commerce_platform::{SagaCall, SagaId, time};
 use commerce_proto::product::v1 as pb;
 use pb::stock_service_server::StockService;
 use tonic::{Request, Response, Status};
@@ -35,7 +35,12 @@ impl StockService for StockReservations {
             .iter()
             .map(|line| (line.product_id, line.quantity))
             .collect();
-        let order = ReserveOrder::parse(&request.saga_id, &lines)?;
+        let ordered_at = request
+            .ordered_at
+            .map(|t| time::from_proto("ordered_at", Some(t)))
+            .transpose()?;
+        let order = ReserveOrder::parse(&request.saga_id, &lines)?
+            .for_order(&request.order_id, ordered_at)?;
         let fence = SagaCall::parse(&request.saga_id, request.saga_fence)?.fence;
         let reservation = self.store.reservation_create(&order, fence).await?;
         Ok(Response::new(reservation_to_proto(reservation)))

@@ -10,6 +10,7 @@
 
 mod catalogue;
 mod models;
+mod ranking;
 mod reservations;
 pub mod schema;
 

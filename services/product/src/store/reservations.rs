@@ -23,8 +23,8 @@ use super::ProductStore;
 use super::models::{ReservationRow, SnapshotRow, StockRow, snapshot_from_row};
 use super::schema::{brands, product_stock, products, reservations};
 use crate::domain::{
-    ReleaseOutcome, Reservation, ReservationState, ReserveOrder, ReservedLine, Stock, StockMove,
-    plan_reservation,
+    OrderId, ReleaseOutcome, Reservation, ReservationState, ReserveOrder, ReservedLine, Stock,
+    StockMove, plan_reservation,
 };
 
 /// Barrier operation of `ReserveStock`. Persisted: never rename.
@@ -193,6 +193,10 @@ async fn reserve(
         .values((
             reservations::saga_id.eq(order.saga.as_str()),
             reservations::state.eq(ReservationState::Reserved.as_str()),
+            // Both always bound (NULL when absent), never DEFAULT: one SQL
+            // text, so the statement stays cached.
+            reservations::order_id.eq(order.order_id.as_ref().map(OrderId::as_str)),
+            reservations::ordered_at.eq(Some(order.ordered_at.unwrap_or(now))),
             reservations::lines_json.eq(serde_json::to_string(&lines)?),
             reservations::created_at.eq(now),
             reservations::updated_at.eq(now),

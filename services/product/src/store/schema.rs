@@ -45,6 +45,8 @@ diesel::table! {
     reservations (saga_id) {
         saga_id -> Char,
         state -> Varchar,
+        order_id -> Nullable<Varchar>,
+        ordered_at -> Nullable<Datetime>,
         lines_json -> Mediumtext,
         created_at -> Datetime,
         updated_at -> Datetime,

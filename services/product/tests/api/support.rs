@@ -211,6 +211,5 @@ pub fn saga_request(saga_id: &str) -> pb::SagaRequest {
     pb::SagaRequest {
         saga_id: saga_id.to_owned(),
         saga_fence: 0,
-        ..Default::default()
     }
 }
