@@ -41,6 +41,8 @@ for name in "${SERVICES[@]}"; do
 done
 log "building ${binaries[*]} (release)"
 run_cargo build --release --locked "${packages[@]}"
+# The operators' tool (`commerce-mesh events tail`, see README.md).
+run_cargo build --release --locked -p commerce-e2e --bin commerce-mesh
 
 # ------------------------------------------------------------------ start --
 
