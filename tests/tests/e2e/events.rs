@@ -330,3 +330,44 @@ async fn concurrent_duplicates_get_the_one_order() {
     assert_eq!(other.code(), tonic::Code::AlreadyExists);
     mesh.shutdown().await;
 }
+
+/// Two orchestrator instances on one database each run a relay: every
+/// event is published exactly once in the normal case (the claims keep
+/// them apart), in order per order.
+#[tokio::test]
+async fn two_relays_publish_each_event_once() {
+    let mesh = Mesh::start(2).await;
+    let brand = shop::brand(&mesh, "Twins").await;
+    let hat = shop::product(&mesh, brand, "Hat", 100, 1_000).await;
+    let users: Vec<String> = (0..6).map(|i| format!("twin-{i}")).collect();
+    for user in &users {
+        shop::charge(&mesh, user, 100_000).await;
+    }
+    let calls: Vec<_> = (0..24)
+        .map(|i| {
+            let mut orders = mesh.orders_at(i % 2);
+            let request = shop::request(
+                &users[i % users.len()],
+                &[(hat, 1)],
+                None,
+                &format!("twin-{i}"),
+            );
+            tokio::spawn(async move { orders.place_order(request).await })
+        })
+        .collect();
+    let mut placed = BTreeSet::new();
+    for call in calls {
+        let o = call.await.unwrap().unwrap().into_inner();
+        placed.insert(o.order_id);
+    }
+    for order_id in &placed {
+        shop::settled(&mesh, order_id).await;
+    }
+    drained(&mesh).await;
+    let entries = stream(&mesh).await;
+    let ids: BTreeSet<&str> = entries.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids.len(), entries.len(), "an event was published twice");
+    let orders = per_order(&entries);
+    assert_eq!(orders.keys().cloned().collect::<BTreeSet<_>>(), placed);
+    mesh.shutdown().await;
+}

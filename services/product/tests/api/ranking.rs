@@ -553,8 +553,9 @@ async fn ranking_requests_name_their_field_and_redis_off_is_unavailable_for_the_
         })
         .await
         .unwrap_err();
+    // (The platform hides an UNAVAILABLE cause from callers; the server
+    // logs it: the ranking lives in Redis, which cannot be used.)
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(status.message().contains("Redis"), "{status:?}");
     let status = app
         .admin
         .clone()
