@@ -15,6 +15,7 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 use crate::ranking::{ConsumerSettings, OrderEventConsumer, Ranking, SalesTally};
 use crate::store::ProductStore;
+use crate::store::catalogue_cache::{CatalogueCache, CatalogueCacheArgs, CatalogueCacheSettings};
 
 pub static MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/product");
 
@@ -39,9 +40,28 @@ pub async fn build_with(
     config: ServerConfig,
     consumer: ConsumerSettings,
 ) -> anyhow::Result<Application> {
+    let cache = CatalogueCacheArgs::from_env()?.settings()?;
+    build_configured(config, consumer, cache).await
+}
+
+/// [`build`] with the catalogue cache's settings given (tests), instead of
+/// `CATALOGUE_CACHE` / `CATALOGUE_CACHE_TTL_MS`.
+pub async fn build_with_cache(
+    config: ServerConfig,
+    cache: CatalogueCacheSettings,
+) -> anyhow::Result<Application> {
+    build_configured(config, ConsumerSettings::default(), cache).await
+}
+
+async fn build_configured(
+    config: ServerConfig,
+    consumer: ConsumerSettings,
+    cache: CatalogueCacheSettings,
+) -> anyhow::Result<Application> {
     let app = Application::build(&SPEC, config).await?;
-    let store = ProductStore::new(app.database().clone());
     let redis = Redis::connect(&app.config().redis)?;
+    let cache = CatalogueCache::new(redis.clone(), cache);
+    let store = ProductStore::new(app.database().clone()).with_catalogue_cache(cache);
     let tally = SalesTally::new(redis.clone());
     let ranking = Ranking::new(store.clone(), tally.clone());
     let consumer = redis

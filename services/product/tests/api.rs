@@ -23,3 +23,6 @@ mod operations;
 
 #[path = "api/ranking.rs"]
 mod ranking;
+
+#[path = "api/catalogue_cache.rs"]
+mod catalogue_cache;

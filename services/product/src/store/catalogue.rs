@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
 use super::ProductStore;
+use super::catalogue_cache::{CacheKey, CachedPage, CachedProduct, Lookup};
 use super::models::{
     BrandChangeset, BrandRow, ProductChangeset, ProductViewRow, StockRow, product_from_view,
     product_view, product_view_columns,
@@ -44,6 +45,30 @@ impl ProductStore {
         brand_id: i64,
         changes: &BrandChanges,
     ) -> Result<Brand, ServiceError> {
+        let brand = self.brand_write(brand_id, changes).await?;
+        // Products show their brand's name: drop the brand's cached products.
+        let products: Vec<i64> = self
+            .db
+            .read(|c| {
+                async move {
+                    Ok(products::table
+                        .filter(products::brand_id.eq(brand_id))
+                        .select(products::id)
+                        .load(c)
+                        .await?)
+                }
+                .scope_boxed()
+            })
+            .await?;
+        self.catalogue_cache.invalidate(&products).await;
+        Ok(brand)
+    }
+
+    async fn brand_write(
+        &self,
+        brand_id: i64,
+        changes: &BrandChanges,
+    ) -> Result<Brand, ServiceError> {
         self.db
             .transaction(|c| {
                 async move {
@@ -75,7 +100,8 @@ impl ProductStore {
     }
 
     pub async fn product_create(&self, product: &NewProduct) -> Result<Product, ServiceError> {
-        self.db
+        let written = self
+            .db
             .transaction(|c| {
                 async move {
                     let brand = brands::table
@@ -115,7 +141,9 @@ impl ProductStore {
                 }
                 .scope_boxed()
             })
-            .await
+            .await?;
+        self.catalogue_cache.invalidate(&[written.id]).await;
+        Ok(written)
     }
 
     pub async fn product_update(
@@ -123,7 +151,8 @@ impl ProductStore {
         product_id: i64,
         changes: &ProductChanges,
     ) -> Result<Product, ServiceError> {
-        self.db
+        let written = self
+            .db
             .transaction(|c| {
                 async move {
                     if !changes.is_empty() {
@@ -144,17 +173,106 @@ impl ProductStore {
                 }
                 .scope_boxed()
             })
-            .await
+            .await?;
+        self.catalogue_cache.invalidate(&[product_id]).await;
+        Ok(written)
     }
 
+    /// A product, read through the catalogue cache (its stock always from
+    /// MySQL). Not for the saga path, which reads and locks MySQL itself.
     pub async fn product_get(&self, product_id: i64) -> Result<Product, ServiceError> {
+        let key = CacheKey::product(product_id);
+        let version = match self.catalogue_cache.lookup::<CachedProduct>(&key).await {
+            Lookup::Hit(cached) => {
+                if let Some(product) = self.with_fresh_stock(vec![cached]).await?.pop() {
+                    return Ok(product);
+                }
+                None
+            }
+            Lookup::Miss { version } => Some(version),
+            Lookup::Off => None,
+        };
+        let product = self.product_read(product_id).await?;
+        if let Some(version) = version {
+            self.catalogue_cache
+                .fill(&key, &version, &CachedProduct::from(&product))
+                .await;
+        }
+        Ok(product)
+    }
+
+    async fn product_read(&self, product_id: i64) -> Result<Product, ServiceError> {
         self.db
             .read(|c| async move { product_load(c, product_id).await }.scope_boxed())
             .await
     }
 
-    /// One page of products and the count over all pages.
+    /// One page of products and the count over all pages, read through the
+    /// catalogue cache (stock always from MySQL).
     pub async fn products_list(&self, query: &ProductQuery) -> Result<ProductPage, ServiceError> {
+        let key = CacheKey::list(query);
+        let version = match self.catalogue_cache.lookup::<CachedPage>(&key).await {
+            Lookup::Hit(cached) => {
+                let wanted = cached.products.len();
+                let products = self.with_fresh_stock(cached.products).await?;
+                if products.len() == wanted {
+                    return Ok(ProductPage {
+                        products,
+                        total: cached.total,
+                    });
+                }
+                None
+            }
+            Lookup::Miss { version } => Some(version),
+            Lookup::Off => None,
+        };
+        let page = self.products_read(query).await?;
+        if let Some(version) = version {
+            let cached = CachedPage {
+                products: page.products.iter().map(CachedProduct::from).collect(),
+                total: page.total,
+            };
+            self.catalogue_cache.fill(&key, &version, &cached).await;
+        }
+        Ok(page)
+    }
+
+    /// Cached products with their stock read now, in their order; a product
+    /// whose stock or entry cannot be read is left out (the caller then
+    /// reads MySQL).
+    async fn with_fresh_stock(
+        &self,
+        cached: Vec<CachedProduct>,
+    ) -> Result<Vec<Product>, ServiceError> {
+        let ids: Vec<i64> = cached.iter().map(CachedProduct::id).collect();
+        let ids = &ids;
+        let rows: Vec<StockRow> = self
+            .db
+            .read(|c| {
+                async move {
+                    Ok(product_stock::table
+                        .filter(product_stock::product_id.eq_any(ids))
+                        .select(StockRow::as_select())
+                        .load(c)
+                        .await?)
+                }
+                .scope_boxed()
+            })
+            .await?;
+        let mut stocks: std::collections::HashMap<i64, Stock> = rows
+            .into_iter()
+            .map(|row| (row.product_id, Stock::from(row)))
+            .collect();
+        Ok(cached
+            .into_iter()
+            .filter_map(|product| {
+                let stock = stocks.remove(&product.id())?;
+                product.with_stock(stock)
+            })
+            .collect())
+    }
+
+    async fn products_read(&self, query: &ProductQuery) -> Result<ProductPage, ServiceError> {
         self.db
             .read(|c| {
                 async move {
@@ -206,7 +324,8 @@ impl ProductStore {
         product_id: i64,
         available: StockUnits,
     ) -> Result<Stock, ServiceError> {
-        self.db
+        let written = self
+            .db
             .transaction(|c| {
                 async move {
                     let stock: Stock = stock_row_lock(c, product_id)
@@ -233,7 +352,9 @@ impl ProductStore {
                 }
                 .scope_boxed()
             })
-            .await
+            .await?;
+        self.catalogue_cache.invalidate(&[product_id]).await;
+        Ok(written)
     }
 
     /// Records the user's like; a repeat changes nothing.
@@ -242,7 +363,8 @@ impl ProductStore {
         user: &UserId,
         product_id: i64,
     ) -> Result<LikeOutcome, ServiceError> {
-        self.db
+        let written = self
+            .db
             .transaction(|c| {
                 async move {
                     let count = like_count_lock(c, product_id).await?;
@@ -270,7 +392,9 @@ impl ProductStore {
                 }
                 .scope_boxed()
             })
-            .await
+            .await?;
+        self.catalogue_cache.invalidate(&[product_id]).await;
+        Ok(written)
     }
 
     /// Removes the user's like; unliking a product not liked changes nothing.
@@ -279,7 +403,8 @@ impl ProductStore {
         user: &UserId,
         product_id: i64,
     ) -> Result<LikeOutcome, ServiceError> {
-        self.db
+        let written = self
+            .db
             .transaction(|c| {
                 async move {
                     let count = like_count_lock(c, product_id).await?;
@@ -300,7 +425,9 @@ impl ProductStore {
                 }
                 .scope_boxed()
             })
-            .await
+            .await?;
+        self.catalogue_cache.invalidate(&[product_id]).await;
+        Ok(written)
     }
 }
 

@@ -9,6 +9,7 @@
 //! queue instead of deadlocking on the foreign-key check.
 
 mod catalogue;
+pub mod catalogue_cache;
 mod models;
 mod ranking;
 mod reservations;
@@ -16,16 +17,32 @@ pub mod schema;
 
 use commerce_platform::Database;
 
+use self::catalogue_cache::CatalogueCache;
+
 pub use reservations::{CONFIRM_RESERVATION, RESERVE_STOCK, STOCK_PAIR};
 
 /// Storage of brands, products, stock, likes and reservations.
 #[derive(Debug, Clone)]
 pub struct ProductStore {
     db: Database,
+    /// GetProduct / ListProducts read through it; catalogue writes
+    /// invalidate it. Never used by the reservation path.
+    catalogue_cache: CatalogueCache,
 }
 
 impl ProductStore {
+    /// A store without a catalogue cache (every read from MySQL).
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            db,
+            catalogue_cache: CatalogueCache::off(),
+        }
+    }
+
+    pub fn with_catalogue_cache(self, catalogue_cache: CatalogueCache) -> Self {
+        Self {
+            catalogue_cache,
+            ..self
+        }
     }
 }
