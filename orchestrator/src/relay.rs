@@ -34,6 +34,10 @@ pub struct RelayConfig {
     pub claim_for: Duration,
     /// Longest wait for new rows when idle (a local write wakes it sooner).
     pub idle_poll: Duration,
+    /// After a round that found fewer rows than a batch, how long to let
+    /// more accumulate: a few ms of lag buys rounds of many events (the
+    /// statements of a round are shared by its events).
+    pub linger: Duration,
     /// Cap of the backoff while Redis or MySQL fails.
     pub backoff_max: Duration,
     /// Published rows older than this are purged.
@@ -48,6 +52,7 @@ impl Default for RelayConfig {
             batch: 128,
             claim_for: Duration::from_secs(30),
             idle_poll: Duration::from_millis(500),
+            linger: Duration::from_millis(20),
             backoff_max: Duration::from_secs(5),
             retention: Duration::from_secs(24 * 3600),
             stream_max_len: 1_000_000,
@@ -111,6 +116,9 @@ impl Relay {
                         );
                     }
                     backoff = Duration::from_millis(50);
+                    if published > 0 && (published as i64) < self.config.batch {
+                        tokio::time::sleep(self.config.linger).await;
+                    }
                     if published == 0 {
                         // Idle: a local write wakes us; other instances'
                         // rows and expired claims are found by the poll.

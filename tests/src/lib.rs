@@ -24,9 +24,7 @@ pub fn run_server(service: &str, args: Vec<OsString>) -> Option<ExitCode> {
         "point" => run_cli::<NoExtraArgs, _, _>(point_service::SPEC, args, |config, _| {
             point_service::build(config)
         }),
-        "coupon" => run_cli::<NoExtraArgs, _, _>(coupon_service::SPEC, args, |config, _| {
-            coupon_service::build(config)
-        }),
+        "coupon" => run_cli(coupon_service::SPEC, args, coupon_service::build_with),
         "orchestrator" => run_cli(order_orchestrator::SPEC, args, order_orchestrator::build),
         _ => return None,
     })

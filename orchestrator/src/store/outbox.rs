@@ -6,7 +6,7 @@
 //! publish time says what the event must say.
 
 use chrono::NaiveDateTime;
-use commerce_platform::db::{PreparedExt, ScopedFutureExt};
+use commerce_platform::db::{PreparedExt, ScopedFutureExt, padded};
 use commerce_platform::error::ServiceError;
 use commerce_platform::time::now;
 use diesel::dsl::{exists, not};
@@ -106,6 +106,7 @@ impl OrderStore {
                         .select(outbox::id)
                         .for_update()
                         .skip_locked()
+                        .prepared()
                         .load(c)
                         .await?;
                     if !ids.is_empty() {
@@ -125,13 +126,14 @@ impl OrderStore {
         let rows: Vec<(OutboxRow, OrderRow)> = self
             .db
             .read(|c| {
-                let ids = &ids;
+                let ids = padded(ids.clone());
                 async move {
                     Ok(outbox::table
                         .inner_join(orders::table)
                         .filter(outbox::id.eq_any(ids))
                         .order(outbox::id)
                         .select((OutboxRow::as_select(), OrderRow::as_select()))
+                        .prepared()
                         .load(c)
                         .await?)
                 }
@@ -154,10 +156,11 @@ impl OrderStore {
                 async move {
                     diesel::update(
                         outbox::table
-                            .filter(outbox::id.eq_any(ids))
+                            .filter(outbox::id.eq_any(padded(ids.to_vec())))
                             .filter(outbox::claimed_by.eq(owner)),
                     )
                     .set(outbox::published_at.eq(now()))
+                    .prepared()
                     .execute(c)
                     .await?;
                     Ok(())

@@ -313,6 +313,17 @@ impl<Q: Query> Query for Prepared<Q> {
     type SqlType = Q::SqlType;
 }
 
+/// `items` padded to the next power of two by repeating the last one, for
+/// an `IN` list or a multi-row statement whose repeats change nothing: a
+/// handful of statement shapes then serve every size, each kept prepared
+/// with [`Prepared`].
+pub fn padded<T: Clone>(mut items: Vec<T>) -> Vec<T> {
+    if let Some(last) = items.last().cloned() {
+        items.resize(items.len().next_power_of_two(), last);
+    }
+    items
+}
+
 /// True when the error is a violation of a unique key.
 pub fn is_unique_violation(error: &DieselError) -> bool {
     matches!(
