@@ -23,6 +23,9 @@ pub mod reason {
     pub const SAGA_FENCE_STALE: &str = "SAGA_FENCE_STALE";
     /// The database could not be reached.
     pub const DATABASE_UNAVAILABLE: &str = "DATABASE_UNAVAILABLE";
+    /// Redis, the only home of what was asked (the sales ranking), could not
+    /// be reached.
+    pub const REDIS_UNAVAILABLE: &str = "REDIS_UNAVAILABLE";
     /// A transaction lost a lock race; retrying is safe.
     pub const TRANSACTION_CONFLICT: &str = "TRANSACTION_CONFLICT";
     /// Something unexpected; details are in the server's log.
@@ -56,6 +59,13 @@ pub enum ServiceError {
     /// A dependency (the database) cannot be reached now. `UNAVAILABLE`.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Another dependency cannot be reached now; `message` is for the caller
+    /// (it names the dependency, never internals). `UNAVAILABLE`.
+    #[error("{message}")]
+    DependencyUnavailable {
+        reason: &'static str,
+        message: String,
+    },
     /// A bug or an unexpected state. `INTERNAL`.
     #[error("internal error: {0}")]
     Internal(String),
@@ -99,9 +109,9 @@ impl ServiceError {
         match self {
             Self::InvalidArgument { .. } => reason::INVALID_FIELD.to_owned(),
             Self::NotFound { entity, .. } => format!("{}_NOT_FOUND", entity.to_uppercase()),
-            Self::AlreadyExists { reason, .. } | Self::Rejected { reason, .. } => {
-                (*reason).to_owned()
-            }
+            Self::AlreadyExists { reason, .. }
+            | Self::Rejected { reason, .. }
+            | Self::DependencyUnavailable { reason, .. } => (*reason).to_owned(),
             Self::Conflict(_) => reason::TRANSACTION_CONFLICT.to_owned(),
             Self::Unavailable(_) => reason::DATABASE_UNAVAILABLE.to_owned(),
             Self::Internal(_) => reason::INTERNAL.to_owned(),
@@ -115,7 +125,7 @@ impl ServiceError {
             Self::AlreadyExists { .. } => Code::AlreadyExists,
             Self::Rejected { .. } => Code::FailedPrecondition,
             Self::Conflict(_) => Code::Aborted,
-            Self::Unavailable(_) => Code::Unavailable,
+            Self::Unavailable(_) | Self::DependencyUnavailable { .. } => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
     }

@@ -109,9 +109,12 @@ impl Ranking {
 }
 
 fn unavailable(down: RedisDown) -> ServiceError {
-    ServiceError::Unavailable(format!(
-        "the sales ranking lives in Redis, which cannot be used now: {down}"
-    ))
+    tracing::warn!(%down, "sales ranking unavailable");
+    ServiceError::DependencyUnavailable {
+        reason: commerce_platform::error::reason::REDIS_UNAVAILABLE,
+        message: "the sales ranking lives in Redis, which cannot be reached now; retry later"
+            .to_owned(),
+    }
 }
 
 /// The consumer's flags (the `extra` flags of the product server).
