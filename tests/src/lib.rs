@@ -18,9 +18,13 @@ pub const SERVICES: [&str; 4] = ["product", "point", "coupon", "orchestrator"];
 /// name); `None` when no server has that name.
 pub fn run_server(service: &str, args: Vec<OsString>) -> Option<ExitCode> {
     Some(match service {
-        "product" => run_cli::<NoExtraArgs, _, _>(product_service::SPEC, args, |config, _| {
-            product_service::build(config)
-        }),
+        "product" => run_cli(
+            product_service::SPEC,
+            args,
+            |config, args: product_service::ranking::RankingArgs| async move {
+                product_service::build_with(config, args.settings()?).await
+            },
+        ),
         "point" => run_cli::<NoExtraArgs, _, _>(point_service::SPEC, args, |config, _| {
             point_service::build(config)
         }),

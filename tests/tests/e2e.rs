@@ -27,6 +27,8 @@ mod invariants;
 mod lifecycle;
 #[path = "e2e/outage.rs"]
 mod outage;
+#[path = "e2e/ranking.rs"]
+mod ranking;
 #[path = "e2e/rejections.rs"]
 mod rejections;
 #[path = "e2e/shop.rs"]
