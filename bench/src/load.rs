@@ -1,5 +1,6 @@
-//! The load generator: sends a list of PlaceOrder calls with a fixed number
-//! of clients in flight and records each call's latency and outcome.
+//! The load generator: sends a list of PlaceOrder calls (or any other
+//! calls, [`drive_calls`]) with a fixed number of clients in flight and
+//! records each call's latency and outcome.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,15 +39,7 @@ impl Outcome {
     }
 
     pub fn latency(&self) -> Latency {
-        let ms = |micros: u64| micros as f64 / 1000.0;
-        let h = &self.latencies;
-        Latency {
-            p50: ms(h.value_at_quantile(0.50)),
-            p95: ms(h.value_at_quantile(0.95)),
-            p99: ms(h.value_at_quantile(0.99)),
-            max: ms(h.max()),
-            mean: h.mean() / 1000.0,
-        }
+        latency_of(&self.latencies)
     }
 
     /// (percentile, ms) points for the chart, denser in the tail.
@@ -170,4 +163,105 @@ async fn worker(
         }
     }
     out
+}
+
+/// What a run of calls of one kind (not PlaceOrder) found: the catalogue
+/// reads, the flash coupon's issuance.
+pub struct CallOutcome {
+    /// Answers with a result.
+    pub ok: u64,
+    /// Answers with an error status, by code (`FailedPrecondition`, ...).
+    pub errors: BTreeMap<String, u64>,
+    /// Latency of every answered call, result or error, in microseconds.
+    pub latencies: Histogram<u64>,
+    pub elapsed: Duration,
+}
+
+impl CallOutcome {
+    pub fn calls(&self) -> u64 {
+        self.ok + self.errors.values().sum::<u64>()
+    }
+
+    /// Error answers of `code` (`tonic::Code`'s `Debug` name).
+    pub fn errors_of(&self, code: tonic::Code) -> u64 {
+        self.errors.get(&format!("{code:?}")).copied().unwrap_or(0)
+    }
+
+    pub fn latency(&self) -> Latency {
+        latency_of(&self.latencies)
+    }
+}
+
+fn latency_of(h: &Histogram<u64>) -> Latency {
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    Latency {
+        p50: ms(h.value_at_quantile(0.50)),
+        p95: ms(h.value_at_quantile(0.95)),
+        p99: ms(h.value_at_quantile(0.99)),
+        max: ms(h.max()),
+        mean: h.mean() / 1000.0,
+    }
+}
+
+/// Makes calls `call(0)` .. `call(count - 1)`, `concurrency` in flight
+/// (each worker takes the next index when its call is answered).
+pub async fn drive_calls<F, Fut>(count: usize, concurrency: usize, call: F) -> CallOutcome
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), tonic::Status>> + Send,
+{
+    let call = Arc::new(call);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency.clamp(1, count.max(1)))
+        .map(|_| {
+            let call = Arc::clone(&call);
+            let next = Arc::clone(&next);
+            tokio::spawn(async move {
+                let mut out = CallOutcome {
+                    ok: 0,
+                    errors: BTreeMap::new(),
+                    latencies: histogram(),
+                    elapsed: Duration::ZERO,
+                };
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    let sent = Instant::now();
+                    let answer = call(i).await;
+                    let micros = u64::try_from(sent.elapsed().as_micros())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
+                    let _ = out.latencies.record(micros);
+                    match answer {
+                        Ok(()) => out.ok += 1,
+                        Err(status) => {
+                            *out.errors
+                                .entry(format!("{:?}", status.code()))
+                                .or_default() += 1;
+                        }
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    let mut total = CallOutcome {
+        ok: 0,
+        errors: BTreeMap::new(),
+        latencies: histogram(),
+        elapsed: Duration::ZERO,
+    };
+    for worker in workers {
+        let Ok(part) = worker.await else { continue };
+        total.ok += part.ok;
+        for (k, v) in part.errors {
+            *total.errors.entry(k).or_default() += v;
+        }
+        let _ = total.latencies.add(&part.latencies);
+    }
+    total.elapsed = started.elapsed();
+    total
 }

@@ -3,17 +3,23 @@
 //! `commerce-bench run` starts the four servers of the mesh and the
 //! one-transaction baseline as separate processes (re-executing itself as
 //! `commerce-bench serve <server>`), each on a fresh database of the local
-//! MariaDB/MySQL, seeds a shop, drives `PlaceOrder` at fixed concurrency
-//! levels against both systems pair by pair, runs the hot-product,
-//! flash-coupon and recovery scenarios, and writes `report.md`,
-//! `report.json` and charts to `--out`.
+//! MariaDB/MySQL and under a Redis key prefix of the run's own, seeds a
+//! shop, drives `PlaceOrder` at fixed concurrency levels against both
+//! systems pair by pair (with the order event outbox's lag), runs the
+//! hot-product, flash-coupon (with and without the Redis gate), catalogue
+//! (with and without the Redis cache) and recovery scenarios, writes
+//! `report.md`, `report.json` and charts to `--out`, and deletes the run's
+//! Redis keys.
 
 mod baseline;
 mod dtm;
+mod fast_paths;
+mod keyspace;
 mod load;
 mod mesh;
 mod metrics;
 mod model;
+mod outbox;
 mod reconcile;
 mod report;
 mod scenarios;
@@ -26,6 +32,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use commerce_platform::config::NoExtraArgs;
 
+use crate::keyspace::RunRedis;
 use crate::mesh::{Databases, Systems};
 use crate::model::Report;
 use crate::scenarios::Plan;
@@ -70,6 +77,15 @@ struct RunArgs {
     /// created anew.
     #[arg(long, default_value = "commerce_bench")]
     db_prefix: String,
+    /// Redis of the servers (the harness reads the order event stream
+    /// there); every key of the run is under `bench-<run id>`, deleted at
+    /// the end.
+    #[arg(
+        long,
+        env = "BENCH_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
     /// Concurrency levels (clients in flight).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 32, 128])]
     levels: Vec<usize>,
@@ -77,7 +93,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 2_000)]
     orders: usize,
     /// Scenarios to run.
-    #[arg(long, value_delimiter = ',', default_values_t = ["uniform".to_owned(), "instances".to_owned(), "hot_product".to_owned(), "flash_coupon".to_owned(), "recovery".to_owned()])]
+    #[arg(long, value_delimiter = ',', default_values_t = ["uniform".to_owned(), "instances".to_owned(), "hot_product".to_owned(), "flash_coupon".to_owned(), "catalogue".to_owned(), "recovery".to_owned()])]
     scenarios: Vec<String>,
     /// A tiny run of every scenario (for the test suite): no figure means
     /// anything, every code path runs.
@@ -142,6 +158,7 @@ fn plan(args: &RunArgs) -> Plan {
             hot_buyers: 20,
             flash_coupons: 5,
             flash_users: 40,
+            catalogue_reads: 40,
             recovery_sagas: 20,
             instance_counts: vec![1, 2],
             instance_levels: vec![4],
@@ -163,6 +180,7 @@ fn plan(args: &RunArgs) -> Plan {
         hot_buyers: 1_000,
         flash_coupons: 100,
         flash_users: 10_000,
+        catalogue_reads: orders * 5,
         recovery_sagas: 10_000,
         instance_counts: vec![1, 2, 4],
         instance_levels: vec![32],
@@ -176,13 +194,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     databases.recreate().await?;
     let log_dir = args.out.join("logs");
     std::fs::create_dir_all(&log_dir)?;
+    let redis = RunRedis::new(&args.redis_url);
     let mut report = Report {
         run: metrics::run_info(databases.server_url(), command).await,
         ..Report::default()
     };
-    let mut systems = Systems::start(&databases, &log_dir).await?;
+    report.run.redis_prefix = redis.prefix.clone();
+    tracing::info!(prefix = %redis.prefix, "the run's Redis keys");
+    let mut systems = Systems::start(&databases, &log_dir, redis.clone()).await?;
     let outcome = scenarios_run(&mut systems, &databases, &plan, &args, &mut report).await;
     systems.stop().await;
+    // Best effort: a Redis that is gone by now leaves keys behind, not a
+    // failed run.
+    match redis.delete_keys().await {
+        Ok(deleted) => {
+            tracing::info!(deleted, prefix = %redis.prefix, "the run's Redis keys deleted")
+        }
+        Err(error) => {
+            tracing::warn!(%error, prefix = %redis.prefix, "the run's Redis keys not all deleted")
+        }
+    }
     outcome?;
     let written = report::write(&report, &args.out)?;
     for path in written {
@@ -226,10 +257,10 @@ async fn scenarios_run(
     let wanted = |name: &str| args.scenarios.iter().any(|s| s == name);
     if wanted("uniform") {
         tracing::info!("scenario uniform");
-        let (levels, breakdown) =
-            scenarios::uniform(systems, &server_url, &baseline_url, plan).await?;
-        report.levels.extend(levels);
-        report.scenarios.extend(breakdown);
+        let uniform = scenarios::uniform(systems, &server_url, &baseline_url, plan).await?;
+        report.levels.extend(uniform.levels);
+        report.scenarios.extend(uniform.scenarios);
+        report.outbox_lag.extend(uniform.outbox_lag);
     }
     if wanted("instances") {
         tracing::info!("scenario instances");
@@ -246,9 +277,15 @@ async fn scenarios_run(
     }
     if wanted("flash_coupon") {
         tracing::info!("scenario flash_coupon");
-        report
-            .scenarios
-            .push(scenarios::flash_coupon(systems, plan).await?);
+        let (result, comparison) = fast_paths::flash_coupon(systems, &server_url, plan).await?;
+        report.scenarios.push(result);
+        report.fast_paths.push(comparison);
+    }
+    if wanted("catalogue") {
+        tracing::info!("scenario catalogue");
+        let (result, comparison) = fast_paths::catalogue(systems, &server_url, plan).await?;
+        report.scenarios.push(result);
+        report.fast_paths.push(comparison);
     }
     if wanted("recovery") {
         tracing::info!("scenario recovery");

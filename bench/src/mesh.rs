@@ -15,7 +15,10 @@ use commerce_proto::product::v1::product_admin_service_client::ProductAdminServi
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::keyspace::RunRedis;
+
 /// Databases of one run, `<prefix>_<server>`, dropped and created anew.
+#[derive(Debug, Clone)]
 pub struct Databases {
     server_url: String,
     prefix: String,
@@ -91,6 +94,12 @@ pub struct Systems {
     pub extra_orchestrators: Vec<(&'static str, Node)>,
     /// What it takes to start another orchestrator instance.
     orchestrator_spawn: OrchestratorSpawn,
+    /// The run's Redis and key prefix (every server but dtm has it).
+    pub redis: RunRedis,
+    /// What it takes to start a server without Redis next to the mesh.
+    program: PathBuf,
+    databases: Databases,
+    log_dir: PathBuf,
 }
 
 /// Program, database, participants and log directory of the orchestrator,
@@ -124,10 +133,15 @@ const ORCHESTRATOR_LOG: [(&str, &str); 1] = [("RUST_LOG", "info,saga_timing=debu
 const POOL: &str = "32";
 
 impl Systems {
-    pub async fn start(databases: &Databases, log_dir: &Path) -> anyhow::Result<Self> {
+    pub async fn start(
+        databases: &Databases,
+        log_dir: &Path,
+        redis: RunRedis,
+    ) -> anyhow::Result<Self> {
         let program = std::env::current_exe()?;
         let node = |service: &'static str, extra: Vec<String>| {
             let mut args = vec!["--db-pool-size".to_owned(), POOL.to_owned()];
+            args.extend(redis.server_args());
             args.extend(extra);
             Node::new(
                 &program,
@@ -165,6 +179,11 @@ impl Systems {
             "--log-format".into(),
             "json".into(),
         ];
+        let orchestrator_args = redis
+            .server_args()
+            .into_iter()
+            .chain(orchestrator_args)
+            .collect();
         let orchestrator_spawn = OrchestratorSpawn {
             program: program.clone(),
             database_url: databases.url("orchestrator"),
@@ -189,7 +208,31 @@ impl Systems {
             dtm,
             extra_orchestrators: Vec::new(),
             orchestrator_spawn,
+            redis,
+            program,
+            databases: databases.clone(),
+            log_dir: log_dir.to_owned(),
         })
+    }
+
+    /// Starts a second `service` (product or coupon) on the same database
+    /// with every Redis path off (`--redis-url off`), logging to
+    /// `<service>-no-redis.log`: the "without" side of a fast-path
+    /// comparison. The caller kills it when done.
+    pub async fn start_without_redis(&self, service: &'static str) -> Node {
+        let mut args = vec!["--db-pool-size".to_owned(), POOL.to_owned()];
+        args.extend(self.redis.server_args_without());
+        let mut node = Node::new(
+            &self.program,
+            &["serve"],
+            service,
+            &self.databases.url(service),
+            args,
+            &self.log_dir,
+            &format!("{service}-no-redis"),
+        );
+        node.start().await;
+        node
     }
 
     /// Runs `count` orchestrator instances in all (the first one included):

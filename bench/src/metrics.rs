@@ -163,13 +163,23 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// The database server's process, when it runs on this machine.
 pub fn database_pid() -> Option<u32> {
+    process_pid(&["mariadbd", "mysqld"])
+}
+
+/// The Redis server's process, when it runs on this machine.
+pub fn redis_pid() -> Option<u32> {
+    process_pid(&["redis-server"])
+}
+
+/// The first process whose command name is one of `names`.
+fn process_pid(names: &[&str]) -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
         .find_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
-            matches!(comm.trim(), "mariadbd" | "mysqld").then_some(pid)
+            names.contains(&comm.trim()).then_some(pid)
         })
 }
 
@@ -237,6 +247,7 @@ pub async fn run_info(server_url: &str, command: String) -> RunInfo {
             "release"
         }
         .to_owned(),
+        redis_prefix: String::new(),
     }
 }
 

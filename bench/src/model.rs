@@ -161,6 +161,10 @@ pub struct RunInfo {
     pub memory_gib: f64,
     pub database: String,
     pub profile: String,
+    /// Prefix of every Redis key and stream of the run's servers
+    /// (`bench-<run id>`), deleted at the end of the run.
+    #[serde(default)]
+    pub redis_prefix: String,
 }
 
 /// Everything one run found.
@@ -169,4 +173,70 @@ pub struct Report {
     pub run: RunInfo,
     pub levels: Vec<LevelResult>,
     pub scenarios: Vec<ScenarioResult>,
+    /// How far the order event stream lagged the orders of each uniform
+    /// level of the saga.
+    #[serde(default)]
+    pub outbox_lag: Vec<OutboxLag>,
+    /// Workloads run against a server with its Redis fast path and without
+    /// it (`flash_coupon`, `catalogue`).
+    #[serde(default)]
+    pub fast_paths: Vec<FastPathComparison>,
+}
+
+/// The outbox relay under one uniform level of the saga: what was left to
+/// publish when the load ended, how long publishing it took, and the lag of
+/// each published event (its stream entry's time minus its commit time).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OutboxLag {
+    pub concurrency: usize,
+    /// Orders of the level.
+    pub orders: u64,
+    /// `GetOutbox.pending` right after the last answer of the level.
+    pub pending_after_load: i64,
+    /// From the last answer until `pending` was 0 (or the wait gave up).
+    pub drain_secs: f64,
+    /// Whether `pending` reached 0 within the wait.
+    pub drained: bool,
+    /// Stream entries the level added.
+    pub events: u64,
+    /// Lag percentiles of those entries, in milliseconds: entry id's
+    /// millisecond part (Redis' clock at XADD) minus the event's
+    /// `occurred_at` (the orchestrator's clock at the commit).
+    pub lag_p50_ms: f64,
+    pub lag_p99_ms: f64,
+    pub lag_max_ms: f64,
+}
+
+/// One workload against one server, with its Redis fast path and without
+/// it (a second process of the same server on the same database, started
+/// with `--redis-url off`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FastPathComparison {
+    pub name: String,
+    pub description: String,
+    /// What one call is, for the column titles ("request", "read").
+    pub unit: String,
+    pub rows: Vec<FastPathRow>,
+}
+
+/// One side of a [`FastPathComparison`] at one concurrency.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FastPathRow {
+    /// Whether the server had Redis.
+    pub redis: bool,
+    pub concurrency: usize,
+    pub calls: u64,
+    /// Calls answered with an error status the workload does not expect.
+    pub errors: u64,
+    pub elapsed_secs: f64,
+    /// Calls per second.
+    pub throughput: f64,
+    /// Of every call, answered with a result or an expected refusal.
+    pub latency: Latency,
+    /// MariaDB's global status counters per call (see
+    /// [`LevelResult::db_per_order`]).
+    pub db_per_call: BTreeMap<String, f64>,
+    /// CPU seconds per call of the server under test, `mariadb`, `redis`
+    /// and the `generator`.
+    pub cpu_secs_per_call: BTreeMap<String, f64>,
 }

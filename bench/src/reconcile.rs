@@ -22,12 +22,15 @@
 //! - **coupons**: each of the shop's coupons is USED, by its order, iff a
 //!   CONFIRMED order used it, else AVAILABLE; no coupon used by two
 //!   CONFIRMED orders.
+//! - **events** (saga, uniform scenario): every CONFIRMED or REJECTED order
+//!   has at least one event in the order event stream
+//!   ([`events_published`]).
 //!
 //! Other coordinators of the same participants (a peer system) add their
 //! orders to the saga's list ([`Books::orders`]) before [`check`], so that
 //! the participants' books include them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Context;
 use commerce_proto::coupon::v1 as coupon;
@@ -349,6 +352,19 @@ pub fn check(label: &str, shop: &Shop, books: &Books, placed: Option<usize>) -> 
         figures,
         checks,
     }
+}
+
+/// Every CONFIRMED or REJECTED order of `books` has at least one event
+/// among the order ids `published` (the run's order event stream).
+pub fn events_published(books: &Books, published: &HashSet<String>) -> (String, bool) {
+    let mut found = Found::default();
+    for o in &books.orders {
+        if matches!(o.state, State::Confirmed | State::Rejected) && !published.contains(&o.order_id)
+        {
+            found.add(format!("order {} has no event in the stream", o.order_id));
+        }
+    }
+    found.check("events: every confirmed or rejected order has an event in the stream")
 }
 
 // ------------------------------------------------------------- saga mesh

@@ -8,6 +8,7 @@
 //! same run, and a missing side shows as "n/a" rather than as a guess.
 
 mod charts;
+mod fast_paths;
 mod markdown;
 mod targets;
 
@@ -296,6 +297,7 @@ mod tests {
                 memory_gib: 15.5,
                 database: "MariaDB 11.4".into(),
                 profile: "release".into(),
+                redis_prefix: "bench-0123456789ab".into(),
             },
             levels,
             scenarios: vec![ScenarioResult {
@@ -310,6 +312,7 @@ mod tests {
                     ("no stock leaked".into(), false),
                 ],
             }],
+            ..Report::default()
         }
     }
 

@@ -4,11 +4,10 @@
 //! after `kill -9`. Every scenario that places orders ends with a
 //! reconciliation of its shop (`reconcile`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use commerce_proto::coupon::v1 as coupon;
 use commerce_proto::order::v1 as order;
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
 use commerce_proto::point::v1 as point;
@@ -20,7 +19,8 @@ use crate::baseline;
 use crate::load::{self, Outcome};
 use crate::mesh::{Systems, channel};
 use crate::metrics::{self, CpuSample};
-use crate::model::{LevelResult, OrderSpec, ScenarioResult, Shop, System};
+use crate::model::{LevelResult, OrderSpec, OutboxLag, ScenarioResult, Shop, System};
+use crate::outbox::{self, EventStream};
 use crate::reconcile;
 use crate::seed::{self, ShopSize};
 
@@ -34,6 +34,8 @@ pub struct Plan {
     pub hot_buyers: usize,
     pub flash_coupons: i64,
     pub flash_users: usize,
+    /// Catalogue reads per level and server (the `catalogue` scenario).
+    pub catalogue_reads: usize,
     pub recovery_sagas: usize,
     /// Orchestrator instances of the `instances` scenario (1 first, the
     /// reference).
@@ -198,14 +200,25 @@ fn uniform_orders(shop: &Shop, count: usize, first: usize, tag: &str) -> Vec<Ord
         .collect()
 }
 
+/// What the uniform scenario found: its levels, its latency breakdown,
+/// reconciliation and dtm comparison, and the outbox's lag at each saga
+/// level.
+pub struct Uniform {
+    pub levels: Vec<LevelResult>,
+    pub scenarios: Vec<ScenarioResult>,
+    pub outbox_lag: Vec<OutboxLag>,
+}
+
 /// Uniform load: at each level, the same orders to the saga, then to the
-/// baseline.
+/// baseline (and dtm). After each saga level, the outbox relay's lag
+/// (`outbox`); at the end, every order reconciled and every confirmed or
+/// rejected one found in the order event stream.
 pub async fn uniform(
     systems: &Systems,
     server_url: &str,
     baseline_url: &str,
     plan: &Plan,
-) -> anyhow::Result<(Vec<LevelResult>, Vec<ScenarioResult>)> {
+) -> anyhow::Result<Uniform> {
     let shop = seed::seed(systems, plan.shop, "uniform").await?;
     baseline::seed(baseline_url, &shop).await?;
     // dtm places the same orders in a shop of its own (same sizes, prices
@@ -214,6 +227,9 @@ pub async fn uniform(
     let mut dtm_placed = Vec::new();
     let mut results = Vec::new();
     let mut breakdown = None;
+    let mut events = EventStream::connect(&systems.redis).await?;
+    let mut outbox_lag = Vec::new();
+    let mut with_events = HashSet::new();
     let mut first = 0;
     for &level in &plan.levels {
         let orders = uniform_orders(&shop, plan.orders_per_level, first, &format!("u{level}"));
@@ -230,13 +246,39 @@ pub async fn uniform(
                 System::Dtm => dtm_orders.clone(),
                 _ => orders.clone(),
             };
+            let stream_from = events.last_id().await?;
             let (result, outcome) =
                 measure(systems, server_url, "uniform", system, orders, level).await?;
             if system == System::Dtm {
                 dtm_placed.extend(systems.dtm.settle().await?);
             }
             if system == System::Saga {
+                let load_ended = Instant::now();
+                let pending_after_load = outbox::pending(systems).await?;
+                let drained = outbox::wait_drained(systems, load_ended).await?;
+                let drain = load_ended.elapsed();
                 settle(systems, &outcome).await?;
+                // Sagas that ended after their call's deadline published later.
+                let drained = drained && outbox::wait_drained(systems, Instant::now()).await?;
+                let published = events.read_after(&stream_from).await?;
+                let lag = outbox::LevelEvents {
+                    concurrency: level,
+                    orders: result.orders,
+                    pending_after_load,
+                    drain,
+                    drained,
+                }
+                .summary(&published);
+                tracing::info!(
+                    concurrency = level,
+                    pending_after_load,
+                    drain_ms = drain.as_millis() as u64,
+                    events = lag.events,
+                    lag_p99_ms = format!("{:.1}", lag.lag_p99_ms),
+                    "outbox drained"
+                );
+                outbox_lag.push(lag);
+                with_events.extend(outbox::orders_with_events(&published));
                 // At the lowest level no call waits behind another.
                 if breakdown.is_none() {
                     breakdown = Some(latency_breakdown(systems, log_from, &result));
@@ -266,7 +308,10 @@ pub async fn uniform(
         dtm_placed.extend(ended);
     }
     let placed = plan.orders_per_level * plan.levels.len();
-    let mut checks = reconcile_saga(systems, &shop, Some(placed)).await?;
+    let books = reconcile::mesh_books(systems, &shop).await?;
+    let mut saga = reconcile::check("saga", &shop, &books, Some(placed)).checks;
+    saga.push(reconcile::events_published(&books, &with_events));
+    let mut checks = prefixed("saga", saga);
     checks.extend(reconcile_baseline(baseline_url, &shop, Some(placed)).await?);
     checks.extend(crate::dtm::check::reconcile(systems, &dtm_shop, &dtm_placed).await?);
     if let Some(compensated) = dtm_compensation {
@@ -277,14 +322,15 @@ pub async fn uniform(
     }
     let reconciliation = reconciliation("uniform", &shop, checks);
     let peer = crate::dtm::report::peer("uniform", &results, &systems.dtm);
-    Ok((
-        results,
-        breakdown
+    Ok(Uniform {
+        levels: results,
+        scenarios: breakdown
             .into_iter()
             .chain([reconciliation])
             .chain(peer)
             .collect(),
-    ))
+        outbox_lag,
+    })
 }
 
 /// The saga mesh's books for `shop` checked (see `reconcile`), each check
@@ -669,96 +715,6 @@ async fn balances(systems: &Systems, shop: &Shop) -> anyhow::Result<BTreeMap<Str
         .await
         .into_iter()
         .collect()
-}
-
-/// Many users race for a small first-come coupon template.
-pub async fn flash_coupon(systems: &Systems, plan: &Plan) -> anyhow::Result<ScenarioResult> {
-    let now = SystemTime::now();
-    let template = systems
-        .coupon_admin()
-        .create_template(coupon::CreateTemplateRequest {
-            name: "flash: 5,000 off".into(),
-            kind: coupon::DiscountKind::Fixed as i32,
-            value: 5_000,
-            max_discount: None,
-            min_order_amount: 0,
-            valid_from: Some((now - Duration::from_secs(60)).into()),
-            valid_until: Some((now + Duration::from_secs(86_400)).into()),
-            total_quantity: plan.flash_coupons,
-        })
-        .await?
-        .into_inner();
-    let users = plan.flash_users;
-    let concurrency = users.min(1_000);
-    let started = Instant::now();
-    let clients: Vec<_> = (0..CONNECTIONS).map(|_| systems.coupons()).collect();
-    let results: Vec<(Result<(), tonic::Code>, Duration)> = stream::iter(0..users)
-        .map(|i| {
-            let mut client = clients[i % CONNECTIONS].clone();
-            async move {
-                let sent = Instant::now();
-                let answer = client
-                    .issue_coupon(coupon::IssueCouponRequest {
-                        template_id: template.id,
-                        user_id: format!("flash-user-{i}"),
-                    })
-                    .await;
-                (answer.map(|_| ()).map_err(|s| s.code()), sent.elapsed())
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let elapsed = started.elapsed();
-    let issued = results.iter().filter(|(r, _)| r.is_ok()).count();
-    let sold_out = results
-        .iter()
-        .filter(|(r, _)| *r == Err(tonic::Code::FailedPrecondition))
-        .count();
-    let mut latencies: Vec<f64> = results
-        .iter()
-        .map(|(_, d)| d.as_secs_f64() * 1000.0)
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    let p99 = latencies
-        .get((latencies.len() as f64 * 0.99) as usize)
-        .copied()
-        .unwrap_or_default();
-    let stored = systems
-        .coupon_admin()
-        .get_template(coupon::GetTemplateRequest {
-            template_id: template.id,
-        })
-        .await?
-        .into_inner();
-    let mut figures = BTreeMap::new();
-    figures.insert("users".into(), users as f64);
-    figures.insert("quantity".into(), plan.flash_coupons as f64);
-    figures.insert("issued".into(), issued as f64);
-    figures.insert("elapsed_secs".into(), elapsed.as_secs_f64());
-    figures.insert(
-        "requests_per_sec".into(),
-        users as f64 / elapsed.as_secs_f64(),
-    );
-    figures.insert("p99_ms".into(), p99);
-    Ok(ScenarioResult {
-        name: "flash_coupon".into(),
-        description: format!(
-            "{users} users race for a template of {} coupons ({concurrency} in flight)",
-            plan.flash_coupons
-        ),
-        figures,
-        checks: vec![
-            (
-                format!("exactly {} issued", plan.flash_coupons),
-                issued as i64 == plan.flash_coupons && stored.issued_quantity == plan.flash_coupons,
-            ),
-            (
-                "every other request is COUPON_SOLD_OUT".into(),
-                sold_out == users - issued,
-            ),
-        ],
-    })
 }
 
 /// `kill -9` of the orchestrator with many sagas in flight, then the time

@@ -12,10 +12,13 @@ fn smoke_run_writes_a_report_whose_checks_hold() {
     let out = std::env::temp_dir().join(format!("commerce-bench-smoke-{id}"));
     // A `commerce_t` prefix: deploy/test.sh drops leftovers of failed runs.
     let prefix = format!("commerce_t{}_bench", &id[..12]);
+    let redis_url = std::env::var("COMMERCE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let status = Command::new(env!("CARGO_BIN_EXE_commerce-bench"))
         .args(["run", "--smoke", "--db-prefix", &prefix, "--out"])
         .arg(&out)
         .env("BENCH_MYSQL_URL", commerce_testkit::mysql_admin_url())
+        .env("BENCH_REDIS_URL", &redis_url)
         .status()
         .unwrap();
     assert!(
@@ -49,6 +52,7 @@ fn smoke_run_writes_a_report_whose_checks_hold() {
         "reconcile_instances",
         "hot_product",
         "flash_coupon",
+        "catalogue",
         "recovery",
     ] {
         assert!(names.contains(&name), "no {name} in {names:?}");
@@ -72,6 +76,52 @@ fn smoke_run_writes_a_report_whose_checks_hold() {
     for scenario in scenarios {
         for check in scenario["checks"].as_array().unwrap() {
             assert_eq!(check[1], true, "{} failed: {}", scenario["name"], check[0]);
+        }
+    }
+    // The outbox's lag at each uniform saga level.
+    let lags = report["outbox_lag"].as_array().unwrap();
+    assert_eq!(lags.len(), 2, "{lags:?}");
+    for lag in lags {
+        assert!(lag["events"].as_u64().unwrap() > 0, "no events in {lag}");
+    }
+    // Flash coupon and catalogue, each with and without Redis.
+    let fast_paths: Vec<&str> = report["fast_paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|c| {
+            let sides: Vec<bool> = c["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["redis"].as_bool().unwrap())
+                .collect();
+            assert!(sides.contains(&true) && sides.contains(&false), "{c}");
+        })
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(fast_paths, ["flash_coupon", "catalogue"]);
+    // The run's Redis keys are gone.
+    let prefix = report["run"]["redis_prefix"].as_str().unwrap();
+    assert!(prefix.starts_with("bench-"), "{prefix}");
+    let mut redis = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut cursor = 0u64;
+    loop {
+        let (next, left): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query(&mut redis)
+            .unwrap();
+        assert!(left.is_empty(), "keys of the run left: {left:?}");
+        cursor = next;
+        if cursor == 0 {
+            break;
         }
     }
     for file in ["report.md", "latency.png", "throughput.png"] {

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt::{self, Write};
 
 use super::charts::Charts;
+use super::fast_paths;
 use super::targets;
 use super::{
     GENERATOR_PROCESS, INSTANCES_SCENARIO, LevelPair, ScenarioLevels, system_cpu_secs_per_order,
@@ -24,7 +25,10 @@ const PROCESS_ORDER: [&str; 8] = [
     GENERATOR_PROCESS,
 ];
 
-const NA: &str = "n/a";
+/// The scenario the outbox's lag is measured under.
+const UNIFORM_SCENARIO: &str = "uniform";
+
+pub(super) const NA: &str = "n/a";
 
 pub(super) fn render(
     report: &Report,
@@ -47,9 +51,18 @@ pub(super) fn render(
     run_info(&mut md, report)?;
     for group in groups {
         level_tables(&mut md, group)?;
+        if group.scenario == UNIFORM_SCENARIO {
+            fast_paths::outbox_section(&mut md, &report.outbox_lag)?;
+        }
+    }
+    if !groups.iter().any(|g| g.scenario == UNIFORM_SCENARIO) {
+        fast_paths::outbox_section(&mut md, &report.outbox_lag)?;
     }
     crate::dtm::report::section(&mut md, &report.levels)?;
     instances_section(&mut md, report)?;
+    for comparison in &report.fast_paths {
+        fast_paths::comparison_section(&mut md, comparison)?;
+    }
     if let Some(charts) = charts {
         chart_section(&mut md, groups, charts)?;
     }
@@ -500,7 +513,7 @@ fn scenario_section(md: &mut String, scenario: &ScenarioResult) -> fmt::Result {
     Ok(())
 }
 
-fn table_row(md: &mut String, cells: &[&str]) -> fmt::Result {
+pub(super) fn table_row(md: &mut String, cells: &[&str]) -> fmt::Result {
     md.push('|');
     for cell in cells {
         // A pipe would end the cell early.
@@ -510,7 +523,7 @@ fn table_row(md: &mut String, cells: &[&str]) -> fmt::Result {
     Ok(())
 }
 
-fn table_rule(md: &mut String, columns: usize) -> fmt::Result {
+pub(super) fn table_rule(md: &mut String, columns: usize) -> fmt::Result {
     writeln!(md, "|{}", " --- |".repeat(columns))
 }
 
@@ -555,7 +568,7 @@ pub(super) fn fmt_ratio(ratio: Option<f64>) -> String {
     ratio.map_or_else(|| NA.to_owned(), |r| format!("{r:.2}×"))
 }
 
-fn fmt_cpu_ms(secs: f64) -> String {
+pub(super) fn fmt_cpu_ms(secs: f64) -> String {
     format!("{:.3}", secs * 1_000.0)
 }
 
@@ -578,7 +591,7 @@ fn signed_thousands(whole: f64) -> String {
     format!("{sign}{}", thousands(whole.abs() as u64))
 }
 
-fn thousands(n: u64) -> String {
+pub(super) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, digit) in digits.chars().enumerate() {
