@@ -191,7 +191,7 @@ impl Relay {
         // Bounded: at most 100 rounds of 1,000 rows per purge.
         for _ in 0..100 {
             match self.store.outbox_purge(before, 1_000).await {
-                Ok(n) if n == 1_000 => continue,
+                Ok(1_000) => continue,
                 Ok(_) => return,
                 Err(error) => {
                     tracing::warn!(%error, "outbox purge failed; trying again later");

@@ -18,6 +18,9 @@ use crate::shop::{self, eventually};
 
 const REDIS: &str = "127.0.0.1:6379";
 
+/// An order to place: user, idempotency key, lines.
+type Planned = (String, String, Vec<(i64, i64)>);
+
 async fn redis() -> redis::aio::MultiplexedConnection {
     redis::Client::open(format!("redis://{REDIS}"))
         .unwrap()
@@ -126,13 +129,13 @@ async fn every_order_counts_once_through_crashes_and_a_lost_ranking_is_rebuilt_e
     }
     let lines = |i: usize| -> Vec<(i64, i64)> {
         let mut l = vec![(products[i % 3], 1 + (i % 4) as i64)];
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             l.push((products[(i + 1) % 3], 2));
         }
         l
     };
-    let mut keys: Vec<(String, String, Vec<(i64, i64)>)> = Vec::new();
-    let place_all = |mesh: &Mesh, batch: Vec<(String, String, Vec<(i64, i64)>)>| {
+    let mut keys: Vec<Planned> = Vec::new();
+    let place_all = |mesh: &Mesh, batch: Vec<Planned>| {
         batch
             .into_iter()
             .map(|(user, key, lines)| {
@@ -145,7 +148,7 @@ async fn every_order_counts_once_through_crashes_and_a_lost_ranking_is_rebuilt_e
             })
             .collect::<Vec<_>>()
     };
-    let batch = |from: usize, n: usize| -> Vec<(String, String, Vec<(i64, i64)>)> {
+    let batch = |from: usize, n: usize| -> Vec<Planned> {
         (from..from + n)
             .map(|i| {
                 // Every fifth order is by a user without points: REJECTED.
