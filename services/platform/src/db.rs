@@ -348,3 +348,17 @@ diesel::define_sql_function! {
     #[sql_name = "LAST_INSERT_ID"]
     fn last_insert_id_sql() -> diesel::sql_types::Unsigned<diesel::sql_types::BigInt>;
 }
+
+#[cfg(test)]
+mod padding_tests {
+    use super::padded;
+
+    #[test]
+    fn padded_keeps_every_item_and_rounds_up_to_a_power_of_two() {
+        assert!(padded(Vec::<i64>::new()).is_empty());
+        assert_eq!(padded(vec![7]), vec![7]);
+        assert_eq!(padded(vec![1, 2, 3]), vec![1, 2, 3, 3]);
+        assert_eq!(padded(vec![1, 2, 3, 4]), vec![1, 2, 3, 4]);
+        assert_eq!(padded((1..=100).collect()).len(), 128);
+    }
+}

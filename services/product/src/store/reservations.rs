@@ -11,7 +11,7 @@
 //! order, so row locks are always taken in the same order.
 
 use commerce_platform::barrier::{self, SagaPair};
-use commerce_platform::db::{PreparedExt, ScopedFutureExt};
+use commerce_platform::db::{PreparedExt, ScopedFutureExt, padded};
 use commerce_platform::{SagaCall, SagaId, ServiceError, time};
 use diesel::mysql::Mysql;
 use diesel::prelude::*;
@@ -141,7 +141,7 @@ async fn reserve(
     let rows = products::table
         .inner_join(brands::table)
         .inner_join(product_stock::table)
-        .filter(products::id.eq_any(padded_ids(order.product_ids())))
+        .filter(products::id.eq_any(padded(order.product_ids())))
         .select((
             (
                 products::id,
@@ -213,11 +213,6 @@ async fn reserve(
     })
 }
 
-/// `ids` (not empty) padded with its last id to the next power of two.
-fn padded_ids(mut ids: Vec<i64>) -> Vec<i64> {
-    if let Some(&last) = ids.last() {
-        ids.resize(ids.len().next_power_of_two(), last);
-    }
     ids
 }
 
@@ -329,14 +324,10 @@ impl StockMoves {
             StockMove::ReservedToAvailable => ("reserved", "available"),
             StockMove::SoldToAvailable => ("sold", "available"),
         };
-        let mut moves = moves.to_vec();
-        if let Some(&last) = moves.last() {
-            moves.resize(moves.len().next_power_of_two(), last);
-        }
         Self {
             from,
             to,
-            moves,
+            moves: padded(moves.to_vec()),
             now,
         }
     }
@@ -485,13 +476,6 @@ mod tests {
         StockUnits,
     };
 
-    #[test]
-    fn padded_ids_keep_every_id_and_round_up_to_a_power_of_two() {
-        assert_eq!(padded_ids(vec![7]), vec![7]);
-        assert_eq!(padded_ids(vec![1, 2, 3]), vec![1, 2, 3, 3]);
-        assert_eq!(padded_ids(vec![1, 2, 3, 4]), vec![1, 2, 3, 4]);
-        assert_eq!(padded_ids((1..=100).collect()).len(), 128);
-    }
 
     /// Runs [`stock_apply`] in a transaction of its own.
     async fn try_apply(
