@@ -213,9 +213,6 @@ async fn reserve(
     })
 }
 
-    ids
-}
-
 /// The effect of `confirm_reservation`.
 async fn confirm(c: &mut AsyncMysqlConnection, saga: &SagaId) -> Result<Reservation, ServiceError> {
     let row = reservation_lock(c, saga)
@@ -475,7 +472,6 @@ mod tests {
         BrandDescription, BrandName, NewBrand, NewProduct, Price, ProductName, ProductStatus,
         StockUnits,
     };
-
 
     /// Runs [`stock_apply`] in a transaction of its own.
     async fn try_apply(
