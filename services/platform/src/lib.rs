@@ -17,6 +17,7 @@ pub mod redis;
 pub mod server;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod validate;
 
 pub use config::{ServerArgs, ServerConfig, ServiceSpec};
