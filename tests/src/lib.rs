@@ -2,6 +2,7 @@
 //! binary and for tools, like the benchmark, that re-execute themselves),
 //! and [`node::Node`], one server as a child process.
 
+pub mod certs;
 pub mod node;
 pub mod tail;
 

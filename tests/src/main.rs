@@ -6,13 +6,16 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: commerce-mesh <product|point|coupon|orchestrator> [flags] (--help for flags)\n       commerce-mesh events tail [--last N] [--count N] [--redis-url URL] [--redis-prefix P]";
+const USAGE: &str = "usage: commerce-mesh <product|point|coupon|orchestrator> [flags] (--help for flags)\n       commerce-mesh events tail [--last N] [--count N] [--redis-url URL] [--redis-prefix P]\n       commerce-mesh certs <dir>";
 
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     if args.len() < 2 {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
+    }
+    if args.get(1).and_then(|a| a.to_str()) == Some("certs") {
+        return commerce_e2e::certs::run(&args[2..]);
     }
     if args.get(1).and_then(|a| a.to_str()) == Some("events") {
         if args.get(2).and_then(|a| a.to_str()) != Some("tail") {

@@ -2,6 +2,7 @@
 //! defaults so a developer can start any server with no arguments.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use diesel_migrations::EmbeddedMigrations;
@@ -9,6 +10,7 @@ use diesel_migrations::EmbeddedMigrations;
 use crate::db::DbSettings;
 use crate::redis::RedisSettings;
 use crate::telemetry::LogFormat;
+use crate::tls::TlsFiles;
 
 /// What distinguishes one server binary from another.
 #[derive(Clone, Copy)]
@@ -103,6 +105,21 @@ pub struct ServerArgs {
     /// back to MySQL.
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 250)]
     pub redis_timeout_ms: u64,
+    /// Serve mutual TLS with the files of `commerce-mesh certs <dir>`:
+    /// `<dir>/ca.pem` and `<dir>/<service>.pem`/`.key` [default: plaintext,
+    /// for development only].
+    #[arg(long, env = "TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// CA that signs callers' certificates (with --tls-cert and --tls-key,
+    /// instead of --tls-dir).
+    #[arg(long, env = "TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// The server's certificate (PEM).
+    #[arg(long, env = "TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long, env = "TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Resolved configuration of one server.
@@ -117,6 +134,8 @@ pub struct ServerConfig {
     /// None disables the purge job.
     pub barrier_retention: Option<Duration>,
     pub redis: RedisSettings,
+    /// Mutual TLS and per-method authorization; None serves plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 impl ServerConfig {
@@ -161,6 +180,7 @@ impl ServerConfig {
                 &args.redis_prefix,
                 Duration::from_millis(args.redis_timeout_ms),
             )?,
+            tls: tls_files(spec, args)?,
         })
     }
 
@@ -183,6 +203,23 @@ impl ServerConfig {
             // A prefix of this server's own; tests whose servers share
             // streams set one prefix for all of them.
             redis: RedisSettings::for_tests(format!("test:{}", uuid::Uuid::new_v4().simple())),
+            tls: None,
+        }
+    }
+}
+
+/// A directory, or all three files, or nothing (plaintext).
+fn tls_files(spec: &ServiceSpec, args: &ServerArgs) -> anyhow::Result<Option<TlsFiles>> {
+    match (&args.tls_dir, &args.tls_ca, &args.tls_cert, &args.tls_key) {
+        (None, None, None, None) => Ok(None),
+        (Some(dir), None, None, None) => Ok(Some(TlsFiles::in_dir(dir, spec.name))),
+        (None, Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        })),
+        _ => {
+            anyhow::bail!("TLS takes --tls-dir alone, or all of --tls-ca, --tls-cert and --tls-key")
         }
     }
 }
@@ -206,6 +243,36 @@ mod tests {
         migrations: &crate::migrate::BARRIER_MIGRATIONS,
         saga_participant: true,
     };
+
+    fn resolve_with(flags: &[&str]) -> anyhow::Result<ServerConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("bare").chain(flags.iter().copied()))?;
+        ServerConfig::resolve(&SPEC, &cli.server)
+    }
+
+    #[test]
+    fn tls_is_off_unless_given_a_directory_or_all_three_files() {
+        assert_eq!(resolve_with(&[]).unwrap().tls, None);
+        assert_eq!(
+            resolve_with(&["--tls-dir", "/certs"]).unwrap().tls,
+            Some(TlsFiles {
+                ca: "/certs/ca.pem".into(),
+                cert: "/certs/bare.pem".into(),
+                key: "/certs/bare.key".into(),
+            })
+        );
+        let files = ["--tls-ca", "/a", "--tls-cert", "/b", "--tls-key", "/c"];
+        assert_eq!(
+            resolve_with(&files).unwrap().tls.unwrap().cert,
+            PathBuf::from("/b")
+        );
+        for refused in [
+            &["--tls-ca", "/a"][..],
+            &["--tls-dir", "/certs", "--tls-key", "/c"],
+        ] {
+            let error = resolve_with(refused).unwrap_err().to_string();
+            assert!(error.contains("--tls-dir"), "{error}");
+        }
+    }
 
     fn resolve(retention_hours: &str) -> anyhow::Result<ServerConfig> {
         let cli = Cli::try_parse_from(["bare", "--barrier-retention-hours", retention_hours])?;

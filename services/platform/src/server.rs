@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tonic::body::Body;
@@ -17,6 +18,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::Service;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::util::option_layer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
@@ -24,6 +26,7 @@ use crate::barrier_admin::BarrierAdmin;
 use crate::config::{Cli, Command, NoExtraArgs, ServerConfig, ServiceSpec};
 use crate::db::Database;
 use crate::migrate;
+use crate::tls::{AuthorizeLayer, Rule};
 
 /// How often the database is probed to keep gRPC health truthful.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -37,6 +40,9 @@ pub struct Application {
     service_names: Vec<&'static str>,
     /// Service-specific jobs, stopped with the server.
     jobs: Vec<tokio::task::JoinHandle<()>>,
+    /// Who may call which method, enforced when serving TLS (see
+    /// `crate::tls::policy`).
+    policy: Option<&'static [Rule]>,
 }
 
 impl Application {
@@ -59,6 +65,7 @@ impl Application {
             routes: RoutesBuilder::default(),
             service_names: Vec::new(),
             jobs: Vec::new(),
+            policy: crate::tls::policy::for_server(spec.name),
         };
         if spec.saga_participant {
             let admin = BarrierAdmin::new(app.database.clone()).into_server();
@@ -96,6 +103,13 @@ impl Application {
         self
     }
 
+    /// Replaces the server's policy table (by default its own in
+    /// `crate::tls::policy`).
+    pub fn with_policy(mut self, policy: &'static [Rule]) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
     /// Runs a job of the service (a recovery loop, a relay) for as long as
     /// the server runs.
     pub fn spawn_job(mut self, job: impl Future<Output = ()> + Send + 'static) -> Self {
@@ -115,7 +129,9 @@ impl Application {
             mut routes,
             service_names,
             jobs,
+            policy,
         } = self;
+        let (builder, authorize) = transport_security(&config, policy, &service_names)?;
         // tonic-health's service, decoded with the mesh's codec (see
         // commerce_proto::health).
         let (health, health_service) = commerce_proto::health::health_reporter();
@@ -136,7 +152,7 @@ impl Application {
         ));
 
         tracing::info!(service = config.service, addr = %listener.local_addr()?, "serving");
-        let served = tonic::transport::Server::builder()
+        let served = builder
             .timeout(config.request_timeout)
             .layer(GlobalConcurrencyLimitLayer::new(config.concurrency_limit))
             .layer(
@@ -146,6 +162,8 @@ impl Application {
             )
             // Broken gRPC frames are INVALID_ARGUMENT, not tonic's INTERNAL.
             .layer(commerce_proto::framing::RequestFramingLayer)
+            // Innermost, so refusals are traced like any other answer.
+            .layer(option_layer(authorize))
             .add_routes(routes.routes())
             // Nagle's algorithm would hold a response's last segment until
             // the peer's delayed ACK (40 ms) whenever headers, body and
@@ -167,6 +185,50 @@ impl Application {
         tracing::info!(service = config.service, "stopped");
         Ok(())
     }
+}
+
+/// The server builder, with mutual TLS and the policy that guards every
+/// method when the server has TLS files; plain and open otherwise, which is
+/// logged at WARN (once, at start).
+fn transport_security(
+    config: &ServerConfig,
+    policy: Option<&'static [Rule]>,
+    service_names: &[&'static str],
+) -> anyhow::Result<(tonic::transport::Server, Option<AuthorizeLayer>)> {
+    let builder = tonic::transport::Server::builder();
+    let Some(files) = &config.tls else {
+        tracing::warn!(
+            service = config.service,
+            "serving PLAINTEXT: no TLS, no caller identities, every method open to anyone \
+             who can connect; for development only (set --tls-dir to serve mutual TLS)"
+        );
+        return Ok((builder, None));
+    };
+    let policy = policy.with_context(|| {
+        format!(
+            "no policy table for `{}`: refusing to serve",
+            config.service
+        )
+    })?;
+    let unguarded: Vec<&str> = service_names
+        .iter()
+        .chain(&["grpc.health.v1.Health"])
+        .flat_map(|service| crate::tls::policy::unguarded_methods(policy, service))
+        .collect();
+    anyhow::ensure!(
+        unguarded.is_empty(),
+        "methods with no rule in `{}`'s policy table: {unguarded:?}",
+        config.service
+    );
+    let builder = builder
+        .tls_config(files.server_config()?)
+        .context("configuring TLS")?;
+    tracing::info!(
+        service = config.service,
+        cert = %files.cert.display(),
+        "serving mutual TLS: callers need a certificate of the mesh's CA, methods are authorized"
+    );
+    Ok((builder, Some(AuthorizeLayer::new(policy))))
 }
 
 /// Reflection over every contract, health, and the `google.rpc` error
