@@ -106,9 +106,10 @@ pub struct OrchestratorArgs {
     /// instances wrote, in ms.
     #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 500)]
     pub outbox_poll_ms: u64,
-    /// After a partial round, how long the relay lets events accumulate
-    /// before the next, in ms (lag traded for fewer statements per event).
-    #[arg(long, env = "OUTBOX_LINGER_MS", default_value_t = 20)]
+    /// Before each round that follows a partial one (or a wake-up), how
+    /// long the relay lets events accumulate, in ms: lag traded for fewer
+    /// statements per event.
+    #[arg(long, env = "OUTBOX_LINGER_MS", default_value_t = 50)]
     pub outbox_linger_ms: u64,
     /// Published outbox rows are purged after this many hours.
     #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 24)]

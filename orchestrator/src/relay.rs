@@ -52,7 +52,7 @@ impl Default for RelayConfig {
             batch: 128,
             claim_for: Duration::from_secs(30),
             idle_poll: Duration::from_millis(500),
-            linger: Duration::from_millis(20),
+            linger: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             retention: Duration::from_secs(24 * 3600),
             stream_max_len: 1_000_000,
@@ -116,14 +116,16 @@ impl Relay {
                         );
                     }
                     backoff = Duration::from_millis(50);
-                    if published > 0 && (published as i64) < self.config.batch {
-                        tokio::time::sleep(self.config.linger).await;
-                    }
                     if published == 0 {
                         // Idle: a local write wakes us; other instances'
                         // rows and expired claims are found by the poll.
                         let _ =
                             tokio::time::timeout(self.config.idle_poll, self.wake.notified()).await;
+                    }
+                    if (published as i64) < self.config.batch {
+                        // Let events accumulate: one round per event would
+                        // cost its claim and mark statements per order.
+                        tokio::time::sleep(self.config.linger).await;
                     }
                 }
                 Err(error) => {
