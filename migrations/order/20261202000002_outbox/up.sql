@@ -19,6 +19,5 @@ CREATE TABLE outbox (
     claim_until DATETIME(6) NULL,
     UNIQUE KEY outbox_event (event_id),
     KEY outbox_pending (published_at, id),
-    KEY outbox_order (order_id, published_at, id),
-    KEY outbox_claim (claimed_by)
+    KEY outbox_order (order_id, published_at, id)
 );
