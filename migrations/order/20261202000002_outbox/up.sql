@@ -10,14 +10,16 @@
 -- Redis stream, marks them published and purges them after a retention.
 CREATE TABLE outbox (
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-    event_id CHAR(36) NOT NULL,
-    order_id CHAR(36) NOT NULL,
-    kind VARCHAR(32) NOT NULL,
+    event_id CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    -- As `orders.id` (ascii_bin): any other collation makes the relay's
+    -- join to `orders` scan every order instead of using its key.
+    order_id CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    kind VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     occurred_at DATETIME(6) NOT NULL,
     published_at DATETIME(6) NULL,
-    claimed_by VARCHAR(128) NULL,
+    claimed_by VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NULL,
     claim_until DATETIME(6) NULL,
     UNIQUE KEY outbox_event (event_id),
     KEY outbox_pending (published_at, id),
     KEY outbox_order (order_id, published_at, id)
-);
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
