@@ -5,9 +5,17 @@
 //! idempotency key) stays the guarantee: with Redis down, slow or flushed,
 //! every call takes the MySQL path as before.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use commerce_platform::{Redis, UserId};
+
+/// Deletes the key only while it still holds the caller's order id.
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    )
+});
 
 /// What the gate says about a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,13 +87,10 @@ impl PlaceGate {
             return;
         }
         let key = self.key(user, idempotency_key);
-        let script = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-        );
         let _ = self
             .redis
             .run(|mut c| async move {
-                script
+                RELEASE
                     .key(&key)
                     .arg(order_id)
                     .invoke_async::<i64>(&mut c)

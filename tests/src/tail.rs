@@ -57,7 +57,11 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
 }
 
 async fn tail(args: TailArgs) -> anyhow::Result<()> {
-    let stream = format!("{}:events:orders", args.redis_prefix);
+    let stream = format!(
+        "{}:{}",
+        args.redis_prefix,
+        order_orchestrator::relay::STREAM
+    );
     let mut redis = redis::Client::open(args.redis_url.as_str())?
         .get_multiplexed_async_connection()
         .await?;

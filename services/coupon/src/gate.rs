@@ -309,25 +309,25 @@ impl Issuance {
         let Some(gate) = &self.gate else {
             return self.store.coupon_issue(template_id, user).await;
         };
-        match gate.admit(&self.store, template_id, user).await? {
-            Admission::Refused(refusal) => Err(refusal.into()),
-            Admission::Bypassed => self.store.coupon_issue(template_id, user).await,
-            Admission::Admitted => {
-                // On a task of its own: a caller that goes away (deadline,
-                // cancel) must not leave an admission that MySQL refused
-                // without its give-back.
-                let (store, gate, user) = (self.store.clone(), gate.clone(), user.clone());
-                tokio::spawn(async move {
+        // On a task of its own, admission included: a caller that goes
+        // away (deadline, cancel) at any await must not leave an admission
+        // without its issue, or one MySQL refused without its give-back.
+        let (store, gate, user) = (self.store.clone(), gate.clone(), user.clone());
+        tokio::spawn(async move {
+            match gate.admit(&store, template_id, &user).await? {
+                Admission::Refused(refusal) => Err(refusal.into()),
+                Admission::Bypassed => store.coupon_issue(template_id, &user).await,
+                Admission::Admitted => {
                     let issued = store.coupon_issue(template_id, &user).await;
                     if issued.is_err() {
                         gate.release(template_id, &user).await;
                     }
                     issued
-                })
-                .await
-                .map_err(|e| ServiceError::internal(format!("issuing task failed: {e}")))?
+                }
             }
-        }
+        })
+        .await
+        .map_err(|e| ServiceError::internal(format!("issuing task failed: {e}")))?
     }
 }
 

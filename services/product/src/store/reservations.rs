@@ -463,8 +463,8 @@ mod tests {
 
     #![allow(clippy::unwrap_used)]
 
-    use commerce_platform::ServerConfig;
     use commerce_platform::db::ScopedFutureExt;
+    use commerce_platform::{Application, ServerConfig};
     use commerce_testkit::TestDatabase;
 
     use super::*;
@@ -519,9 +519,13 @@ mod tests {
         (stock.available, stock.reserved, stock.sold)
     }
 
-    #[tokio::test]
-    async fn the_sql_guard_refuses_moves_the_stock_cannot_take_and_writes_nothing() {
-        let db = TestDatabase::create("product_guard").await.unwrap();
+    /// A store on a database of its own with brand "Acme" and one ON_SALE
+    /// product per `(name, stock)` at 1,000 KRW; their ids in that order.
+    async fn shop(
+        label: &str,
+        products: &[(&str, i64)],
+    ) -> (TestDatabase, Application, ProductStore, Vec<i64>) {
+        let db = TestDatabase::create(label).await.unwrap();
         let app = crate::build(ServerConfig::for_tests("product", db.url.clone()))
             .await
             .unwrap();
@@ -533,17 +537,27 @@ mod tests {
             })
             .await
             .unwrap();
-        let product = store
-            .product_create(&NewProduct {
-                brand_id: brand.id,
-                name: ProductName::parse("name", "Shoe").unwrap(),
-                price: Price::parse("price", 1_000).unwrap(),
-                status: ProductStatus::OnSale,
-                stock: StockUnits::parse("stock", 5).unwrap(),
-            })
-            .await
-            .unwrap();
-        let id = product.id;
+        let mut ids = Vec::new();
+        for &(name, stock) in products {
+            let product = store
+                .product_create(&NewProduct {
+                    brand_id: brand.id,
+                    name: ProductName::parse("name", name).unwrap(),
+                    price: Price::parse("price", 1_000).unwrap(),
+                    status: ProductStatus::OnSale,
+                    stock: StockUnits::parse("stock", stock).unwrap(),
+                })
+                .await
+                .unwrap();
+            ids.push(product.id);
+        }
+        (db, app, store, ids)
+    }
+
+    #[tokio::test]
+    async fn the_sql_guard_refuses_moves_the_stock_cannot_take_and_writes_nothing() {
+        let (db, app, store, ids) = shop("product_guard", &[("Shoe", 5)]).await;
+        let id = ids[0];
         use StockMove::*;
 
         // 5 available: 3 reserved, then 1 of them sold.
@@ -602,32 +616,8 @@ mod tests {
     /// turns into a rollback of every row.
     #[tokio::test]
     async fn one_statement_moves_every_line_or_the_step_refuses_them_all() {
-        let db = TestDatabase::create("product_moves").await.unwrap();
-        let app = crate::build(ServerConfig::for_tests("product", db.url.clone()))
-            .await
-            .unwrap();
-        let store = ProductStore::new(app.database().clone());
-        let brand = store
-            .brand_create(&NewBrand {
-                name: BrandName::parse("name", "Acme").unwrap(),
-                description: BrandDescription::parse("description", "").unwrap(),
-            })
-            .await
-            .unwrap();
-        let mut ids = Vec::new();
-        for (name, stock) in [("Hat", 5), ("Scarf", 5), ("Glove", 2)] {
-            let product = store
-                .product_create(&NewProduct {
-                    brand_id: brand.id,
-                    name: ProductName::parse("name", name).unwrap(),
-                    price: Price::parse("price", 1_000).unwrap(),
-                    status: ProductStatus::OnSale,
-                    stock: StockUnits::parse("stock", stock).unwrap(),
-                })
-                .await
-                .unwrap();
-            ids.push(product.id);
-        }
+        let (db, app, store, ids) =
+            shop("product_moves", &[("Hat", 5), ("Scarf", 5), ("Glove", 2)]).await;
         let (hat, scarf, glove) = (ids[0], ids[1], ids[2]);
         let moves = |store: &ProductStore, moves: Vec<(i64, i64)>, step| {
             let store = store.clone();
