@@ -509,3 +509,73 @@ async fn group_committed_writes_are_fenced_and_fail_alone() {
     );
     f.db.drop_database().await.unwrap();
 }
+
+#[tokio::test]
+async fn outbox_claims_are_exclusive_ordered_per_order_and_retaken_after_expiry() {
+    let f = fixture().await;
+    let (first, _, _) = place(&f.store, "u-first", "a").await;
+    let (second, _, _) = place(&f.store, "u-second", "a").await;
+    // Two events of `first` (confirmed, then cancelled) around one of
+    // `second`: the cancellation may not go out before the confirmation.
+    let mut conn = f.db.connect().await.unwrap();
+    conn.batch_execute(&format!(
+        "INSERT INTO outbox (event_id, order_id, kind, occurred_at) VALUES \
+         ('e-1', '{first}', 'confirmed', NOW(6)), \
+         ('e-2', '{second}', 'confirmed', NOW(6)), \
+         ('e-3', '{first}', 'cancelled', NOW(6))"
+    ))
+    .await
+    .unwrap();
+    let events = |pending: &[crate::store::PendingEvent]| {
+        pending
+            .iter()
+            .map(|e| e.row.event_id.clone())
+            .collect::<Vec<_>>()
+    };
+
+    // `a` takes one row; `b` the next claimable one, never `a`'s, and not
+    // the cancellation, whose confirmation is unpublished.
+    let a = f.store.outbox_claim("a", in_a_minute(), 1).await.unwrap();
+    assert_eq!(events(&a), ["e-1"]);
+    assert_eq!(a[0].order.id, first);
+    let b = f.store.outbox_claim("b", in_a_minute(), 10).await.unwrap();
+    assert_eq!(events(&b), ["e-2"]);
+    assert!(
+        f.store
+            .outbox_claim("c", in_a_minute(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // `a` retakes its own unpublished claim (a retry), and once it is
+    // published the cancellation is free.
+    let again = f.store.outbox_claim("a", in_a_minute(), 10).await.unwrap();
+    assert_eq!(events(&again), ["e-1"]);
+    let ids: Vec<i64> = again.iter().map(|e| e.row.id).collect();
+    // Marking by another owner marks nothing.
+    f.store.outbox_published("c", &ids).await.unwrap();
+    assert!(
+        f.store
+            .outbox_claim("c", in_a_minute(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    f.store.outbox_published("a", &ids).await.unwrap();
+    let c = f.store.outbox_claim("c", in_a_minute(), 10).await.unwrap();
+    assert_eq!(events(&c), ["e-3"]);
+
+    // `b` died holding e-2: once its claim expires another relay takes it.
+    conn.batch_execute(
+        "UPDATE outbox SET claim_until = NOW(6) - INTERVAL 1 SECOND WHERE event_id = 'e-2'",
+    )
+    .await
+    .unwrap();
+    let d = f.store.outbox_claim("d", in_a_minute(), 10).await.unwrap();
+    assert_eq!(events(&d), ["e-2"]);
+    let counts = f.store.outbox_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.published_kept), (2, 1));
+    drop(conn);
+    f.db.drop_database().await.unwrap();
+}

@@ -9,14 +9,24 @@ use chrono::NaiveDateTime;
 use commerce_platform::db::{PreparedExt, ScopedFutureExt, padded};
 use commerce_platform::error::ServiceError;
 use commerce_platform::time::now;
-use diesel::dsl::{exists, not};
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Datetime, Text};
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
 use super::OrderStore;
 use super::rows::OrderRow;
 use super::rows::schema::{orders, outbox};
 use crate::domain::order::{OrderEventKind, OrderState};
+
+/// The relay's claim (see [`OrderStore::outbox_claim`]). Diesel cannot say
+/// `UPDATE ... ORDER BY ... LIMIT`; MariaDB lets the subquery read the
+/// table the statement updates. Binds: owner, until, now, owner, limit.
+const CLAIM: &str = "UPDATE outbox o SET o.claimed_by = ?, o.claim_until = ? \
+     WHERE o.published_at IS NULL \
+     AND (o.claim_until IS NULL OR o.claim_until < ? OR o.claimed_by = ?) \
+     AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.order_id = o.order_id \
+     AND e.published_at IS NULL AND e.id < o.id) \
+     ORDER BY o.id LIMIT ?";
 
 /// One outbox row, as the relay reads it.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -75,63 +85,49 @@ impl OrderStore {
     /// event, so one order's events go out in the order they committed.
     /// `owner`'s own unexpired claims are taken again (a retry after a
     /// failed publish).
+    ///
+    /// Two statements, no transaction: one guarded UPDATE claims (at READ
+    /// COMMITTED a row another relay is claiming is judged by its committed
+    /// version, so two relays never wait on each other nor take the same
+    /// row), then one read joins the rows claimed with `until` to their
+    /// orders. A claim whose read is lost is simply retaken next round.
     pub async fn outbox_claim(
         &self,
         owner: &str,
         until: NaiveDateTime,
         limit: i64,
     ) -> Result<Vec<PendingEvent>, ServiceError> {
-        let ids = self
+        let claimed = self
             .db
-            .transaction(|c| {
+            .read(|c| {
                 async move {
-                    let earlier = diesel::alias!(outbox as earlier);
-                    let at = now();
-                    let ids: Vec<i64> = outbox::table
-                        .filter(outbox::published_at.is_null())
-                        .filter(
-                            outbox::claim_until
-                                .is_null()
-                                .or(outbox::claim_until.lt(at))
-                                .or(outbox::claimed_by.eq(owner)),
-                        )
-                        .filter(not(exists(
-                            earlier
-                                .filter(earlier.field(outbox::order_id).eq(outbox::order_id))
-                                .filter(earlier.field(outbox::published_at).is_null())
-                                .filter(earlier.field(outbox::id).lt(outbox::id)),
-                        )))
-                        .order(outbox::id)
-                        .limit(limit)
-                        .select(outbox::id)
-                        .for_update()
-                        .skip_locked()
+                    Ok(diesel::sql_query(CLAIM)
+                        .bind::<Text, _>(owner)
+                        .bind::<Datetime, _>(until)
+                        .bind::<Datetime, _>(now())
+                        .bind::<Text, _>(owner)
+                        .bind::<BigInt, _>(limit)
                         .prepared()
-                        .load(c)
-                        .await?;
-                    if !ids.is_empty() {
-                        diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
-                            .set((outbox::claimed_by.eq(owner), outbox::claim_until.eq(until)))
-                            .execute(c)
-                            .await?;
-                    }
-                    Ok(ids)
+                        .execute(c)
+                        .await?)
                 }
                 .scope_boxed()
             })
             .await?;
-        if ids.is_empty() {
+        if claimed == 0 {
             return Ok(Vec::new());
         }
         let rows: Vec<(OutboxRow, OrderRow)> = self
             .db
             .read(|c| {
-                let ids = padded(ids.clone());
                 async move {
                     Ok(outbox::table
                         .inner_join(orders::table)
-                        .filter(outbox::id.eq_any(ids))
+                        .filter(outbox::published_at.is_null())
+                        .filter(outbox::claimed_by.eq(owner))
+                        .filter(outbox::claim_until.eq(until))
                         .order(outbox::id)
+                        .limit(limit)
                         .select((OutboxRow::as_select(), OrderRow::as_select()))
                         .prepared()
                         .load(c)
@@ -146,13 +142,14 @@ impl OrderStore {
             .collect())
     }
 
-    /// Marks `ids` published (those still claimed by `owner`).
+    /// Marks `ids` published (those still claimed by `owner`): one
+    /// statement, no transaction.
     pub async fn outbox_published(&self, owner: &str, ids: &[i64]) -> Result<(), ServiceError> {
         if ids.is_empty() {
             return Ok(());
         }
         self.db
-            .transaction(|c| {
+            .read(|c| {
                 async move {
                     diesel::update(
                         outbox::table

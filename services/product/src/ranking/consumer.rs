@@ -242,53 +242,45 @@ impl OrderEventConsumer {
         Ok((reply.next_stream_id, reply.claimed))
     }
 
-    /// Applies each entry, then acknowledges those applied (also when a
-    /// later one fails: the rest stay pending and come back).
+    /// Applies the entries' changes in one script call, then acknowledges
+    /// them all. When Redis fails on the way none is acknowledged: they stay
+    /// pending and come back, and applying them again changes nothing.
     async fn apply_all(&mut self, entries: Vec<StreamId>) -> Result<(), RedisDown> {
-        let mut done = Vec::with_capacity(entries.len());
-        let mut failure = None;
-        for entry in entries {
-            match self.apply_one(&entry).await {
-                Ok(()) => done.push(entry.id),
-                Err(down) => {
-                    failure = Some(down);
-                    break;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut changes = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let change = entry
+                .get::<Vec<u8>>("event")
+                .ok_or_else(|| super::event::MalformedEvent("no `event` field".to_owned()))
+                .and_then(|encoded| change_from_event(&encoded));
+            match change {
+                Ok(Some(change)) => changes.push(change),
+                Ok(None) => {}
+                Err(why) => {
+                    // Acknowledged with the rest: no retry can read it, and
+                    // it must not hold back the events behind it.
+                    self.malformed += 1;
+                    tracing::error!(
+                        stream = %self.key,
+                        entry = %entry.id,
+                        malformed_so_far = self.malformed,
+                        error = %why,
+                        "skipping an unreadable order event"
+                    );
                 }
             }
         }
-        if !done.is_empty() {
-            let (key, done) = (&self.key, &done);
-            self.stream
-                .run(|mut c| async move { c.xack::<_, _, _, i64>(key, GROUP, done).await })
-                .await?;
+        if !changes.is_empty() {
+            let applied = self.tally.apply_all(&changes).await?;
+            tracing::debug!(events = changes.len(), ?applied, "order events applied");
         }
-        failure.map_or(Ok(()), Err)
-    }
-
-    async fn apply_one(&mut self, entry: &StreamId) -> Result<(), RedisDown> {
-        let change = entry
-            .get::<Vec<u8>>("event")
-            .ok_or_else(|| super::event::MalformedEvent("no `event` field".to_owned()))
-            .and_then(|encoded| change_from_event(&encoded));
-        match change {
-            Ok(Some(change)) => {
-                let applied = self.tally.apply(&change).await?;
-                tracing::debug!(entry = %entry.id, order_id = %change.order_id, ?applied, "order event applied");
-            }
-            Ok(None) => {}
-            Err(why) => {
-                // Acknowledged: no retry can read it, and it must not hold
-                // back the events behind it.
-                self.malformed += 1;
-                tracing::error!(
-                    stream = %self.key,
-                    entry = %entry.id,
-                    malformed_so_far = self.malformed,
-                    error = %why,
-                    "skipping an unreadable order event"
-                );
-            }
-        }
+        let done: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
+        let (key, done) = (&self.key, &done);
+        self.stream
+            .run(|mut c| async move { c.xack::<_, _, _, i64>(key, GROUP, done).await })
+            .await?;
         Ok(())
     }
 }

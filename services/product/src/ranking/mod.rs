@@ -85,17 +85,20 @@ impl Ranking {
                 break;
             };
             after = last.clone();
+            let mut changes = Vec::with_capacity(page.len());
             for (_, settled) in &page {
                 let Some(change) = settled.change() else {
                     report.orders_without_id += 1;
                     continue;
                 };
-                self.tally.apply(&change).await.map_err(unavailable)?;
                 match change.kind {
                     ChangeKind::Confirmed => report.orders_counted += 1,
                     ChangeKind::Cancelled | ChangeKind::Rejected => report.orders_cancelled += 1,
                 }
+                changes.push(change);
             }
+            // One script call per page.
+            self.tally.apply_all(&changes).await.map_err(unavailable)?;
         }
         if report.orders_without_id > 0 {
             tracing::warn!(

@@ -72,44 +72,64 @@ impl SalesTally {
     /// Applies one change of one order, atomically and at most once per
     /// order (see `apply.lua`).
     pub async fn apply(&self, change: &OrderChange) -> Result<Applied, RedisDown> {
-        if !change.is_retained(commerce_platform::time::now()) {
-            return Ok(Applied::Expired);
-        }
-        let lines = change
-            .lines
-            .iter()
-            .filter(|(product, units)| *product > 0 && *units > 0)
-            .map(|(product, units)| format!("{product}:{units}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        // The source is only a note; keep it from breaking the state's
-        // `|`-separated format.
-        let source: String = change
-            .source
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || "-_:.".contains(*c))
-            .take(64)
-            .collect();
+        let applied = self.apply_all(std::slice::from_ref(change)).await?;
+        Ok(applied.first().copied().unwrap_or(Applied::Unchanged))
+    }
+
+    /// Applies `changes` in order, each at most once per order, in one
+    /// script call (one round trip for a whole read of the stream); what
+    /// each did, in the same order.
+    pub async fn apply_all(&self, changes: &[OrderChange]) -> Result<Vec<Applied>, RedisDown> {
+        let now = commerce_platform::time::now();
         let mut invocation = self.apply.prepare_invoke();
-        invocation
-            .key(self.orders_key(change.day))
-            .key(self.day_key(change.day))
-            .arg(change.order_id.as_str())
-            .arg(change.kind.code())
-            .arg(change.expires_at())
-            .arg(source)
-            .arg(lines);
+        let mut sent = Vec::with_capacity(changes.len());
+        for (index, change) in changes.iter().enumerate() {
+            if !change.is_retained(now) {
+                continue;
+            }
+            sent.push(index);
+            let lines = change
+                .lines
+                .iter()
+                .filter(|(product, units)| *product > 0 && *units > 0)
+                .map(|(product, units)| format!("{product}:{units}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            // The source is only a note; keep it from breaking the state's
+            // `|`-separated format.
+            let source: String = change
+                .source
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "-_:.".contains(*c))
+                .take(64)
+                .collect();
+            invocation
+                .key(self.orders_key(change.day))
+                .key(self.day_key(change.day))
+                .arg(change.order_id.as_str())
+                .arg(change.kind.code())
+                .arg(change.expires_at())
+                .arg(source)
+                .arg(lines);
+        }
+        let mut applied = vec![Applied::Expired; changes.len()];
+        if sent.is_empty() {
+            return Ok(applied);
+        }
         let invocation = &invocation;
-        let outcome: String = self
+        let outcomes: Vec<String> = self
             .redis
             .run(|mut c| async move { invocation.invoke_async(&mut c).await })
             .await?;
-        Ok(match outcome.as_str() {
-            "counted" => Applied::Counted,
-            "subtracted" => Applied::Subtracted,
-            "closed" => Applied::Closed,
-            _ => Applied::Unchanged,
-        })
+        for (index, outcome) in sent.into_iter().zip(outcomes) {
+            applied[index] = match outcome.as_str() {
+                "counted" => Applied::Counted,
+                "subtracted" => Applied::Subtracted,
+                "closed" => Applied::Closed,
+                _ => Applied::Unchanged,
+            };
+        }
+        Ok(applied)
     }
 
     /// The `limit` best sellers over `days`: `(product id, units)`, most
