@@ -8,6 +8,7 @@ use std::time::Duration;
 use diesel_migrations::EmbeddedMigrations;
 
 use crate::db::DbSettings;
+use crate::rate_limit::RateLimits;
 use crate::redis::RedisSettings;
 use crate::telemetry::LogFormat;
 use crate::tls::TlsFiles;
@@ -120,6 +121,18 @@ pub struct ServerArgs {
     /// The server's private key (PEM).
     #[arg(long, env = "TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// A caller's ceiling, `<identity>=<per_second>[/<burst>]` (the burst is
+    /// one second's worth unless given), or `<identity>=off`; repeated or
+    /// comma-separated, each replacing that caller's default. `anonymous` is
+    /// every caller without an identity. [default: bff=50000/100000,
+    /// operator=200/400, fulfilment=1000/2000; everyone else unlimited]
+    #[arg(
+        long = "rate-limit",
+        env = "RATE_LIMITS",
+        value_delimiter = ',',
+        value_name = "IDENTITY=RATE[/BURST]"
+    )]
+    pub rate_limits: Vec<String>,
 }
 
 /// Resolved configuration of one server.
@@ -136,6 +149,8 @@ pub struct ServerConfig {
     pub redis: RedisSettings,
     /// Mutual TLS and per-method authorization; None serves plaintext.
     pub tls: Option<TlsFiles>,
+    /// Per-caller ceilings (see `crate::rate_limit`).
+    pub rate_limits: RateLimits,
 }
 
 impl ServerConfig {
@@ -181,6 +196,7 @@ impl ServerConfig {
                 Duration::from_millis(args.redis_timeout_ms),
             )?,
             tls: tls_files(spec, args)?,
+            rate_limits: RateLimits::defaults().with_overrides(&args.rate_limits)?,
         })
     }
 
@@ -204,6 +220,10 @@ impl ServerConfig {
             // streams set one prefix for all of them.
             redis: RedisSettings::for_tests(format!("test:{}", uuid::Uuid::new_v4().simple())),
             tls: None,
+            // Test callers stand in for every caller (most call as the
+            // operator) at volumes no operator sends; tests of the limits
+            // set their own.
+            rate_limits: RateLimits::none(),
         }
     }
 }
@@ -272,6 +292,29 @@ mod tests {
             let error = resolve_with(refused).unwrap_err().to_string();
             assert!(error.contains("--tls-dir"), "{error}");
         }
+    }
+
+    #[test]
+    fn rate_limits_replace_the_defaults_one_caller_at_a_time() {
+        let config = resolve_with(&[
+            "--tls-dir",
+            "/certs",
+            "--rate-limit",
+            "operator=50,bff=off",
+            "--rate-limit",
+            "fulfilment=7/9",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.rate_limits.to_string(),
+            "fulfilment=7/9,operator=50/50"
+        );
+        let defaults = resolve_with(&["--tls-dir", "/certs"]).unwrap();
+        assert_eq!(defaults.rate_limits, RateLimits::defaults());
+        let error = resolve_with(&["--tls-dir", "/certs", "--rate-limit", "bff=0"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--rate-limit `bff=0`"), "{error}");
     }
 
     fn resolve(retention_hours: &str) -> anyhow::Result<ServerConfig> {

@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod migrate;
 pub mod paging;
+pub mod rate_limit;
 pub mod redis;
 pub mod server;
 pub mod telemetry;

@@ -26,6 +26,7 @@ use crate::barrier_admin::BarrierAdmin;
 use crate::config::{Cli, Command, NoExtraArgs, ServerConfig, ServiceSpec};
 use crate::db::Database;
 use crate::migrate;
+use crate::rate_limit::RateLimitLayer;
 use crate::tls::{AuthorizeLayer, Rule};
 
 /// How often the database is probed to keep gRPC health truthful.
@@ -162,8 +163,10 @@ impl Application {
             )
             // Broken gRPC frames are INVALID_ARGUMENT, not tonic's INTERNAL.
             .layer(commerce_proto::framing::RequestFramingLayer)
-            // Innermost, so refusals are traced like any other answer.
+            // Inside tracing, so refusals are traced like any other answer.
             .layer(option_layer(authorize))
+            // Inside authorize, whose caller identity it limits.
+            .layer(RateLimitLayer::new(&config.rate_limits))
             .add_routes(routes.routes())
             // Nagle's algorithm would hold a response's last segment until
             // the peer's delayed ACK (40 ms) whenever headers, body and
