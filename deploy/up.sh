@@ -239,7 +239,7 @@ place_demo_order() {
         ((tries > 0)) || log "the demo order is PENDING (a participant is slow or down); waiting for its saga" >&2
         sleep 1
         order="$(rpc orchestrator commerce.order.v1.OrderService/GetOrder \
-            "{\"orderId\": \"$(json 'd["orderId"]' <<<"$order")\"}")"
+            "{\"orderId\": \"$(json 'd["orderId"]' <<<"$order")\", \"userId\": \"$DEMO_USER\"}")"
     done
     echo "$order"
 }
@@ -314,7 +314,7 @@ P="${SERVICE_ADDR[product]}" T="${SERVICE_ADDR[point]}" C="${SERVICE_ADDR[coupon
 log "the mesh is up. Try (from $REPO_ROOT):"
 cat <<EOF
     $g -plaintext $O list
-    $g -plaintext -d '{"orderId": "$ORDER_ID"}' $O commerce.order.v1.OrderService/GetOrder
+    $g -plaintext -d '{"orderId": "$ORDER_ID", "userId": "$DEMO_USER"}' $O commerce.order.v1.OrderService/GetOrder
     $g -plaintext -d '{"userId": "$DEMO_USER", "page": 0, "size": 10}' $O commerce.order.v1.OrderService/ListOrders
     $g -plaintext -d '{"orderId": "$ORDER_ID", "userId": "$DEMO_USER"}' $O commerce.order.v1.OrderService/CancelOrder
     $g -plaintext -d '{"sagaId": "$SAGA_ID"}' $O commerce.order.v1.SagaAdminService/GetSaga

@@ -1,7 +1,8 @@
 //! The application: places and cancels orders (recording each with its
-//! saga, then driving it through the executor), lets operators take sagas
-//! over, and runs the recovery loop that resumes unfinished sagas (its own
-//! after a restart, or any whose lease expired) from their logs.
+//! saga, then driving it through the executor), reads them for their user,
+//! lets operators take sagas over, and runs the recovery loop that resumes
+//! unfinished sagas (its own after a restart, or any whose lease expired)
+//! from their logs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use commerce_platform::time::now;
 use commerce_platform::{SagaId, UserId};
 use tokio::sync::Semaphore;
 
-use crate::domain::order::{OrderEvent, OrderState, PlaceOrder, reason};
+use crate::domain::order::{OrderEvent, OrderState, PlaceOrder, ReadScope, reason};
 use crate::domain::saga::{
     Direction, Lease, LogEntry, Outcome, Rejection, RetryPolicy, SagaKind, SagaParams, SagaState,
 };
@@ -149,6 +150,18 @@ impl Engine {
                 self.settled(*record, wait).await
             }
         }
+    }
+
+    /// The order, if `scope` may see it: another user's order is NOT_FOUND,
+    /// as one that does not exist.
+    pub async fn get_order(
+        &self,
+        order_id: &str,
+        scope: &ReadScope,
+    ) -> Result<OrderRecord, ServiceError> {
+        let record = self.store().order_get(order_id).await?;
+        scope.admit(order_id, &record.order.user_id)?;
+        Ok(record)
     }
 
     /// Starts cancelling a CONFIRMED order; answers like [`Self::place_order`].

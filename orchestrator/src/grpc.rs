@@ -7,6 +7,7 @@ use std::time::Duration;
 use commerce_platform::error::ServiceError;
 use commerce_platform::paging::PageRequest;
 use commerce_platform::time::{now, to_proto};
+use commerce_platform::tls::Identity;
 use commerce_platform::validate::in_range;
 use commerce_platform::{SagaId, UserId};
 use commerce_proto::order::v1 as pb;
@@ -15,7 +16,7 @@ use commerce_proto::order::v1::saga_admin_service_server::SagaAdminService;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::domain::order::{OrderEvent, OrderState, PlaceOrder};
+use crate::domain::order::{OrderEvent, OrderState, PlaceOrder, ReadScope, Reader};
 use crate::domain::saga::{Direction, Outcome, SagaKind, SagaState};
 use crate::engine::Engine;
 use crate::store::{LogRow, OrderRecord, Saga};
@@ -66,6 +67,19 @@ fn caller_timeout(metadata: &MetadataMap) -> Option<Duration> {
 fn order_id(raw: &str) -> Result<String, ServiceError> {
     // Order ids share the saga id format (a UUID).
     Ok(SagaId::parse("order_id", raw)?.to_string())
+}
+
+/// The identity the operators' certificates name.
+const OPERATOR: &str = "operator";
+
+/// Who reads, from the caller's identity (put in the request's extensions
+/// by the authorization layer): an operator, or anyone else. A plaintext
+/// server has no identities, so its callers all read for a user.
+pub fn reader_of<T>(request: &Request<T>) -> Reader {
+    match request.extensions().get::<Identity>() {
+        Some(caller) if caller.as_str() == OPERATOR => Reader::Operator,
+        _ => Reader::ForUser,
+    }
 }
 
 fn order_state(state: OrderState) -> pb::OrderState {
@@ -139,8 +153,11 @@ impl OrderService for OrderApi {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let id = order_id(&request.into_inner().order_id)?;
-        let record = self.engine.store().order_get(&id).await?;
+        let reader = reader_of(&request);
+        let r = request.into_inner();
+        let id = order_id(&r.order_id)?;
+        let scope = ReadScope::parse(reader, &r.user_id)?;
+        let record = self.engine.get_order(&id, &scope).await?;
         Ok(Response::new(order_to_proto(record)?))
     }
 
@@ -391,5 +408,27 @@ impl SagaAdminService for SagaAdminApi {
             published_kept: counts.published_kept,
             stream: self.stream.clone(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_caller(name: Option<&str>) -> Request<pb::GetOrderRequest> {
+        let mut request = Request::new(pb::GetOrderRequest::default());
+        if let Some(name) = name {
+            let identity = Identity::parse(name).expect("a well-formed identity");
+            request.extensions_mut().insert(identity);
+        }
+        request
+    }
+
+    #[test]
+    fn only_an_operator_identity_reads_as_an_operator() {
+        assert_eq!(reader_of(&as_caller(Some("operator"))), Reader::Operator);
+        for caller in [Some("bff"), Some("fulfilment"), Some("orchestrator"), None] {
+            assert_eq!(reader_of(&as_caller(caller)), Reader::ForUser, "{caller:?}");
+        }
     }
 }

@@ -1,13 +1,14 @@
 //! `commerce.order.v1.OrderService`, as far as the benchmark needs it:
 //! PlaceOrder and GetOrder; the fulfilment and listing RPCs are the saga
-//! mesh's alone and answer UNIMPLEMENTED. Requests are validated by the
-//! orchestrator's own rules, so both systems accept and refuse the same
-//! input.
+//! mesh's alone and answer UNIMPLEMENTED. Requests are validated and reads
+//! scoped by the orchestrator's own rules, so both systems accept and refuse
+//! the same input.
 
 use commerce_platform::SagaId;
 use commerce_proto::order::v1 as pb;
 use commerce_proto::order::v1::order_service_server::{OrderService, OrderServiceServer};
-use order_orchestrator::domain::order::PlaceOrder;
+use order_orchestrator::domain::order::{PlaceOrder, ReadScope};
+use order_orchestrator::grpc::reader_of;
 use tonic::{Request, Response, Status};
 
 use super::store::BaselineStore;
@@ -52,9 +53,13 @@ impl OrderService for BaselineOrderApi {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
+        let reader = reader_of(&request);
+        let r = request.into_inner();
         // Order ids are UUIDs, as the orchestrator's.
-        let id = SagaId::parse("order_id", &request.into_inner().order_id)?;
+        let id = SagaId::parse("order_id", &r.order_id)?;
+        let scope = ReadScope::parse(reader, &r.user_id)?;
         let record = self.store.order_get(id.as_str()).await?;
+        scope.admit(id.as_str(), &record.order.user_id)?;
         Ok(Response::new(record.into_proto()?))
     }
 

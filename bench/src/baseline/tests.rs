@@ -49,6 +49,17 @@ impl Baseline {
             .map(tonic::Response::into_inner)
     }
 
+    async fn get(&self, user: &str, order_id: &str) -> Result<pb::Order, tonic::Status> {
+        self.orders
+            .clone()
+            .get_order(pb::GetOrderRequest {
+                order_id: order_id.into(),
+                user_id: user.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     async fn totals(&self) -> anyhow::Result<BaselineTotals> {
         totals(&self.db.url).await
     }
@@ -195,15 +206,13 @@ async fn a_confirmed_order_takes_stock_points_and_coupon_once() -> anyhow::Resul
     assert!(placed.created_at.is_some());
 
     // What was stored is what was answered.
-    let read = baseline
-        .orders
-        .clone()
-        .get_order(pb::GetOrderRequest {
-            order_id: placed.order_id.clone(),
-        })
-        .await?
-        .into_inner();
-    assert_eq!(read, placed);
+    assert_eq!(baseline.get("u1", &placed.order_id).await?, placed);
+    // Another user's order is not found, as the orchestrator answers.
+    assert_status(
+        baseline.get("u2", &placed.order_id).await,
+        Code::NotFound,
+        "ORDER_NOT_FOUND",
+    );
 
     let after = baseline.totals().await?;
     assert_eq!(
@@ -257,13 +266,7 @@ async fn a_confirmed_order_takes_stock_points_and_coupon_once() -> anyhow::Resul
         Code::InvalidArgument,
         "lines[0].quantity",
     );
-    let unknown = baseline
-        .orders
-        .clone()
-        .get_order(pb::GetOrderRequest {
-            order_id: uuid::Uuid::new_v4().to_string(),
-        })
-        .await;
+    let unknown = baseline.get("u1", &uuid::Uuid::new_v4().to_string()).await;
     assert_status(unknown, Code::NotFound, "ORDER_NOT_FOUND");
     let listed = baseline
         .orders

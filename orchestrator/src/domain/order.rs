@@ -241,6 +241,42 @@ impl PlaceOrder {
     }
 }
 
+/// Who reads orders, as far as scoping goes: operators may read anyone's;
+/// every other caller (the BFF, which vouches for the user it reads for, or
+/// anyone on a plaintext development server, where callers have no
+/// identity) reads one user's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    Operator,
+    ForUser,
+}
+
+/// Whose orders a read may see: one user's, or anyone's (an operator who
+/// names no user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadScope(Option<UserId>);
+
+impl ReadScope {
+    /// From a request's `user_id`: required of every reader but an
+    /// operator, who may leave it empty to read any order.
+    pub fn parse(reader: Reader, user_id: &str) -> Result<Self, ServiceError> {
+        if reader == Reader::Operator && user_id.is_empty() {
+            return Ok(Self(None));
+        }
+        Ok(Self(Some(UserId::parse("user_id", user_id)?)))
+    }
+
+    /// Lets order `order_id` of `owner` through, or answers NOT_FOUND
+    /// exactly as for an order that does not exist, so that another user's
+    /// order ids cannot be told from unknown ones.
+    pub fn admit(&self, order_id: &str, owner: &str) -> Result<(), ServiceError> {
+        match &self.0 {
+            Some(user) if user.as_str() != owner => Err(ServiceError::not_found("order", order_id)),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A reserved line with its snapshot (from the product service).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotLine {
@@ -375,6 +411,42 @@ mod tests {
         let c = PlaceOrder::parse("u1", [(2, 2), (1, 1)].into_iter(), None, "k").unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn a_user_reads_only_its_own_orders_and_an_operator_any() {
+        let order = "0190a6d0-0000-7000-8000-000000000001";
+        let unknown = ServiceError::not_found("order", order).to_string();
+        let carol = ReadScope::parse(Reader::ForUser, "carol").unwrap();
+        assert!(carol.admit(order, "carol").is_ok());
+        let refused = carol.admit(order, "mallory").unwrap_err();
+        assert!(
+            matches!(refused, ServiceError::NotFound { .. }),
+            "{refused:?}"
+        );
+        assert_eq!(refused.to_string(), unknown, "the same answer as no order");
+
+        // An operator naming no user reads any order; naming one, that
+        // user's only.
+        let any = ReadScope::parse(Reader::Operator, "").unwrap();
+        assert!(any.admit(order, "carol").is_ok());
+        assert!(any.admit(order, "mallory").is_ok());
+        let operator_for_carol = ReadScope::parse(Reader::Operator, "carol").unwrap();
+        assert_eq!(operator_for_carol, carol);
+        assert!(operator_for_carol.admit(order, "mallory").is_err());
+
+        // Every other reader must name a valid user.
+        for (reader, user_id) in [
+            (Reader::ForUser, ""),
+            (Reader::ForUser, "no spaces"),
+            (Reader::Operator, "no spaces"),
+        ] {
+            let refused = ReadScope::parse(reader, user_id).unwrap_err();
+            assert!(
+                matches!(&refused, ServiceError::InvalidArgument { field, .. } if field == "user_id"),
+                "{reader:?} {user_id:?}: {refused:?}"
+            );
+        }
     }
 
     #[test]

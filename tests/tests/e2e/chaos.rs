@@ -218,9 +218,7 @@ async fn place_and_settle(
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(250));
         let what = format!("GetOrder({})", o.order_id);
-        let get = order::GetOrderRequest {
-            order_id: o.order_id,
-        };
+        let get = shop::get_order_request(&o.user_id, &o.order_id);
         (current, _) = until_answered(seen, &what, deadline, u32::MAX, async || {
             let timeout = patience(rng, Duration::from_secs(2));
             client.get_order(with_deadline(get.clone(), timeout)).await

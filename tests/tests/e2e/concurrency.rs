@@ -24,7 +24,7 @@ async fn place_all(mesh: &Mesh, requests: Vec<order::PlaceOrderRequest>) -> Vec<
     let mut settled = Vec::new();
     for answer in answers {
         let placed = answer.unwrap().into_inner();
-        settled.push(shop::settled(mesh, &placed.order_id).await);
+        settled.push(shop::settled(mesh, &placed.user_id, &placed.order_id).await);
     }
     settled
 }
@@ -208,7 +208,7 @@ async fn one_idempotency_key_gives_one_order() {
         .collect();
     assert_eq!(ids.len(), 1, "one order for one key: {ids:?}");
     let order_id = ids.into_iter().next().unwrap();
-    let order = shop::settled(&mesh, &order_id).await;
+    let order = shop::settled(&mesh, "clicker", &order_id).await;
     assert_eq!(shop::state(&order), OrderState::Confirmed, "{order:?}");
 
     // The same key again, sequentially: the same order, nothing new.
@@ -245,7 +245,7 @@ async fn one_idempotency_key_gives_one_order() {
         .unwrap()
         .into_inner();
     assert_ne!(neighbours.order_id, order_id);
-    let neighbours = shop::settled(&mesh, &neighbours.order_id).await;
+    let neighbours = shop::settled(&mesh, &neighbours.user_id, &neighbours.order_id).await;
     assert_eq!(shop::state(&neighbours), OrderState::Confirmed);
     // A rejected order's key replays the rejection, even once the cause is
     // gone: the same key is the same order.
@@ -256,7 +256,7 @@ async fn one_idempotency_key_gives_one_order() {
         .await
         .unwrap()
         .into_inner();
-    let first = shop::settled(&mesh, &first.order_id).await;
+    let first = shop::settled(&mesh, &first.user_id, &first.order_id).await;
     assert_eq!(first.reason, "POINT_INSUFFICIENT", "{first:?}");
     shop::charge(&mesh, "broke", 100_000).await;
     let replay = mesh

@@ -80,7 +80,7 @@ async fn crash_then_resume(mesh: &mut Mesh, point: &str, request: PlaceOrderRequ
         .unwrap()
         .into_inner();
     assert_eq!(retried.order_id, recorded.order_id, "{point}");
-    shop::settled(mesh, &recorded.order_id).await
+    shop::settled(mesh, &recorded.user_id, &recorded.order_id).await
 }
 
 #[tokio::test]
@@ -289,7 +289,7 @@ async fn crash_at_every_step_of_a_cancellation_resumes_to_cancelled() {
             ),
             "{point}: {retried:?}"
         );
-        let order = shop::settled(&mesh, &placed.order_id).await;
+        let order = shop::settled(&mesh, &placed.user_id, &placed.order_id).await;
 
         assert_eq!(
             shop::state(&order),

@@ -124,7 +124,7 @@ async fn every_state_change_is_published_with_what_the_participants_did() {
         })
         .await
         .unwrap();
-    let cancelled_now = shop::settled(&mesh, &cancelled.order_id).await;
+    let cancelled_now = shop::settled(&mesh, &cancelled.user_id, &cancelled.order_id).await;
     assert_eq!(shop::state(&cancelled_now), order::OrderState::Cancelled);
     let refunded = shop::balance(&mesh, "alice").await - before_cancel;
     let shipped = shop::place(&mesh, "alice", &[(hat, 1)], None).await;
@@ -284,7 +284,7 @@ async fn a_redis_outage_and_a_crash_block_no_order_and_lose_no_event() {
             .await
             .unwrap()
             .into_inner();
-        let o = shop::settled(&mesh, &o.order_id).await;
+        let o = shop::settled(&mesh, &o.user_id, &o.order_id).await;
         assert_eq!(shop::state(&o), order::OrderState::Confirmed, "{o:?}");
         placed.insert(o.order_id);
     }
@@ -358,10 +358,8 @@ async fn two_relays_publish_each_event_once() {
     let mut placed = BTreeSet::new();
     for call in calls {
         let o = call.await.unwrap().unwrap().into_inner();
+        shop::settled(&mesh, &o.user_id, &o.order_id).await;
         placed.insert(o.order_id);
-    }
-    for order_id in &placed {
-        shop::settled(&mesh, order_id).await;
     }
     drained(&mesh).await;
     let entries = stream(&mesh).await;

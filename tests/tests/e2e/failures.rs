@@ -141,7 +141,7 @@ async fn a_stuck_compensation_finishes_after_the_operators_retry() {
         .unwrap()
         .into_inner();
     assert_eq!((counts.stuck, counts.running), (1, 0), "{counts:?}");
-    let waiting = shop::order(&mesh, &placed.order_id).await;
+    let waiting = shop::order(&mesh, &placed.user_id, &placed.order_id).await;
     assert_eq!(shop::state(&waiting), OrderState::Pending, "{waiting:?}");
     assert_eq!(waiting.points_paid, 0, "{waiting:?}");
     let s = shop::stock(&mesh, lamp).await;
@@ -155,7 +155,7 @@ async fn a_stuck_compensation_finishes_after_the_operators_retry() {
         })
         .await
         .unwrap();
-    let order = shop::settled(&mesh, &placed.order_id).await;
+    let order = shop::settled(&mesh, &placed.user_id, &placed.order_id).await;
     assert_eq!(
         (shop::state(&order), order.reason.as_str()),
         (OrderState::Rejected, EXHAUSTED),
@@ -304,7 +304,7 @@ async fn a_writer_that_lost_its_lease_writes_nothing() {
 
     // orchestrator-0 takes the saga over and confirms the order, while the
     // stale instance is still waiting for its call.
-    let order = shop::settled(&mesh, &placed.order_id).await;
+    let order = shop::settled(&mesh, &placed.user_id, &placed.order_id).await;
     assert_eq!(shop::state(&order), OrderState::Confirmed, "{order:?}");
     assert_eq!(order.points_paid, 5_000);
     let done = shop::assert_forward_once(
@@ -353,7 +353,7 @@ async fn a_writer_that_lost_its_lease_writes_nothing() {
         .into_inner();
     assert_eq!(counts.leases_lost, 1, "{counts:?}");
     assert_eq!(
-        shop::order(&mesh, &placed.order_id).await,
+        shop::order(&mesh, &placed.user_id, &placed.order_id).await,
         order,
         "order unchanged"
     );

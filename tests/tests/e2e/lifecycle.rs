@@ -26,6 +26,13 @@ async fn cancel(mesh: &Mesh, order_id: &str, user: &str) -> Result<order::Order,
         .map(tonic::Response::into_inner)
 }
 
+async fn read(mesh: &Mesh, user: &str, order_id: &str) -> Result<order::Order, Status> {
+    mesh.orders()
+        .get_order(shop::get_order_request(user, order_id))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 async fn ship(mesh: &Mesh, order_id: &str) -> Result<order::Order, Status> {
     mesh.orders()
         .mark_shipped(order::OrderRef {
@@ -53,6 +60,63 @@ async fn counts(mesh: &Mesh) -> order::CountSagasResponse {
 }
 
 const CONFLICT: &str = "ORDER_STATE_CONFLICT";
+
+#[tokio::test]
+async fn an_order_is_read_by_its_user_alone() {
+    let mesh = Mesh::start(1).await;
+    let brand = shop::brand(&mesh, "Acme").await;
+    let hat = shop::product(&mesh, brand, "Hat", 2_000, 10).await;
+    shop::charge(&mesh, "frank", 10_000).await;
+    let placed = shop::place(&mesh, "frank", &[(hat, 1)], None).await;
+    assert_eq!(shop::state(&placed), OrderState::Confirmed, "{placed:?}");
+
+    // Its user reads it.
+    assert_eq!(
+        read(&mesh, "frank", &placed.order_id).await.unwrap(),
+        placed
+    );
+
+    // Another user is told it does not exist, in the words an unknown id
+    // gets, so ids cannot be probed.
+    let unknown_id = uuid::Uuid::new_v4().to_string();
+    let others = read(&mesh, "mallory", &placed.order_id).await;
+    let unknown = read(&mesh, "mallory", &unknown_id).await;
+    assert_status(others.clone(), Code::NotFound, "ORDER_NOT_FOUND");
+    assert_status(unknown.clone(), Code::NotFound, "ORDER_NOT_FOUND");
+    let words = |answer: Result<order::Order, Status>, id: &str| {
+        answer.unwrap_err().message().replace(id, "<id>")
+    };
+    assert_eq!(words(others, &placed.order_id), words(unknown, &unknown_id));
+
+    // Every caller but an operator names the user it reads for, a valid one.
+    for user in ["", "not a user"] {
+        assert_status(
+            read(&mesh, user, &placed.order_id).await,
+            Code::InvalidArgument,
+            "user_id",
+        );
+    }
+    // Lists are by user too, and show no one else's orders.
+    assert_status(
+        mesh.orders()
+            .list_orders(order::ListOrdersRequest {
+                user_id: String::new(),
+                page: 0,
+                size: 10,
+            })
+            .await,
+        Code::InvalidArgument,
+        "user_id",
+    );
+    let mallorys = shop::orders_of(&mesh, &["mallory".to_owned()]).await;
+    assert!(mallorys.is_empty(), "{mallorys:?}");
+
+    // None of it changed the order.
+    assert_eq!(shop::order(&mesh, "frank", &placed.order_id).await, placed);
+    let charged = HashMap::from([("frank".to_owned(), 10_000)]);
+    assert_invariants(&mesh, &[(hat, 10)], &charged).await;
+    mesh.shutdown().await;
+}
 
 #[tokio::test]
 async fn cancel_ship_and_deliver_follow_the_order_state_machine() {
@@ -92,7 +156,7 @@ async fn cancel_ship_and_deliver_follow_the_order_state_machine() {
             "{answer:?}"
         );
     }
-    let cancelled = shop::settled(&mesh, &placed.order_id).await;
+    let cancelled = shop::settled(&mesh, &placed.user_id, &placed.order_id).await;
     assert_eq!(
         shop::state(&cancelled),
         OrderState::Cancelled,
@@ -231,7 +295,7 @@ async fn cancel_ship_and_deliver_follow_the_order_state_machine() {
     );
     assert_eq!(shop::balance(&mesh, "dave").await, 1_000);
     cancel(&mesh, &free.order_id, "dave").await.unwrap();
-    let free = shop::settled(&mesh, &free.order_id).await;
+    let free = shop::settled(&mesh, &free.user_id, &free.order_id).await;
     assert_eq!(shop::state(&free), OrderState::Cancelled, "{free:?}");
     assert_eq!(shop::world(&mesh, &products, &["dave"]).await, dave_before);
 

@@ -73,7 +73,7 @@ async fn orders_wait_out_a_point_service_outage_then_confirm() {
 
     mesh.point.start().await;
     for placed in &pending {
-        let order = shop::settled(&mesh, &placed.order_id).await;
+        let order = shop::settled(&mesh, &placed.user_id, &placed.order_id).await;
         assert_eq!(shop::state(&order), OrderState::Confirmed, "{order:?}");
         assert_eq!(order.points_paid, 14_000);
         let detail = shop::assert_forward_once(
@@ -143,7 +143,7 @@ async fn operator_compensates_a_saga_waiting_on_a_down_participant() {
     // late deduction) before the stock is released.
     mesh.point.start().await;
 
-    let order = shop::settled(&mesh, &placed.order_id).await;
+    let order = shop::settled(&mesh, &placed.user_id, &placed.order_id).await;
     assert_eq!(shop::state(&order), OrderState::Rejected, "{order:?}");
     assert_eq!(order.reason, "OPERATOR_ABORTED", "{order:?}");
     let (rejected, undone) =
@@ -293,7 +293,7 @@ async fn two_orchestrators_confirm_a_burst_once_while_one_is_killed() {
     let mut units: HashMap<i64, i64> = HashMap::new();
     let mut order_ids = HashSet::new();
     for (b, answer) in &placed {
-        let order = shop::settled(&mesh, &answer.order_id).await;
+        let order = shop::settled(&mesh, &answer.user_id, &answer.order_id).await;
         assert_eq!(shop::state(&order), OrderState::Confirmed, "{order:?}");
         assert_eq!(order.user_id, b.request.user_id);
         let expected: i64 = order.lines.iter().map(|l| l.line_total).sum();

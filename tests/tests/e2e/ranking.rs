@@ -201,7 +201,7 @@ async fn every_order_counts_once_through_crashes_and_a_lost_ranking_is_rebuilt_e
             .await
             .unwrap()
             .into_inner();
-        settled.push(shop::settled(&mesh, &placed.order_id).await);
+        settled.push(shop::settled(&mesh, &placed.user_id, &placed.order_id).await);
     }
     let mut cancelled = BTreeSet::new();
     for o in settled
@@ -216,7 +216,7 @@ async fn every_order_counts_once_through_crashes_and_a_lost_ranking_is_rebuilt_e
             })
             .await
             .unwrap();
-        let done = shop::settled(&mesh, &o.order_id).await;
+        let done = shop::settled(&mesh, &o.user_id, &o.order_id).await;
         assert_eq!(shop::state(&done), order::OrderState::Cancelled);
         cancelled.insert(o.order_id.clone());
     }

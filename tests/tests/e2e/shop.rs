@@ -167,24 +167,22 @@ pub async fn place(
         .await
         .unwrap()
         .into_inner();
-    settled(mesh, &placed.order_id).await
+    settled(mesh, user, &placed.order_id).await
 }
 
 pub fn state(o: &order::Order) -> order::OrderState {
     order::OrderState::try_from(o.state).unwrap()
 }
 
-/// Reads the order until its saga has settled it (not PENDING or
+/// Reads `user`'s order until its saga has settled it (not PENDING or
 /// CANCELLING), with growing pauses, for at most a minute.
-pub async fn settled(mesh: &Mesh, order_id: &str) -> order::Order {
+pub async fn settled(mesh: &Mesh, user: &str, order_id: &str) -> order::Order {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut pause = Duration::from_millis(10);
     loop {
         let current = mesh
             .orders()
-            .get_order(order::GetOrderRequest {
-                order_id: order_id.to_owned(),
-            })
+            .get_order(get_order_request(user, order_id))
             .await;
         if let Ok(current) = current {
             let current = current.into_inner();
@@ -205,12 +203,18 @@ pub async fn settled(mesh: &Mesh, order_id: &str) -> order::Order {
     }
 }
 
-/// The order as it stands now.
-pub async fn order(mesh: &Mesh, order_id: &str) -> order::Order {
+/// `user`'s GetOrder request for `order_id`.
+pub fn get_order_request(user: &str, order_id: &str) -> order::GetOrderRequest {
+    order::GetOrderRequest {
+        order_id: order_id.to_owned(),
+        user_id: user.to_owned(),
+    }
+}
+
+/// `user`'s order as it stands now.
+pub async fn order(mesh: &Mesh, user: &str, order_id: &str) -> order::Order {
     mesh.orders()
-        .get_order(order::GetOrderRequest {
-            order_id: order_id.to_owned(),
-        })
+        .get_order(get_order_request(user, order_id))
         .await
         .unwrap()
         .into_inner()
