@@ -32,6 +32,19 @@ bash "$REPO_ROOT/deploy/setup.sh"
 
 GRPCURL="$(find_grpcurl)" || die "grpcurl not found after setup"
 
+# Mutual TLS unless INSECURE_PLAINTEXT=1 (development only): every server
+# presents its certificate of TLS_DIR and demands one from its callers, and
+# this script calls them as the operator.
+TLS_DIR="${TLS_DIR:-$RUN_DIR/certs}"
+if [[ "${INSECURE_PLAINTEXT:-0}" == 1 ]]; then
+    log "INSECURE_PLAINTEXT=1: serving plaintext, no identities, every method open"
+    TRANSPORT_FLAGS=(--insecure-plaintext)
+    GRPCURL_AUTH=(-plaintext)
+else
+    TRANSPORT_FLAGS=(--tls-dir "$TLS_DIR")
+    GRPCURL_AUTH=(-cacert "$TLS_DIR/ca.pem" -cert "$TLS_DIR/operator.pem" -key "$TLS_DIR/operator.key")
+fi
+
 # ------------------------------------------------------------------ build --
 
 binaries=() packages=()
@@ -43,6 +56,11 @@ log "building ${binaries[*]} (release)"
 run_cargo build --release --locked "${packages[@]}"
 # The operators' tool (`commerce-mesh events tail`, see README.md).
 run_cargo build --release --locked -p commerce-e2e --bin commerce-mesh
+if [[ "${INSECURE_PLAINTEXT:-0}" != 1 ]]; then
+    # The development CA and every identity's certificate, kept while valid.
+    "$(target_dir)/release/commerce-mesh" certs "$TLS_DIR" | sed 's/^/    /'
+    give_to_repo_owner "$TLS_DIR"
+fi
 
 # ------------------------------------------------------------------ start --
 
@@ -76,6 +94,7 @@ start_service() {
         --listen "${SERVICE_ADDR[$name]}"
         --database-url "$(db_server_url)/${SERVICE_DATABASE[$name]}"
         --log-format "${LOG_FORMAT:-human}"
+        "${TRANSPORT_FLAGS[@]}"
     )
     if [[ "$name" == orchestrator ]]; then
         # The orchestrator reads PRODUCT_ADDR etc. as the participants' URIs,
@@ -98,7 +117,7 @@ start_service() {
 }
 
 health() {
-    "$GRPCURL" -plaintext -max-time 2 "${SERVICE_ADDR[$1]}" grpc.health.v1.Health/Check 2>/dev/null || true
+    "$GRPCURL" "${GRPCURL_AUTH[@]}" -max-time 2 "${SERVICE_ADDR[$1]}" grpc.health.v1.Health/Check 2>/dev/null || true
 }
 
 wait_serving() {
@@ -141,7 +160,7 @@ wait_serving orchestrator
 rpc() {
     local errors
     errors="$(mktemp)"
-    if ! "$GRPCURL" -plaintext -max-time "${4:-10}" -d "$3" "${SERVICE_ADDR[$1]}" "$2" 2>"$errors"; then
+    if ! "$GRPCURL" "${GRPCURL_AUTH[@]}" -max-time "${4:-10}" -d "$3" "${SERVICE_ADDR[$1]}" "$2" 2>"$errors"; then
         log "$2 failed:" >&2
         sed 's/^/    /' "$errors" >&2
         rm -f "$errors"
@@ -311,19 +330,21 @@ fi
 g="$GRPCURL"
 [[ "$g" == "$REPO_ROOT"/* ]] && g="${g#"$REPO_ROOT"/}"
 P="${SERVICE_ADDR[product]}" T="${SERVICE_ADDR[point]}" C="${SERVICE_ADDR[coupon]}" O="${SERVICE_ADDR[orchestrator]}"
-log "the mesh is up. Try (from $REPO_ROOT):"
+auth="${GRPCURL_AUTH[*]}"
+auth="${auth//"$REPO_ROOT"\//}"
+log "the mesh is up. Try (from $REPO_ROOT, as the operator):"
 cat <<EOF
-    $g -plaintext $O list
-    $g -plaintext -d '{"orderId": "$ORDER_ID", "userId": "$DEMO_USER"}' $O commerce.order.v1.OrderService/GetOrder
-    $g -plaintext -d '{"userId": "$DEMO_USER", "page": 0, "size": 10}' $O commerce.order.v1.OrderService/ListOrders
-    $g -plaintext -d '{"orderId": "$ORDER_ID", "userId": "$DEMO_USER"}' $O commerce.order.v1.OrderService/CancelOrder
-    $g -plaintext -d '{"sagaId": "$SAGA_ID"}' $O commerce.order.v1.SagaAdminService/GetSaga
-    $g -plaintext -d '{}' $O commerce.order.v1.SagaAdminService/CountSagas
-    $g -plaintext -d '{"state": "SAGA_STATE_COMPLETED", "size": 10}' $O commerce.order.v1.SagaAdminService/ListSagas
-    $g -plaintext -d '{"state": "SAGA_STATE_STUCK", "size": 10}' $O commerce.order.v1.SagaAdminService/ListSagas
-    $g -plaintext -d '{"sagaId": "$SAGA_ID"}' $P commerce.saga.v1.SagaBarrierService/ListBarriers
-    $g -plaintext -d '{"size": 10, "sort": "PRODUCT_SORT_PRICE_ASC"}' $P commerce.product.v1.CatalogService/ListProducts
-    $g -plaintext -d '{"userId": "$DEMO_USER"}' $T commerce.point.v1.PointService/GetBalance
-    $g -plaintext -d '{"userId": "$DEMO_USER", "page": 0, "size": 10}' $C commerce.coupon.v1.CouponService/ListUserCoupons
+    $g $auth $O list
+    $g $auth -d '{"orderId": "$ORDER_ID", "userId": "$DEMO_USER"}' $O commerce.order.v1.OrderService/GetOrder
+    $g $auth -d '{"userId": "$DEMO_USER", "page": 0, "size": 10}' $O commerce.order.v1.OrderService/ListOrders
+    $g $auth -d '{"orderId": "$ORDER_ID", "userId": "$DEMO_USER"}' $O commerce.order.v1.OrderService/CancelOrder
+    $g $auth -d '{"sagaId": "$SAGA_ID"}' $O commerce.order.v1.SagaAdminService/GetSaga
+    $g $auth -d '{}' $O commerce.order.v1.SagaAdminService/CountSagas
+    $g $auth -d '{"state": "SAGA_STATE_COMPLETED", "size": 10}' $O commerce.order.v1.SagaAdminService/ListSagas
+    $g $auth -d '{"state": "SAGA_STATE_STUCK", "size": 10}' $O commerce.order.v1.SagaAdminService/ListSagas
+    $g $auth -d '{"sagaId": "$SAGA_ID"}' $P commerce.saga.v1.SagaBarrierService/ListBarriers
+    $g $auth -d '{"size": 10, "sort": "PRODUCT_SORT_PRICE_ASC"}' $P commerce.product.v1.CatalogService/ListProducts
+    $g $auth -d '{"userId": "$DEMO_USER"}' $T commerce.point.v1.PointService/GetBalance
+    $g $auth -d '{"userId": "$DEMO_USER", "page": 0, "size": 10}' $C commerce.coupon.v1.CouponService/ListUserCoupons
 EOF
 log "README.md has one for every RPC; logs: .run/{product,point,coupon,orchestrator}.log; stop with: sudo bash deploy/down.sh"

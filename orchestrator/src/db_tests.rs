@@ -337,6 +337,7 @@ fn engine(store: &OrderStore, forward_budget: Duration) -> Arc<Engine> {
         point: refusing_addr(),
         coupon: refusing_addr(),
         call_timeout: Duration::from_millis(500),
+        tls: None,
     })
     .unwrap();
     Arc::new(Engine::new(

@@ -49,13 +49,16 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 /// Flags of the orchestrator (each also an environment variable).
 #[derive(Debug, Clone, clap::Args)]
 pub struct OrchestratorArgs {
-    /// Product service.
+    /// Product service (called as `https://` when the orchestrator has TLS
+    /// files).
     #[arg(long, env = "PRODUCT_ADDR", default_value = "http://127.0.0.1:50052")]
     pub product_addr: String,
-    /// Point service.
+    /// Point service (called as `https://` when the orchestrator has TLS
+    /// files).
     #[arg(long, env = "POINT_ADDR", default_value = "http://127.0.0.1:50053")]
     pub point_addr: String,
-    /// Coupon service.
+    /// Coupon service (called as `https://` when the orchestrator has TLS
+    /// files).
     #[arg(long, env = "COUPON_ADDR", default_value = "http://127.0.0.1:50054")]
     pub coupon_addr: String,
     /// This instance's name in saga leases; keep it stable across restarts
@@ -136,6 +139,7 @@ pub async fn build(config: ServerConfig, args: OrchestratorArgs) -> anyhow::Resu
         point: args.point_addr.clone(),
         coupon: args.coupon_addr.clone(),
         call_timeout: Duration::from_millis(args.call_timeout_ms),
+        tls: app.config().tls.clone(),
     })?;
     let redis = Redis::connect(&app.config().redis)?;
     let store = store::OrderStore::new(app.database().clone());

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use commerce_platform::error::reason as error_reason;
+use commerce_platform::tls::TlsFiles;
 use commerce_platform::{SagaCall, UserId};
 use commerce_proto::coupon::v1 as coupon;
 use commerce_proto::coupon::v1::coupon_service_client::CouponServiceClient;
@@ -14,7 +15,7 @@ use commerce_proto::point::v1 as point;
 use commerce_proto::point::v1::point_service_client::PointServiceClient;
 use commerce_proto::product::v1 as product;
 use commerce_proto::product::v1::stock_service_client::StockServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -109,6 +110,9 @@ pub struct ParticipantConfig {
     pub point: String,
     pub coupon: String,
     pub call_timeout: Duration,
+    /// The orchestrator's own certificate, presented to every participant
+    /// (None: plaintext, a development mesh).
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Clone)]
@@ -119,8 +123,9 @@ pub struct GrpcParticipants {
     call_timeout: Duration,
 }
 
-fn channel(uri: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(uri.to_owned())?
+fn channel(uri: &str, config: &ParticipantConfig) -> anyhow::Result<Channel> {
+    let timeout = config.call_timeout;
+    Ok(commerce_platform::tls::endpoint(uri, config.tls.as_ref())?
         .connect_timeout(timeout)
         .timeout(timeout)
         .tcp_nodelay(true)
@@ -131,9 +136,9 @@ fn channel(uri: &str, timeout: Duration) -> anyhow::Result<Channel> {
 impl GrpcParticipants {
     pub fn new(config: &ParticipantConfig) -> anyhow::Result<Self> {
         Ok(Self {
-            stock: StockServiceClient::new(channel(&config.product, config.call_timeout)?),
-            points: PointServiceClient::new(channel(&config.point, config.call_timeout)?),
-            coupons: CouponServiceClient::new(channel(&config.coupon, config.call_timeout)?),
+            stock: StockServiceClient::new(channel(&config.product, config)?),
+            points: PointServiceClient::new(channel(&config.point, config)?),
+            coupons: CouponServiceClient::new(channel(&config.coupon, config)?),
             call_timeout: config.call_timeout,
         })
     }

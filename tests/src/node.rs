@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use commerce_platform::tls::TlsFiles;
 use tokio::process::{Child, Command};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -24,16 +25,24 @@ pub struct Node {
     env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
+    /// The mesh's certificates (None: a plaintext development mesh).
+    certs: Option<PathBuf>,
 }
+
+pub use commerce_testkit::{DEFAULT_CALLER, TestChannel};
 
 impl Node {
     /// A server to run as `program [prefix...] <service> --listen ...
-    /// --database-url ... [extra...]`, logging to `log_dir/<name>.log`.
+    /// --database-url ... --tls-dir <certs> [extra...]` (with
+    /// `--insecure-plaintext` instead when `certs` is None), logging to
+    /// `log_dir/<name>.log`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         program: &Path,
         prefix: &[&str],
         service: &'static str,
         database_url: &str,
+        certs: Option<&Path>,
         extra: Vec<String>,
         log_dir: &Path,
         name: &str,
@@ -47,6 +56,10 @@ impl Node {
             "--database-url".to_owned(),
             database_url.to_owned(),
         ]);
+        match certs {
+            Some(dir) => args.extend(["--tls-dir".to_owned(), dir.display().to_string()]),
+            None => args.push("--insecure-plaintext".to_owned()),
+        }
         args.extend(extra);
         Self {
             service,
@@ -56,6 +69,7 @@ impl Node {
             env: Vec::new(),
             log: log_dir.join(format!("{name}.log")),
             child: None,
+            certs: certs.map(Path::to_path_buf),
         }
     }
 
@@ -67,11 +81,30 @@ impl Node {
         format!("127.0.0.1:{}", self.port)
     }
 
-    pub fn channel(&self) -> Channel {
-        Endpoint::from_shared(self.endpoint())
-            .expect("loopback endpoint")
+    /// A channel that calls each method as an identity the server's policy
+    /// allows (see [`TestChannel`]).
+    pub fn channel(&self) -> TestChannel {
+        TestChannel::new(&self.endpoint(), self.service, self.certs.as_deref())
+    }
+
+    /// A channel presenting `identity`'s certificate.
+    pub fn channel_as(&self, identity: &str) -> Channel {
+        commerce_platform::tls::endpoint(&self.endpoint(), self.tls_files(identity).as_ref())
+            .expect("the mesh's certificates and a loopback address make an endpoint")
             .timeout(Duration::from_secs(30))
             .connect_lazy()
+    }
+
+    /// The files of `identity` in the mesh's certificates (None: plaintext).
+    pub fn tls_files(&self, identity: &str) -> Option<TlsFiles> {
+        self.certs
+            .as_deref()
+            .map(|dir| TlsFiles::in_dir(dir, identity))
+    }
+
+    /// grpcurl's flags to reach this server as an operator.
+    pub fn grpcurl_flags(&self) -> Vec<String> {
+        commerce_testkit::grpcurl_flags(self.tls_files(DEFAULT_CALLER).as_ref())
     }
 
     /// Starts the process (with `env` set) and waits until it serves.

@@ -7,11 +7,11 @@ use std::time::Instant;
 use commerce_platform::ServerConfig;
 use commerce_proto::order::v1 as pb;
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
+use commerce_testkit::TestChannel as Channel;
 use commerce_testkit::{TestDatabase, TestServer, assert_status};
 use diesel::prelude::*;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 use tonic::Code;
-use tonic::transport::Channel;
 
 use super::schema::{point_ledger, product_stock, products, user_coupons};
 use super::seed::reset;

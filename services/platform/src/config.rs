@@ -107,10 +107,15 @@ pub struct ServerArgs {
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 250)]
     pub redis_timeout_ms: u64,
     /// Serve mutual TLS with the files of `commerce-mesh certs <dir>`:
-    /// `<dir>/ca.pem` and `<dir>/<service>.pem`/`.key` [default: plaintext,
-    /// for development only].
+    /// `<dir>/ca.pem` and `<dir>/<service>.pem`/`.key`. Required, unless
+    /// --insecure-plaintext.
     #[arg(long, env = "TLS_DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// Serve (and call peers) in plaintext with no identities and no
+    /// authorization: anyone who can connect may call every method. For
+    /// development only; logged loudly at start.
+    #[arg(long, env = "INSECURE_PLAINTEXT", conflicts_with_all = ["tls_dir", "tls_ca", "tls_cert", "tls_key"])]
+    pub insecure_plaintext: bool,
     /// CA that signs callers' certificates (with --tls-cert and --tls-key,
     /// instead of --tls-dir).
     #[arg(long, env = "TLS_CA")]
@@ -147,7 +152,8 @@ pub struct ServerConfig {
     /// None disables the purge job.
     pub barrier_retention: Option<Duration>,
     pub redis: RedisSettings,
-    /// Mutual TLS and per-method authorization; None serves plaintext.
+    /// Mutual TLS and per-method authorization; None serves plaintext
+    /// (only with --insecure-plaintext).
     pub tls: Option<TlsFiles>,
     /// Per-caller ceilings (see `crate::rate_limit`).
     pub rate_limits: RateLimits,
@@ -219,7 +225,11 @@ impl ServerConfig {
             // A prefix of this server's own; tests whose servers share
             // streams set one prefix for all of them.
             redis: RedisSettings::for_tests(format!("test:{}", uuid::Uuid::new_v4().simple())),
-            tls: None,
+            // Every test server serves mutual TLS with the run's certificates.
+            tls: Some(TlsFiles::in_dir(
+                crate::tls::certs::test_dir(),
+                service_identity(service),
+            )),
             // Test callers stand in for every caller (most call as the
             // operator) at volumes no operator sends; tests of the limits
             // set their own.
@@ -228,10 +238,25 @@ impl ServerConfig {
     }
 }
 
-/// A directory, or all three files, or nothing (plaintext).
+/// The identity a server's certificate names: its own, except the servers of
+/// the platform's tests, which stand in for a participant.
+fn service_identity(service: &'static str) -> &'static str {
+    if crate::tls::certs::SERVERS.contains(&service) {
+        service
+    } else {
+        "product"
+    }
+}
+
+/// A directory, or all three files, or plaintext when asked for explicitly.
 fn tls_files(spec: &ServiceSpec, args: &ServerArgs) -> anyhow::Result<Option<TlsFiles>> {
     match (&args.tls_dir, &args.tls_ca, &args.tls_cert, &args.tls_key) {
-        (None, None, None, None) => Ok(None),
+        (None, None, None, None) if args.insecure_plaintext => Ok(None),
+        (None, None, None, None) => anyhow::bail!(
+            "no TLS files: give --tls-dir (make one with `commerce-mesh certs <dir>`), or \
+             --tls-ca, --tls-cert and --tls-key; --insecure-plaintext serves without \
+             identities, for development only"
+        ),
         (Some(dir), None, None, None) => Ok(Some(TlsFiles::in_dir(dir, spec.name))),
         (None, Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles {
             ca: ca.clone(),
@@ -270,8 +295,11 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_off_unless_given_a_directory_or_all_three_files() {
-        assert_eq!(resolve_with(&[]).unwrap().tls, None);
+    fn tls_is_required_unless_plaintext_is_asked_for() {
+        let error = resolve_with(&[]).unwrap_err().to_string();
+        assert!(error.contains("--insecure-plaintext"), "{error}");
+        assert_eq!(resolve_with(&["--insecure-plaintext"]).unwrap().tls, None);
+        assert!(resolve_with(&["--insecure-plaintext", "--tls-dir", "/certs"]).is_err());
         assert_eq!(
             resolve_with(&["--tls-dir", "/certs"]).unwrap().tls,
             Some(TlsFiles {
@@ -318,7 +346,12 @@ mod tests {
     }
 
     fn resolve(retention_hours: &str) -> anyhow::Result<ServerConfig> {
-        let cli = Cli::try_parse_from(["bare", "--barrier-retention-hours", retention_hours])?;
+        let cli = Cli::try_parse_from([
+            "bare",
+            "--insecure-plaintext",
+            "--barrier-retention-hours",
+            retention_hours,
+        ])?;
         ServerConfig::resolve(&SPEC, &cli.server)
     }
 

@@ -23,10 +23,10 @@ use commerce_proto::point::v1 as pb;
 use commerce_proto::point::v1::point_service_client::PointServiceClient;
 use commerce_proto::saga::v1 as saga_pb;
 use commerce_proto::saga::v1::saga_barrier_service_client::SagaBarrierServiceClient;
+use commerce_testkit::TestChannel as Channel;
 use commerce_testkit::{TestDatabase, TestServer};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
-use tonic::transport::Channel;
 
 /// A point server on its own database, and clients of it.
 pub struct TestApp {

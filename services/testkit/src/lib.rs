@@ -5,10 +5,12 @@
 
 mod database;
 mod proxy;
+mod routed;
 mod server;
 mod status;
 
 pub use database::{TestDatabase, mysql_admin_url};
 pub use proxy::TcpProxy;
-pub use server::{TestServer, grpcurl};
+pub use routed::{DEFAULT_CALLER, TestChannel};
+pub use server::{TestServer, grpcurl, grpcurl_flags};
 pub use status::{assert_status, bad_request_field, error_reason};

@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use commerce_proto::order::v1 as order;
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
+use commerce_testkit::TestChannel as Channel;
 use commerce_testkit::error_reason;
 use diesel::sql_types::{BigInt, Nullable, Text};
 use futures::future::join_all;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
 use crate::harness::Mesh;

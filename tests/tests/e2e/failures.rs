@@ -10,7 +10,6 @@
 //! replaced) and waits for states by polling, never by sleeping.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use commerce_proto::coupon::v1 as coupon;
 use commerce_proto::order::v1 as order;
@@ -18,10 +17,9 @@ use commerce_proto::order::v1::saga_admin_service_client::SagaAdminServiceClient
 use commerce_proto::order::v1::{OrderState, SagaState, StepDirection, StepOutcome};
 use commerce_proto::point::v1 as point;
 
-use crate::harness::{Mesh, Node, orchestrator_args};
+use crate::harness::{Mesh, Node, node, orchestrator_args};
 use crate::shop::{self, assert_invariants};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_commerce-mesh");
 const EXHAUSTED: &str = "STEP_RETRIES_EXHAUSTED";
 
 /// An orchestrator on the mesh's order database with the tests' flags,
@@ -34,19 +32,11 @@ fn orchestrator(mesh: &Mesh, instance: &str, flags: &[(&str, &str)]) -> Node {
             None => args.extend([flag.to_owned(), value.to_owned()]),
         }
     }
-    let mut all = vec![
-        "--db-pool-size".to_owned(),
-        "8".to_owned(),
-        "--redis-prefix".to_owned(),
-        mesh.redis_prefix.clone(),
-    ];
-    all.extend(args);
-    Node::new(
-        Path::new(BINARY),
-        &[],
+    node(
         "orchestrator",
         &mesh.order_db.url,
-        all,
+        &mesh.redis_prefix,
+        args,
         &mesh.log_dir,
         instance,
     )

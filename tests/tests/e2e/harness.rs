@@ -13,15 +13,16 @@ use commerce_proto::point::v1::point_service_client::PointServiceClient;
 use commerce_proto::product::v1::catalog_service_client::CatalogServiceClient;
 use commerce_proto::product::v1::product_admin_service_client::ProductAdminServiceClient;
 use commerce_proto::product::v1::stock_service_client::StockServiceClient;
+use commerce_testkit::TestChannel as Channel;
 use commerce_testkit::TestDatabase;
-use tonic::transport::Channel;
 
 pub use commerce_e2e::node::Node;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_commerce-mesh");
 
-/// A server of this mesh, run from the `commerce-mesh` binary.
-fn node(
+/// A server of this mesh, run from the `commerce-mesh` binary with the
+/// tests' certificates (mutual TLS, as deployed).
+pub fn node(
     service: &'static str,
     database_url: &str,
     redis_prefix: &str,
@@ -36,6 +37,10 @@ fn node(
         "8".to_owned(),
         "--redis-prefix".to_owned(),
         redis_prefix.to_owned(),
+        // The tests seed and inspect as the operator, far faster than a
+        // person would; every other caller keeps its production ceiling.
+        "--rate-limit".to_owned(),
+        "operator=off".to_owned(),
     ];
     args.extend(extra);
     Node::new(
@@ -43,6 +48,7 @@ fn node(
         &[],
         service,
         database_url,
+        Some(commerce_platform::tls::certs::test_dir()),
         args,
         log_dir,
         name,

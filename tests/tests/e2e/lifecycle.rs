@@ -13,7 +13,7 @@ use commerce_testkit::assert_status;
 use serde_json::Value;
 use tonic::{Code, Status};
 
-use crate::harness::Mesh;
+use crate::harness::{Mesh, Node};
 use crate::shop::{self, assert_invariants};
 
 async fn cancel(mesh: &Mesh, order_id: &str, user: &str) -> Result<order::Order, Status> {
@@ -334,15 +334,16 @@ async fn cancel_ship_and_deliver_follow_the_order_state_machine() {
     mesh.shutdown().await;
 }
 
-/// Runs grpcurl against `addr`: `args` come after the address (a method or
+/// Runs grpcurl against `node` as an operator (its certificate, as the
+/// README's recipes do): `args` come after the address (a method or
 /// `list`); `body` is the JSON request. Returns stdout, or stderr on failure.
-async fn grpcurl(addr: &str, body: Option<&str>, args: &[&str]) -> Result<String, String> {
+async fn grpcurl(node: &Node, body: Option<&str>, args: &[&str]) -> Result<String, String> {
     let mut command = tokio::process::Command::new(commerce_testkit::grpcurl());
-    command.arg("-plaintext");
+    command.args(node.grpcurl_flags());
     if let Some(body) = body {
         command.args(["-d", body]);
     }
-    command.arg(addr).args(args).kill_on_drop(true);
+    command.arg(node.addr()).args(args).kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(60), command.output())
         .await
         .expect("grpcurl finished")
@@ -361,7 +362,6 @@ fn json(text: &str) -> Value {
 #[tokio::test]
 async fn operators_read_sagas_with_grpcurl() {
     let mesh = Mesh::start(1).await;
-    let addr = mesh.orchestrator().addr();
     let brand = shop::brand(&mesh, "Acme").await;
     let shoe = shop::product(&mesh, brand, "Shoe", 12_000, 10).await;
     shop::charge(&mesh, "erin", 50_000).await;
@@ -374,7 +374,7 @@ async fn operators_read_sagas_with_grpcurl() {
     assert_eq!(shop::state(&plain), OrderState::Confirmed);
     assert_eq!(refused.reason, "POINT_INSUFFICIENT", "{refused:?}");
 
-    let services = grpcurl(&addr, None, &["list"]).await.unwrap();
+    let services = grpcurl(mesh.orchestrator(), None, &["list"]).await.unwrap();
     let services: Vec<&str> = services.lines().collect();
     for service in [
         "commerce.order.v1.OrderService",
@@ -387,7 +387,7 @@ async fn operators_read_sagas_with_grpcurl() {
     let body = format!(r#"{{"sagaId":"{}"}}"#, with_coupon.saga_id);
     let detail = json(
         &grpcurl(
-            &addr,
+            mesh.orchestrator(),
             Some(&body),
             &["commerce.order.v1.SagaAdminService/GetSaga"],
         )
@@ -428,7 +428,7 @@ async fn operators_read_sagas_with_grpcurl() {
     // Counts and lists.
     let counts = json(
         &grpcurl(
-            &addr,
+            mesh.orchestrator(),
             Some("{}"),
             &["commerce.order.v1.SagaAdminService/CountSagas"],
         )
@@ -444,7 +444,7 @@ async fn operators_read_sagas_with_grpcurl() {
     );
     let listed = json(
         &grpcurl(
-            &addr,
+            mesh.orchestrator(),
             Some(r#"{"state":"SAGA_STATE_COMPLETED","size":10}"#),
             &["commerce.order.v1.SagaAdminService/ListSagas"],
         )
@@ -468,7 +468,7 @@ async fn operators_read_sagas_with_grpcurl() {
     // Nothing unfinished: the default listing is empty.
     let unfinished = json(
         &grpcurl(
-            &addr,
+            mesh.orchestrator(),
             Some(r#"{"size":10}"#),
             &["commerce.order.v1.SagaAdminService/ListSagas"],
         )
@@ -478,7 +478,7 @@ async fn operators_read_sagas_with_grpcurl() {
     assert!(unfinished.get("sagas").is_none(), "{unfinished}");
     // A malformed id is refused, naming the field.
     let refused = grpcurl(
-        &addr,
+        mesh.orchestrator(),
         Some(r#"{"sagaId":"nope"}"#),
         &["commerce.order.v1.SagaAdminService/GetSaga"],
     )

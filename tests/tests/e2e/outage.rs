@@ -11,9 +11,9 @@ use std::time::Duration;
 use commerce_proto::order::v1 as order;
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
 use commerce_proto::order::v1::{OrderState, StepOutcome};
+use commerce_testkit::TestChannel as Channel;
 use commerce_testkit::assert_status;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::harness::Mesh;
 use crate::shop::{self, assert_invariants};

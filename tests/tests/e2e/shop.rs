@@ -10,8 +10,8 @@ use commerce_proto::order::v1::order_service_client::OrderServiceClient;
 use commerce_proto::point::v1 as point;
 use commerce_proto::product::v1 as product;
 
+use commerce_testkit::TestChannel as Channel;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::harness::Mesh;
 

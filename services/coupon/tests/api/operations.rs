@@ -7,8 +7,10 @@ use tonic::Code;
 
 use crate::support::{fixed, saga, spawn, spawn_on};
 
-async fn grpcurl_output(args: &[&str]) -> std::process::Output {
+/// grpcurl with `flags` (an identity's certificate) before `args`.
+async fn grpcurl_output(flags: &[String], args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(grpcurl())
+        .args(flags)
         .args(args)
         .output()
         .await
@@ -16,8 +18,8 @@ async fn grpcurl_output(args: &[&str]) -> std::process::Output {
 }
 
 /// Runs grpcurl, which must succeed; returns its standard output.
-async fn run_grpcurl(args: &[&str]) -> String {
-    let output = grpcurl_output(args).await;
+async fn run_grpcurl(flags: &[String], args: &[&str]) -> String {
+    let output = grpcurl_output(flags, args).await;
     assert!(
         output.status.success(),
         "grpcurl {args:?} failed: {}",
@@ -30,7 +32,22 @@ async fn run_grpcurl(args: &[&str]) -> String {
 async fn grpcurl_lists_the_services_and_calls_them() {
     let app = spawn().await;
     let addr = app.server.addr.to_string();
-    let services = run_grpcurl(&["-plaintext", &addr, "list"]).await;
+    let operator = app.server.grpcurl_flags();
+    // Quotes are the orchestrator's: grpcurl presents its certificate, and
+    // reads the contract from the proto files (reflection is the operator's).
+    let mut orchestrator =
+        commerce_testkit::grpcurl_flags(app.server.tls_files("orchestrator").as_ref());
+    let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    orchestrator.extend(
+        [
+            "-import-path",
+            protos,
+            "-proto",
+            "commerce/coupon/v1/coupon.proto",
+        ]
+        .map(String::from),
+    );
+    let services = run_grpcurl(&operator, &[&addr, "list"]).await;
     for service in [
         "commerce.coupon.v1.CouponAdminService",
         "commerce.coupon.v1.CouponService",
@@ -47,13 +64,15 @@ async fn grpcurl_lists_the_services_and_calls_them() {
         })
         .await;
     let body = format!(r#"{{"template_id": {}}}"#, template.id);
-    let output = run_grpcurl(&[
-        "-plaintext",
-        "-d",
-        &body,
-        &addr,
-        "commerce.coupon.v1.CouponAdminService/GetTemplate",
-    ])
+    let output = run_grpcurl(
+        &operator,
+        &[
+            "-d",
+            &body,
+            &addr,
+            "commerce.coupon.v1.CouponAdminService/GetTemplate",
+        ],
+    )
     .await;
     let json: serde_json::Value = serde_json::from_str(&output).unwrap();
     assert_eq!(json["id"], template.id.to_string());
@@ -67,13 +86,15 @@ async fn grpcurl_lists_the_services_and_calls_them() {
         r#"{{"user_id": "alice", "user_coupon_id": {}, "order_amount": 4000}}"#,
         coupon.id
     );
-    let refused = grpcurl_output(&[
-        "-plaintext",
-        "-d",
-        &body,
-        &addr,
-        "commerce.coupon.v1.CouponService/QuoteDiscount",
-    ])
+    let refused = grpcurl_output(
+        &orchestrator,
+        &[
+            "-d",
+            &body,
+            &addr,
+            "commerce.coupon.v1.CouponService/QuoteDiscount",
+        ],
+    )
     .await;
     // Below the minimum order: grpcurl shows the code and fails.
     assert!(!refused.status.success());
@@ -83,13 +104,15 @@ async fn grpcurl_lists_the_services_and_calls_them() {
         r#"{{"user_id": "alice", "user_coupon_id": {}, "order_amount": 12000}}"#,
         coupon.id
     );
-    let output = run_grpcurl(&[
-        "-plaintext",
-        "-d",
-        &body,
-        &addr,
-        "commerce.coupon.v1.CouponService/QuoteDiscount",
-    ])
+    let output = run_grpcurl(
+        &orchestrator,
+        &[
+            "-d",
+            &body,
+            &addr,
+            "commerce.coupon.v1.CouponService/QuoteDiscount",
+        ],
+    )
     .await;
     let json: serde_json::Value = serde_json::from_str(&output).unwrap();
     assert_eq!(json["discount"], "1500");

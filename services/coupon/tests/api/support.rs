@@ -7,10 +7,10 @@ use commerce_platform::ServerConfig;
 use commerce_proto::coupon::v1 as pb;
 use commerce_proto::coupon::v1::coupon_admin_service_client::CouponAdminServiceClient;
 use commerce_proto::coupon::v1::coupon_service_client::CouponServiceClient;
+use commerce_testkit::TestChannel as Channel;
 use commerce_testkit::{TestDatabase, TestServer};
 use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl;
-use tonic::transport::Channel;
 
 pub struct TestApp {
     pub db: TestDatabase,

@@ -2,6 +2,10 @@
 //! which identities may call which methods, and anything it does not name is
 //! refused (default deny).
 //!
+//! Methods of a service the table does not mention at all go on to the
+//! router, which answers UNIMPLEMENTED: the service is not served here (a
+//! server will not start with a served method its table does not name).
+//!
 //! The layer decides on the caller's certificate only (see
 //! [`super::Identity`]); a handler that must scope data to a user (the BFF
 //! vouches for users) reads the identity from the request's extensions.
@@ -64,6 +68,17 @@ pub fn is_allowed(policy: &[Rule], caller: Option<&Identity>, method: &str) -> b
         Some(Callers::Only(names)) => caller.is_some_and(|caller| names.contains(&caller.as_str())),
         None => false,
     }
+}
+
+/// Whether `policy` has any rule for `method`'s service. A server refuses to
+/// start with a served method its table does not name, so a service the
+/// table does not mention at all is not served here.
+pub fn names_service(policy: &[Rule], method: &str) -> bool {
+    let Some((service, _)) = method.rsplit_once('/') else {
+        return false;
+    };
+    let prefix = format!("{service}/");
+    policy.iter().any(|rule| rule.method.starts_with(&prefix))
 }
 
 /// The refusal of `method` to `caller`: PERMISSION_DENIED with an
@@ -136,6 +151,11 @@ where
             .peer_certs()
             .and_then(|certificates| Identity::of_peer(&certificates));
         let method = request.uri().path();
+        if !names_service(self.policy, method) {
+            // Not served here: the router answers UNIMPLEMENTED, as any
+            // gRPC server does for a service it does not have.
+            return Either::Right(self.inner.call(request));
+        }
         if !is_allowed(self.policy, caller.as_ref(), method) {
             tracing::warn!(
                 caller = caller.as_ref().map(Identity::as_str),
@@ -199,6 +219,15 @@ mod tests {
             Some(&id("operator")),
             "/demo.ServiceX/Read"
         ));
+    }
+
+    #[test]
+    fn a_service_the_table_does_not_mention_is_not_served_here() {
+        assert!(names_service(POLICY, "/demo.Service/Anything"));
+        assert!(names_service(POLICY, "/grpc.health.v1.Health/Check"));
+        assert!(!names_service(POLICY, "/other.Service/Read"));
+        assert!(!names_service(POLICY, "/demo.ServiceX/Read"));
+        assert!(!names_service(POLICY, "garbage"));
     }
 
     #[test]

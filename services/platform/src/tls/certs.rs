@@ -66,6 +66,32 @@ pub fn ca_path(dir: &Path) -> PathBuf {
     dir.join(CA_CERT)
 }
 
+/// The development certificates of tests: one directory shared by every
+/// test process on the machine (tests run as many processes at once) for a
+/// week. It is made complete in a directory of its own and renamed into
+/// place, so no process ever reads it half-written, and its name carries
+/// the ISO week, so its certificates are always far from their end.
+pub fn test_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let now = OffsetDateTime::now_utc();
+        let name = format!("commerce-test-certs-{}-w{:02}", now.year(), now.iso_week());
+        let dir = std::env::temp_dir().join(name);
+        if dir.is_dir() {
+            return dir;
+        }
+        let fresh = dir.with_extension(format!("new-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&fresh);
+        #[allow(clippy::expect_used)] // Test support: fail the test loudly.
+        ensure_dev_certs(&fresh).expect("issuing the tests' certificates");
+        if fs::rename(&fresh, &dir).is_err() {
+            // Another process renamed its own first: use that one.
+            let _ = fs::remove_dir_all(&fresh);
+        }
+        dir
+    })
+}
+
 /// What [`ensure_dev_certs`] did, file stem by file stem (`ca`, `point`...).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct CertsReport {

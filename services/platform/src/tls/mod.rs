@@ -7,9 +7,9 @@
 //! - [`Identity`]: the caller named by its certificate;
 //! - [`AuthorizeLayer`] and [`policy`]: who may call which method.
 //!
-//! TLS is off unless a server is given its files (`--tls-dir` or
-//! `--tls-ca`/`--tls-cert`/`--tls-key`); a server without them serves
-//! plaintext and says so at start.
+//! A server needs its files (`--tls-dir` or `--tls-ca`/`--tls-cert`/
+//! `--tls-key`) and will not start without them, unless it is told
+//! `--insecure-plaintext` (development only, logged loudly at start).
 
 mod authorize;
 pub mod certs;
@@ -19,12 +19,21 @@ pub mod policy;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use tonic::transport::{Certificate, ClientTlsConfig, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, ServerTlsConfig};
 
 pub use authorize::{
     Authorize, AuthorizeLayer, CALLER_NOT_ALLOWED, Callers, Rule, is_allowed, refusal, rule_for,
 };
 pub use identity::{Identity, TRUST_DOMAIN, spiffe_uri};
+
+/// An endpoint for `uri`: mutual TLS as the owner of `tls`, or plaintext
+/// without (a development mesh, `--insecure-plaintext`).
+pub fn endpoint(uri: &str, tls: Option<&TlsFiles>) -> anyhow::Result<Endpoint> {
+    match tls {
+        Some(files) => files.endpoint(uri),
+        None => Endpoint::from_shared(uri.to_owned()).with_context(|| format!("address {uri}")),
+    }
+}
 
 /// The files of one identity: the mesh's CA (to verify peers), its own
 /// certificate and its private key, all PEM.
@@ -65,6 +74,22 @@ impl TlsFiles {
             .ca_certificate(ca)
             .identity(identity)
             .domain_name(server_name))
+    }
+
+    /// An endpoint for `uri` presenting this certificate: an `http://`
+    /// address is called as `https://`, and the server's certificate must
+    /// name the address's host (every server certificate names its service,
+    /// `localhost` and `127.0.0.1`).
+    pub fn endpoint(&self, uri: &str) -> anyhow::Result<Endpoint> {
+        let (ca, identity) = self.read()?;
+        let uri = match uri.strip_prefix("http://") {
+            Some(rest) => format!("https://{rest}"),
+            None => uri.to_owned(),
+        };
+        Endpoint::from_shared(uri.clone())
+            .with_context(|| format!("address {uri}"))?
+            .tls_config(ClientTlsConfig::new().ca_certificate(ca).identity(identity))
+            .with_context(|| format!("TLS for {uri}"))
     }
 
     fn read(&self) -> anyhow::Result<(Certificate, tonic::transport::Identity)> {

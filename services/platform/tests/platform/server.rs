@@ -19,6 +19,10 @@ const SPEC: ServiceSpec = ServiceSpec {
     saga_participant: true,
 };
 
+/// A participant's policy table (health, reflection and barrier admin are
+/// all the bare server serves).
+const PARTICIPANT: &[commerce_platform::tls::Rule] = commerce_platform::tls::policy::POINT;
+
 /// Waits, through the health Watch stream, until `service` reports `want`.
 async fn await_health(server: &TestServer, service: &str, want: ServingStatus) {
     let mut health = HealthClient::new(server.channel());
@@ -42,7 +46,8 @@ async fn health_reflection_and_barrier_admin_are_served() {
     let db = TestDatabase::create("bare").await.unwrap();
     let app = Application::build(&SPEC, ServerConfig::for_tests("bare", db.url.clone()))
         .await
-        .unwrap();
+        .unwrap()
+        .with_policy(PARTICIPANT);
     let server = TestServer::start(app);
 
     await_health(&server, "", ServingStatus::Serving).await;
@@ -115,7 +120,8 @@ async fn health_is_not_serving_while_the_database_is_away() {
     let (proxy, url) = db.through_proxy().await.unwrap();
     let app = Application::build(&SPEC, ServerConfig::for_tests("bare", url))
         .await
-        .unwrap();
+        .unwrap()
+        .with_policy(PARTICIPANT);
     let server = TestServer::start(app);
     await_health(&server, "", ServingStatus::Serving).await;
 

@@ -20,7 +20,7 @@ use tonic::Code;
 
 use crate::{TestApp, charge_request, deduct_request, new_saga, refund_request, spawn};
 
-type PointClient = pb::point_service_client::PointServiceClient<tonic::transport::Channel>;
+type PointClient = pb::point_service_client::PointServiceClient<commerce_testkit::TestChannel>;
 
 /// A small deterministic generator, so a failing run can be replayed.
 struct Lcg(u64);

@@ -15,11 +15,13 @@ async fn grpcurl_lists_the_services_and_reads_a_balance() {
     app.charge("alice", 1_500, "top-up").await;
     let addr = app.server.addr.to_string();
 
+    let flags = app.server.grpcurl_flags();
     let list = tokio::task::spawn_blocking({
-        let addr = addr.clone();
+        let (addr, flags) = (addr.clone(), flags.clone());
         move || {
             Command::new(grpcurl())
-                .args(["-plaintext", &addr, "list"])
+                .args(flags)
+                .args([&addr, "list"])
                 .output()
         }
     })
@@ -45,8 +47,8 @@ async fn grpcurl_lists_the_services_and_reads_a_balance() {
 
     let call = tokio::task::spawn_blocking(move || {
         Command::new(grpcurl())
+            .args(flags)
             .args([
-                "-plaintext",
                 "-d",
                 r#"{"user_id": "alice"}"#,
                 &addr,

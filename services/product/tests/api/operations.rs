@@ -69,7 +69,8 @@ async fn grpcurl_lists_the_services_and_calls_one() {
     let addr = app.server.addr.to_string();
 
     let listed = tokio::process::Command::new(grpcurl())
-        .args(["-plaintext", &addr, "list"])
+        .args(app.server.grpcurl_flags())
+        .args([&addr, "list"])
         .output()
         .await
         .unwrap();
@@ -89,8 +90,8 @@ async fn grpcurl_lists_the_services_and_calls_one() {
     }
 
     let created = tokio::process::Command::new(grpcurl())
+        .args(app.server.grpcurl_flags())
         .args([
-            "-plaintext",
             "-d",
             r#"{"name": "Acme", "description": "made with grpcurl"}"#,
             &addr,

@@ -14,7 +14,7 @@ use tonic::Code;
 
 use crate::support::{lines, saga, saga_request, spawn};
 
-type StockClient = pb::stock_service_client::StockServiceClient<tonic::transport::Channel>;
+type StockClient = pb::stock_service_client::StockServiceClient<commerce_testkit::TestChannel>;
 
 /// A small deterministic generator, so a failing run can be replayed.
 struct Lcg(u64);

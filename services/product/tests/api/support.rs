@@ -6,6 +6,7 @@ use std::time::Duration;
 use commerce_platform::ServerConfig;
 use commerce_proto::product::v1 as pb;
 use commerce_proto::saga::v1 as saga_pb;
+use commerce_testkit::TestChannel as Channel;
 use commerce_testkit::{TestDatabase, TestServer};
 use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl;
@@ -14,7 +15,6 @@ use pb::product_admin_service_client::ProductAdminServiceClient;
 use pb::stock_service_client::StockServiceClient;
 use saga_pb::saga_barrier_service_client::SagaBarrierServiceClient;
 use tonic::Status;
-use tonic::transport::Channel;
 
 /// A running product server on its own database, with a client per service.
 pub struct TestApp {
