@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use commerce_platform::rate_limit::{RATE_LIMITED, RateLimits};
 use commerce_platform::tls::{CALLER_NOT_ALLOWED, Identity, TlsFiles, certs, policy};
 use commerce_platform::{Application, ServerConfig, ServiceSpec, migrate};
 use commerce_proto::point::v1::point_service_client::PointServiceClient;
@@ -82,8 +83,14 @@ fn cert_dir() -> PathBuf {
 
 /// A server with the point policy and the point certificate of `dir`.
 async fn start(db: &TestDatabase, dir: &Path) -> TestServer {
+    start_limited(db, dir, RateLimits::none()).await
+}
+
+/// The same, with per-caller rate limits.
+async fn start_limited(db: &TestDatabase, dir: &Path, limits: RateLimits) -> TestServer {
     let mut config = ServerConfig::for_tests("bare", db.url.clone());
     config.tls = Some(TlsFiles::in_dir(dir, "point"));
+    config.rate_limits = limits;
     let app = Application::build(&SPEC, config)
         .await
         .unwrap()
@@ -282,4 +289,37 @@ async fn a_server_refuses_to_start_with_a_method_its_policy_does_not_name() {
         error.contains("/commerce.point.v1.PointService/GetBalance"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_caller_over_its_ceiling_is_refused_and_the_others_are_still_served() {
+    let db = TestDatabase::create("bare").await.unwrap();
+    let dir = cert_dir();
+    let limits = RateLimits::none().with_overrides(["bff=1/3"]).unwrap();
+    let server = start_limited(&db, &dir, limits).await;
+    let mut bff = PointServiceClient::new(channel_as(&server, &dir, "bff"));
+    let mut operator = PointServiceClient::new(channel_as(&server, &dir, "operator"));
+
+    // A burst of 3 then 1 a second: 10 calls in a row outrun it (unless
+    // each took a second), and every refusal says who, why and when.
+    let mut refused = Vec::new();
+    for _ in 0..10 {
+        if let Err(status) = bff.get_balance(balance_request()).await {
+            refused.push(status);
+        }
+    }
+    assert!(!refused.is_empty(), "10 calls in a row within a burst of 3");
+    for status in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, RATE_LIMITED);
+        assert_eq!(info.metadata["caller"], "bff");
+        let retry = status.get_details_retry_info().unwrap();
+        assert!(retry.retry_delay.is_some_and(|d| !d.is_zero()), "{retry:?}");
+    }
+    // Another caller is not starved.
+    for _ in 0..10 {
+        operator.get_balance(balance_request()).await.unwrap();
+    }
+    server.stop().await.unwrap();
 }
