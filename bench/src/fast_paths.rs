@@ -24,7 +24,7 @@ use commerce_proto::product::v1::catalog_service_client::CatalogServiceClient;
 use tonic::transport::Channel;
 
 use crate::load::{self, CallOutcome};
-use crate::mesh::{Systems, channel};
+use crate::mesh::{Caller, Systems, channel};
 use crate::metrics::{self, CpuSample};
 use crate::model::{FastPathComparison, FastPathRow, ScenarioResult, Shop};
 use crate::scenarios::Plan;
@@ -218,7 +218,7 @@ async fn flash_round(
     let concurrency = users.min(1_000);
     let clients: Arc<Vec<CouponServiceClient<Channel>>> = Arc::new(
         (0..CONNECTIONS)
-            .map(|_| CouponServiceClient::new(channel(target.node)))
+            .map(|_| CouponServiceClient::new(channel(target.node, Caller::Bff)))
             .collect(),
     );
     let template_id = template.id;
@@ -419,7 +419,7 @@ async fn catalogue_rounds(
             };
             let clients: Arc<Vec<CatalogServiceClient<Channel>>> = Arc::new(
                 (0..CONNECTIONS)
-                    .map(|_| CatalogServiceClient::new(channel(node)))
+                    .map(|_| CatalogServiceClient::new(channel(node, Caller::Bff)))
                     .collect(),
             );
             let reads = Arc::clone(&reads);
@@ -448,7 +448,7 @@ async fn catalogue_rounds(
         .map(|p| (p.id, (p.name.as_str(), p.price)))
         .collect();
     let mut cached = systems.catalog();
-    let mut uncached = CatalogServiceClient::new(channel(without_redis));
+    let mut uncached = CatalogServiceClient::new(channel(without_redis, Caller::Bff));
     let mut mismatches = Vec::new();
     for read in &sampled {
         // The first read may fill the cache; the second is then a hit.

@@ -10,6 +10,12 @@
 //! (with and without the Redis cache) and recovery scenarios, writes
 //! `report.md`, `report.json` and charts to `--out`, and deletes the run's
 //! Redis keys.
+//!
+//! Every system serves mutual TLS with certificates the run makes in
+//! `<out>/certs`, and the generator calls as the identity each method's
+//! policy expects (see `mesh::Caller`); `--transport plaintext` runs without,
+//! and `--transport both` runs the uniform scenario once more in plaintext
+//! to show what TLS costs.
 
 mod baseline;
 mod dtm;
@@ -34,7 +40,7 @@ use commerce_platform::config::NoExtraArgs;
 
 use crate::keyspace::RunRedis;
 use crate::mesh::{Databases, Systems};
-use crate::model::Report;
+use crate::model::{Report, Transport};
 use crate::scenarios::Plan;
 use crate::seed::ShopSize;
 
@@ -99,6 +105,44 @@ struct RunArgs {
     /// anything, every code path runs.
     #[arg(long)]
     smoke: bool,
+    /// How the systems' gRPC calls travel: `tls` (mutual TLS, each caller
+    /// presenting its certificate, as deployed), `plaintext`
+    /// (`--insecure-plaintext`), or `both`: every scenario over TLS, then the
+    /// uniform scenario again in plaintext, on fresh databases and
+    /// processes, for the report's "What TLS costs".
+    #[arg(long, value_enum, default_value_t = TransportChoice::Tls)]
+    transport: TransportChoice,
+}
+
+/// `--transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TransportChoice {
+    Tls,
+    Plaintext,
+    Both,
+}
+
+impl TransportChoice {
+    /// The transport of every scenario.
+    fn main(self) -> Transport {
+        match self {
+            Self::Tls | Self::Both => Transport::Tls,
+            Self::Plaintext => Transport::Plaintext,
+        }
+    }
+
+    /// For the report's header.
+    fn describe(self) -> String {
+        const TLS: &str =
+            "mutual TLS: every gRPC call with the caller's certificate, every method authorized";
+        match self {
+            Self::Tls => TLS.to_owned(),
+            Self::Plaintext => "plaintext (--insecure-plaintext): no TLS, no identities".to_owned(),
+            Self::Both => {
+                format!("{TLS}; then the uniform scenario again in plaintext (What TLS costs)")
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -191,30 +235,42 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let plan = plan(&args);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let databases = Databases::new(&args.mysql_url, &args.db_prefix);
-    databases.recreate().await?;
-    let log_dir = args.out.join("logs");
-    std::fs::create_dir_all(&log_dir)?;
     let redis = RunRedis::new(&args.redis_url);
     let mut report = Report {
         run: metrics::run_info(databases.server_url(), command).await,
         ..Report::default()
     };
     report.run.redis_prefix = redis.prefix.clone();
+    report.run.transport = args.transport.describe();
     tracing::info!(prefix = %redis.prefix, "the run's Redis keys");
-    let mut systems = Systems::start(&databases, &log_dir, redis.clone()).await?;
-    let outcome = scenarios_run(&mut systems, &databases, &plan, &args, &mut report).await;
-    systems.stop().await;
-    // Best effort: a Redis that is gone by now leaves keys behind, not a
-    // failed run.
-    match redis.delete_keys().await {
-        Ok(deleted) => {
-            tracing::info!(deleted, prefix = %redis.prefix, "the run's Redis keys deleted")
-        }
-        Err(error) => {
-            tracing::warn!(%error, prefix = %redis.prefix, "the run's Redis keys not all deleted")
-        }
+    let run = Run {
+        args: &args,
+        plan: &plan,
+        databases: &databases,
+        redis: &redis,
+    };
+    run.pass(args.transport.main(), &args.scenarios, "logs", &mut report)
+        .await?;
+    if args.transport == TransportChoice::Both {
+        // Only its levels and its scenarios' findings (reconciliation
+        // included) are kept; the outbox's lag is the first pass's.
+        let mut plaintext = Report::default();
+        let uniform = ["uniform".to_owned()];
+        run.pass(
+            Transport::Plaintext,
+            &uniform,
+            "logs/plaintext",
+            &mut plaintext,
+        )
+        .await?;
+        report.plaintext_levels = plaintext.levels;
+        report
+            .scenarios
+            .extend(plaintext.scenarios.into_iter().map(|mut scenario| {
+                scenario.name = format!("{} (plaintext)", scenario.name);
+                scenario
+            }));
     }
-    outcome?;
     let written = report::write(&report, &args.out)?;
     for path in written {
         println!("{}", path.display());
@@ -245,16 +301,71 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What every pass of a run shares.
+struct Run<'a> {
+    args: &'a RunArgs,
+    plan: &'a Plan,
+    databases: &'a Databases,
+    redis: &'a RunRedis,
+}
+
+impl Run<'_> {
+    /// One pass over `transport`: the databases created anew, the systems
+    /// started (logging to `<out>/<logs>`), `scenarios` run into `report`,
+    /// the systems stopped and the run's Redis keys deleted.
+    async fn pass(
+        &self,
+        transport: Transport,
+        scenarios: &[String],
+        logs: &str,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        self.databases.recreate().await?;
+        let log_dir = self.args.out.join(logs);
+        std::fs::create_dir_all(&log_dir)?;
+        let certs = match transport {
+            Transport::Tls => {
+                let dir = self.args.out.join("certs");
+                mesh::ensure_certs(&dir)?;
+                Some(dir)
+            }
+            Transport::Plaintext => None,
+        };
+        tracing::info!(transport = transport.label(), "starting the systems");
+        let mut systems = Systems::start(
+            self.databases,
+            &log_dir,
+            self.redis.clone(),
+            certs.as_deref(),
+        )
+        .await?;
+        let outcome =
+            scenarios_run(&mut systems, self.databases, self.plan, scenarios, report).await;
+        systems.stop().await;
+        // Best effort: a Redis that is gone by now leaves keys behind, not a
+        // failed run.
+        match self.redis.delete_keys().await {
+            Ok(deleted) => {
+                tracing::info!(deleted, prefix = %self.redis.prefix, "the run's Redis keys deleted")
+            }
+            Err(error) => {
+                tracing::warn!(%error, prefix = %self.redis.prefix, "the run's Redis keys not all deleted")
+            }
+        }
+        outcome
+    }
+}
+
 async fn scenarios_run(
     systems: &mut Systems,
     databases: &Databases,
     plan: &Plan,
-    args: &RunArgs,
+    scenarios: &[String],
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let server_url = databases.server_url().to_owned();
     let baseline_url = databases.url("baseline");
-    let wanted = |name: &str| args.scenarios.iter().any(|s| s == name);
+    let wanted = |name: &str| scenarios.iter().any(|s| s == name);
     if wanted("uniform") {
         tracing::info!("scenario uniform");
         let uniform = scenarios::uniform(systems, &server_url, &baseline_url, plan).await?;

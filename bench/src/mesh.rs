@@ -1,10 +1,15 @@
 //! The systems under test, as processes this binary starts by re-executing
 //! itself (`commerce-bench serve <server>`): the four servers of the mesh and
-//! the baseline, each with its own fresh database.
+//! the baseline, each with its own fresh database, serving mutual TLS with
+//! the run's certificates (or plaintext, `--transport plaintext`); and the
+//! harness's channels to them, each presenting the certificate of the
+//! identity the server's policy expects for what the harness calls.
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use commerce_e2e::node::Node;
+use commerce_platform::tls::certs::{cert_path, ensure_dev_certs, key_path};
 use commerce_proto::coupon::v1::coupon_admin_service_client::CouponAdminServiceClient;
 use commerce_proto::coupon::v1::coupon_service_client::CouponServiceClient;
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
@@ -13,9 +18,10 @@ use commerce_proto::point::v1::point_service_client::PointServiceClient;
 use commerce_proto::product::v1::catalog_service_client::CatalogServiceClient;
 use commerce_proto::product::v1::product_admin_service_client::ProductAdminServiceClient;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::keyspace::RunRedis;
+use crate::model::Transport;
 
 /// Databases of one run, `<prefix>_<server>`, dropped and created anew.
 #[derive(Debug, Clone)]
@@ -96,6 +102,8 @@ pub struct Systems {
     orchestrator_spawn: OrchestratorSpawn,
     /// The run's Redis and key prefix (every server but dtm has it).
     pub redis: RunRedis,
+    /// The run's certificates (None: every system in plaintext).
+    certs: Option<PathBuf>,
     /// What it takes to start a server without Redis next to the mesh.
     program: PathBuf,
     databases: Databases,
@@ -107,6 +115,7 @@ pub struct Systems {
 struct OrchestratorSpawn {
     program: PathBuf,
     database_url: String,
+    certs: Option<PathBuf>,
     /// Every argument but the instance id.
     args: Vec<String>,
     log_dir: PathBuf,
@@ -132,15 +141,78 @@ const ORCHESTRATOR_LOG: [(&str, &str); 1] = [("RUST_LOG", "info,saga_timing=debu
 /// connections, within MariaDB's connection limit.
 const POOL: &str = "32";
 
+/// Flags of every server: its pool, and no ceiling for the operator, whom
+/// the harness seeds and polls as at rates no operator sends (the other
+/// callers keep the servers' default ceilings, far above the benchmark's
+/// rates; in plaintext every caller is anonymous and unlimited).
+fn server_args() -> Vec<String> {
+    ["--db-pool-size", POOL, "--rate-limit", "operator=off"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// Whom the harness calls as: the identity whose certificate a channel
+/// presents (see `commerce_platform::tls::policy`). Plaintext channels
+/// present nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// User-facing calls (PlaceOrder, the catalogue, balances, coupons).
+    Bff,
+    /// Admin calls (seeding, GetOutbox, saga counts).
+    Operator,
+    /// Coupon quotes, which only the orchestrator may call: dtm's generator
+    /// prices in the orchestrator's place (dtm's branch endpoints present
+    /// the orchestrator's certificate too, see `dtm::server`).
+    Orchestrator,
+}
+
+impl Caller {
+    pub fn identity(self) -> &'static str {
+        match self {
+            Self::Bff => "bff",
+            Self::Operator => "operator",
+            Self::Orchestrator => "orchestrator",
+        }
+    }
+}
+
+/// The server whose certificate the baseline serves with: any server
+/// certificate names 127.0.0.1, which is all the baseline's callers check.
+const BASELINE_CERTIFICATE: &str = "product";
+
+/// Makes sure `dir` holds the run's certificates: the mesh's development CA
+/// and every identity's (kept while valid, see `ensure_dev_certs`), and the
+/// baseline's, a copy of [`BASELINE_CERTIFICATE`]'s under the baseline's
+/// name so that its `--tls-dir` finds them.
+pub fn ensure_certs(dir: &Path) -> anyhow::Result<()> {
+    let made = ensure_dev_certs(dir)
+        .with_context(|| format!("making the run's certificates in {}", dir.display()))?;
+    tracing::info!(
+        dir = %dir.display(),
+        issued = ?made.issued,
+        kept = ?made.kept,
+        "the run's certificates"
+    );
+    for path in [cert_path, key_path] {
+        let (from, to) = (path(dir, BASELINE_CERTIFICATE), path(dir, "baseline"));
+        std::fs::copy(&from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
 impl Systems {
+    /// Starts every system, serving mutual TLS with the certificates in
+    /// `certs` (made by [`ensure_certs`]), or plaintext when None.
     pub async fn start(
         databases: &Databases,
         log_dir: &Path,
         redis: RunRedis,
+        certs: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let program = std::env::current_exe()?;
         let node = |service: &'static str, extra: Vec<String>| {
-            let mut args = vec!["--db-pool-size".to_owned(), POOL.to_owned()];
+            let mut args = server_args();
             args.extend(redis.server_args());
             args.extend(extra);
             Node::new(
@@ -148,6 +220,7 @@ impl Systems {
                 &["serve"],
                 service,
                 &databases.url(service),
+                certs,
                 args,
                 log_dir,
                 service,
@@ -163,9 +236,9 @@ impl Systems {
             coupon.start(),
             baseline.start()
         );
+        // The participants' addresses stay http://: with TLS the orchestrator
+        // calls them as https://, presenting its certificate.
         let orchestrator_args: Vec<String> = vec![
-            "--db-pool-size".into(),
-            POOL.into(),
             "--product-addr".into(),
             product.endpoint(),
             "--point-addr".into(),
@@ -179,14 +252,15 @@ impl Systems {
             "--log-format".into(),
             "json".into(),
         ];
-        let orchestrator_args = redis
-            .server_args()
+        let orchestrator_args = server_args()
             .into_iter()
+            .chain(redis.server_args())
             .chain(orchestrator_args)
             .collect();
         let orchestrator_spawn = OrchestratorSpawn {
             program: program.clone(),
             database_url: databases.url("orchestrator"),
+            certs: certs.map(Path::to_path_buf),
             args: orchestrator_args,
             log_dir: log_dir.to_owned(),
         };
@@ -195,6 +269,7 @@ impl Systems {
         let mut dtm = crate::dtm::Dtm::new(
             &program,
             &databases.url("dtm"),
+            certs,
             log_dir,
             [&product, &point, &coupon],
         );
@@ -209,6 +284,7 @@ impl Systems {
             extra_orchestrators: Vec::new(),
             orchestrator_spawn,
             redis,
+            certs: certs.map(Path::to_path_buf),
             program,
             databases: databases.clone(),
             log_dir: log_dir.to_owned(),
@@ -220,13 +296,14 @@ impl Systems {
     /// `<service>-no-redis.log`: the "without" side of a fast-path
     /// comparison. The caller kills it when done.
     pub async fn start_without_redis(&self, service: &'static str) -> Node {
-        let mut args = vec!["--db-pool-size".to_owned(), POOL.to_owned()];
+        let mut args = server_args();
         args.extend(self.redis.server_args_without());
         let mut node = Node::new(
             &self.program,
             &["serve"],
             service,
             &self.databases.url(service),
+            self.certs.as_deref(),
             args,
             &self.log_dir,
             &format!("{service}-no-redis"),
@@ -312,32 +389,40 @@ impl Systems {
         }
     }
 
+    /// How the systems' calls travel.
+    pub fn transport(&self) -> Transport {
+        match self.certs {
+            Some(_) => Transport::Tls,
+            None => Transport::Plaintext,
+        }
+    }
+
     pub fn orders(&self) -> OrderServiceClient<Channel> {
-        OrderServiceClient::new(channel(&self.orchestrator))
+        OrderServiceClient::new(channel(&self.orchestrator, Caller::Bff))
     }
 
     pub fn sagas(&self) -> SagaAdminServiceClient<Channel> {
-        SagaAdminServiceClient::new(channel(&self.orchestrator))
+        SagaAdminServiceClient::new(channel(&self.orchestrator, Caller::Operator))
     }
 
     pub fn catalog(&self) -> CatalogServiceClient<Channel> {
-        CatalogServiceClient::new(channel(&self.product))
+        CatalogServiceClient::new(channel(&self.product, Caller::Bff))
     }
 
     pub fn product_admin(&self) -> ProductAdminServiceClient<Channel> {
-        ProductAdminServiceClient::new(channel(&self.product))
+        ProductAdminServiceClient::new(channel(&self.product, Caller::Operator))
     }
 
     pub fn points(&self) -> PointServiceClient<Channel> {
-        PointServiceClient::new(channel(&self.point))
+        PointServiceClient::new(channel(&self.point, Caller::Bff))
     }
 
     pub fn coupons(&self) -> CouponServiceClient<Channel> {
-        CouponServiceClient::new(channel(&self.coupon))
+        CouponServiceClient::new(channel(&self.coupon, Caller::Bff))
     }
 
     pub fn coupon_admin(&self) -> CouponAdminServiceClient<Channel> {
-        CouponAdminServiceClient::new(channel(&self.coupon))
+        CouponAdminServiceClient::new(channel(&self.coupon, Caller::Operator))
     }
 }
 
@@ -350,6 +435,7 @@ impl OrchestratorSpawn {
             &["serve"],
             "orchestrator",
             &self.database_url,
+            self.certs.as_deref(),
             args,
             &self.log_dir,
             name,
@@ -357,10 +443,14 @@ impl OrchestratorSpawn {
     }
 }
 
-/// A fresh HTTP/2 connection to `node` (callers open several to spread load).
-pub fn channel(node: &Node) -> Channel {
-    Endpoint::from_shared(node.endpoint())
-        .expect("loopback endpoint")
+/// A fresh HTTP/2 connection to `node` as `caller` (callers open several to
+/// spread load): mutual TLS with `caller`'s certificate when the node serves
+/// TLS, plaintext otherwise.
+pub fn channel(node: &Node, caller: Caller) -> Channel {
+    let tls = node.tls_files(caller.identity());
+    commerce_platform::tls::endpoint(&node.endpoint(), tls.as_ref())
+        // The node started with these files, so they exist and parse.
+        .expect("a running node's certificates and loopback address make an endpoint")
         .tcp_nodelay(true)
         .connect_lazy()
 }

@@ -248,6 +248,7 @@ pub async fn run_info(server_url: &str, command: String) -> RunInfo {
         }
         .to_owned(),
         redis_prefix: String::new(),
+        transport: String::new(),
     }
 }
 

@@ -86,6 +86,31 @@ impl System {
     }
 }
 
+/// How the systems' gRPC calls travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// Mutual TLS on every gRPC call, each caller presenting its identity's
+    /// certificate and every method authorized, as deployed.
+    Tls,
+    /// No TLS and no identities (`--insecure-plaintext`, development only).
+    Plaintext,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Tls => "tls",
+            Self::Plaintext => "plaintext",
+        }
+    }
+}
+
+/// Reports from before the mesh served mutual TLS ran in plaintext.
+fn plaintext() -> Transport {
+    Transport::Plaintext
+}
+
 /// Latency percentiles, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Latency {
@@ -133,6 +158,9 @@ pub struct LevelResult {
     /// scenario, where that many orchestrators share one database).
     #[serde(default = "one")]
     pub instances: usize,
+    /// How the system's gRPC calls travelled.
+    #[serde(default = "plaintext")]
+    pub transport: Transport,
 }
 
 fn one() -> usize {
@@ -165,6 +193,9 @@ pub struct RunInfo {
     /// (`bench-<run id>`), deleted at the end of the run.
     #[serde(default)]
     pub redis_prefix: String,
+    /// How the systems' gRPC calls travelled (`--transport`), in words.
+    #[serde(default)]
+    pub transport: String,
 }
 
 /// Everything one run found.
@@ -181,6 +212,10 @@ pub struct Report {
     /// it (`flash_coupon`, `catalogue`).
     #[serde(default)]
     pub fast_paths: Vec<FastPathComparison>,
+    /// The uniform levels run again with every system in plaintext
+    /// (`--transport both`), to set against the TLS ones of `levels`.
+    #[serde(default)]
+    pub plaintext_levels: Vec<LevelResult>,
 }
 
 /// The outbox relay under one uniform level of the saga: what was left to

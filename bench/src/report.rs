@@ -5,13 +5,17 @@
 //!
 //! The numbers are compared pair by pair: a saga level is only ever set
 //! against the baseline level of the same scenario and concurrency in the
-//! same run, and a missing side shows as "n/a" rather than as a guess.
+//! same run, and a missing side shows as "n/a" rather than as a guess. So
+//! is a level over mutual TLS against the same level in plaintext ("What
+//! TLS costs", `--transport both`).
 
 mod charts;
 mod fast_paths;
 mod markdown;
 mod targets;
+mod transport;
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -153,12 +157,27 @@ fn system_cpu_secs_per_order(level: &LevelResult) -> f64 {
         .sum()
 }
 
+/// Every process with a CPU figure in `levels`: those of `order` first, in
+/// that order, then the others alphabetically.
+pub fn processes_in_order<'a>(
+    order: &[&'static str],
+    levels: impl IntoIterator<Item = &'a LevelResult>,
+) -> Vec<&'a str> {
+    let seen: BTreeSet<&str> = levels
+        .into_iter()
+        .flat_map(|l| l.cpu_secs_per_order.keys().map(String::as_str))
+        .collect();
+    let mut processes: Vec<&str> = order.iter().copied().filter(|p| seen.contains(p)).collect();
+    processes.extend(seen.iter().filter(|p| !order.contains(p)));
+    processes
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::model::{Latency, RunInfo, ScenarioResult};
+    use crate::model::{Latency, RunInfo, ScenarioResult, Transport};
 
     const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
@@ -261,6 +280,7 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), *v))
             .collect(),
             instances: 1,
+            transport: Transport::Tls,
         }
     }
 
@@ -298,6 +318,7 @@ mod tests {
                 database: "MariaDB 11.4".into(),
                 profile: "release".into(),
                 redis_prefix: "bench-0123456789ab".into(),
+                transport: "mutual TLS".into(),
             },
             levels,
             scenarios: vec![ScenarioResult {
@@ -435,6 +456,48 @@ mod tests {
         assert!(md.contains("✅ every saga finished"));
         assert!(md.contains("❌ no stock leaked"));
         assert!(md.contains("![latency](latency.png)"));
+        fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn report_sets_tls_against_plaintext_level_by_level() -> anyhow::Result<()> {
+        let mut report = sample_report();
+        let mut plaintext = level(System::Saga, 32, 1_500.0, 24.0);
+        plaintext.transport = Transport::Plaintext;
+        plaintext
+            .cpu_secs_per_order
+            .insert("product".into(), 0.000_05);
+        report.plaintext_levels = vec![plaintext, {
+            // No TLS twin: left out.
+            let mut alone = level(System::Baseline, 2, 100.0, 1.0);
+            alone.transport = Transport::Plaintext;
+            alone
+        }];
+        let dir = temp_dir("transport");
+        write(&report, &dir)?;
+        let md = fs::read_to_string(dir.join("report.md"))?;
+        assert!(md.contains("- Transport: mutual TLS"), "{md}");
+        let section = md
+            .split("## What TLS costs (uniform)")
+            .nth(1)
+            .expect("a What TLS costs section");
+        let rows: Vec<&str> = section
+            .lines()
+            .take_while(|l| !l.starts_with("## "))
+            .filter(|l| l.starts_with("| 32 |") || l.starts_with("| 2 |"))
+            .collect();
+        // 1,234 / 1,500 orders/s = 0.82x; p99 30 / 24 ms = 1.25x; the
+        // product's 0.05 ms more CPU per order over TLS.
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(rows[0].contains("| 1,234 | 1,500 | 0.82× |"), "{}", rows[0]);
+        assert!(rows[0].contains("| 30.0 / 24.0 | 1.25× |"), "{}", rows[0]);
+        assert!(rows[0].ends_with("| +0.050 |"), "{}", rows[0]);
+        assert!(rows[1].contains("| 0.100 / 0.050 |"), "{}", rows[1]);
+        // Without a plaintext pass, no section.
+        write(&sample_report(), &dir)?;
+        let md = fs::read_to_string(dir.join("report.md"))?;
+        assert!(!md.contains("What TLS costs"));
         fs::remove_dir_all(&dir)?;
         Ok(())
     }

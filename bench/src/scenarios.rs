@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 
 use crate::baseline;
 use crate::load::{self, Outcome};
-use crate::mesh::{Systems, channel};
+use crate::mesh::{Caller, Systems, channel};
 use crate::metrics::{self, CpuSample};
 use crate::model::{LevelResult, OrderSpec, OutboxLag, ScenarioResult, Shop, System};
 use crate::outbox::{self, EventStream};
@@ -60,7 +60,11 @@ fn clients(node: &commerce_e2e::node::Node) -> Vec<OrderServiceClient<Channel>> 
 /// round-robin over the nodes.
 fn clients_over(nodes: &[&commerce_e2e::node::Node]) -> Vec<OrderServiceClient<Channel>> {
     (0..CONNECTIONS)
-        .flat_map(|_| nodes.iter().map(|n| OrderServiceClient::new(channel(n))))
+        .flat_map(|_| {
+            nodes
+                .iter()
+                .map(|n| OrderServiceClient::new(channel(n, Caller::Bff)))
+        })
         .collect()
 }
 
@@ -120,6 +124,7 @@ async fn measure(
         cpu_secs_per_order: cpu,
         db_per_order: db,
         instances: nodes.len(),
+        transport: systems.transport(),
     };
     tracing::info!(
         scenario,

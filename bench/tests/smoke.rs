@@ -1,6 +1,8 @@
 //! A tiny run of every benchmark scenario, so the harness cannot rot: the
-//! systems start as processes, every scenario runs, the report is written
-//! and every scenario's invariant checks hold. No figure is asserted.
+//! systems start as processes, every scenario runs over mutual TLS and the
+//! uniform one again in plaintext (`--transport both`), the report is
+//! written and every scenario's invariant checks hold. No figure is
+//! asserted.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
@@ -15,7 +17,8 @@ fn smoke_run_writes_a_report_whose_checks_hold() {
     let redis_url = std::env::var("COMMERCE_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let status = Command::new(env!("CARGO_BIN_EXE_commerce-bench"))
-        .args(["run", "--smoke", "--db-prefix", &prefix, "--out"])
+        .args(["run", "--smoke", "--transport", "both"])
+        .args(["--db-prefix", &prefix, "--out"])
         .arg(&out)
         .env("BENCH_MYSQL_URL", commerce_testkit::mysql_admin_url())
         .env("BENCH_REDIS_URL", &redis_url)
@@ -38,7 +41,29 @@ fn smoke_run_writes_a_report_whose_checks_hold() {
             "no uniform level of {system}"
         );
     }
+    // Every scenario over TLS; the uniform one again in plaintext, its
+    // checks among the scenarios' (checked below).
+    assert!(
+        report["run"]["transport"]
+            .as_str()
+            .unwrap()
+            .starts_with("mutual TLS"),
+        "{}",
+        report["run"]
+    );
     for level in levels {
+        assert_eq!(level["transport"], "tls", "{level}");
+    }
+    let plaintext = report["plaintext_levels"].as_array().unwrap();
+    for system in ["saga", "baseline", "dtm"] {
+        assert!(
+            plaintext
+                .iter()
+                .any(|l| l["system"] == system && l["transport"] == "plaintext"),
+            "no plaintext level of {system}"
+        );
+    }
+    for level in levels.iter().chain(plaintext) {
         assert_eq!(level["failed"], 0, "failed orders in {level}");
     }
     let scenarios = report["scenarios"].as_array().unwrap();
@@ -49,6 +74,7 @@ fn smoke_run_writes_a_report_whose_checks_hold() {
     for name in [
         "latency_breakdown",
         "reconcile_uniform",
+        "reconcile_uniform (plaintext)",
         "reconcile_instances",
         "hot_product",
         "flash_coupon",
@@ -127,5 +153,7 @@ fn smoke_run_writes_a_report_whose_checks_hold() {
     for file in ["report.md", "latency.png", "throughput.png"] {
         assert!(out.join(file).is_file(), "{file} missing");
     }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## What TLS costs (uniform)"), "{md}");
     std::fs::remove_dir_all(&out).unwrap();
 }

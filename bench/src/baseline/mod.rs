@@ -19,6 +19,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+use commerce_platform::tls::{Callers, Rule};
 use commerce_platform::{Application, ServerConfig, ServiceSpec};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
@@ -36,11 +37,25 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     saga_participant: false,
 };
 
+const OPERATOR: Callers = Callers::Only(&["operator"]);
+
+/// Who may call the baseline when it serves TLS: its orders the callers of
+/// the orchestrator's user-facing order calls (the BFF and operators), so
+/// that both systems of a comparison authorize the same callers; health any
+/// peer, reflection operators, as every server of the mesh.
+#[rustfmt::skip]
+const POLICY: &[Rule] = &[
+    Rule { method: "/grpc.health.v1.Health/",                     callers: Callers::AnyPeer },
+    Rule { method: "/grpc.reflection.v1.ServerReflection/",       callers: OPERATOR },
+    Rule { method: "/grpc.reflection.v1alpha.ServerReflection/",  callers: OPERATOR },
+    Rule { method: "/commerce.order.v1.OrderService/",            callers: Callers::Only(&["bff", "operator"]) },
+];
+
 /// Migrates, binds and wires the baseline server; run it with
 /// [`Application::run_until_stopped`]. The database must exist ([`seed`]
 /// and [`reset`] create it when it does not).
 pub async fn build(config: ServerConfig) -> anyhow::Result<Application> {
-    let app = Application::build(&SPEC, config).await?;
+    let app = Application::build(&SPEC, config).await?.with_policy(POLICY);
     let store = store::BaselineStore::new(app.database().clone());
     Ok(app.add_service(grpc::BaselineOrderApi::new(store).into_server()))
 }

@@ -21,6 +21,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
+use commerce_platform::tls::TlsFiles;
 use commerce_proto::coupon::v1 as coupon;
 use commerce_proto::coupon::v1::coupon_service_client::CouponServiceClient;
 use commerce_proto::point::v1 as point;
@@ -28,7 +29,7 @@ use commerce_proto::point::v1::point_service_client::PointServiceClient;
 use commerce_proto::product::v1 as product;
 use commerce_proto::product::v1::stock_service_client::StockServiceClient;
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Deadline of one participant call (dtm's own branch timeout is 10 s).
@@ -43,8 +44,10 @@ pub struct Participants {
     coupons: CouponServiceClient<Channel>,
 }
 
-fn channel(uri: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(uri.to_owned())?
+/// A channel to `uri`, presenting `tls`'s certificate when given (saga
+/// steps are the orchestrator's alone: see [`super::server`]).
+fn channel(uri: &str, tls: Option<&TlsFiles>) -> anyhow::Result<Channel> {
+    Ok(commerce_platform::tls::endpoint(uri, tls)?
         .connect_timeout(CALL_TIMEOUT)
         .timeout(CALL_TIMEOUT)
         .tcp_nodelay(true)
@@ -53,11 +56,18 @@ fn channel(uri: &str) -> anyhow::Result<Channel> {
 }
 
 impl Participants {
-    pub fn connect(product: &str, point: &str, coupon: &str) -> anyhow::Result<Self> {
+    /// Lazy channels to the participants at these URIs, over mutual TLS
+    /// with `tls` when given.
+    pub fn connect(
+        product: &str,
+        point: &str,
+        coupon: &str,
+        tls: Option<&TlsFiles>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
-            stock: StockServiceClient::new(channel(product)?),
-            points: PointServiceClient::new(channel(point)?),
-            coupons: CouponServiceClient::new(channel(coupon)?),
+            stock: StockServiceClient::new(channel(product, tls)?),
+            points: PointServiceClient::new(channel(point, tls)?),
+            coupons: CouponServiceClient::new(channel(coupon, tls)?),
         })
     }
 }

@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 
 use super::adapter::{CouponPayload, DeductPayload, ReservePayload, paths};
 use crate::load::Outcome;
-use crate::mesh::channel;
+use crate::mesh::{Caller, channel};
 use crate::model::OrderSpec;
 
 /// HTTP/2 connections the generator spreads its calls over, per service.
@@ -81,16 +81,19 @@ pub struct Client {
 }
 
 impl Client {
+    /// Over TLS, the generator calls the TC and the catalogue as the BFF
+    /// would, and quotes coupons as the orchestrator (QuoteDiscount is its
+    /// alone; dtm's user prices in its place).
     pub fn new(tc: &Node, product: &Node, coupon: &Node, adapter: &str) -> Self {
         Self {
             tc: (0..CONNECTIONS)
-                .map(|_| TcClient::new(channel(tc)))
+                .map(|_| TcClient::new(channel(tc, Caller::Bff)))
                 .collect(),
             catalog: (0..CONNECTIONS)
-                .map(|_| CatalogServiceClient::new(channel(product)))
+                .map(|_| CatalogServiceClient::new(channel(product, Caller::Bff)))
                 .collect(),
             coupons: (0..CONNECTIONS)
-                .map(|_| CouponServiceClient::new(channel(coupon)))
+                .map(|_| CouponServiceClient::new(channel(coupon, Caller::Orchestrator)))
                 .collect(),
             adapter: adapter.to_owned(),
             placed: Mutex::new(Vec::new()),

@@ -17,6 +17,13 @@
 //!   TC until the saga is final, so its latency is end to end like ours.
 //! - [`check`] reconciles the participants with the sagas dtm finished.
 //!
+//! Over mutual TLS (the harness's default) dtm takes the orchestrator's
+//! place: the TC serves its gRPC API with the orchestrator's certificate,
+//! its branch endpoints call the participants' saga steps presenting it,
+//! and the generator prices as the orchestrator does (the coupon quote is
+//! the orchestrator's alone). The TC's calls to its own branch endpoints
+//! stay plain HTTP on loopback, inside the one process.
+//!
 //! HTTP branches rather than gRPC ones: dtmrs calls a gRPC branch with an
 //! empty request body (only gid / branch id / op in metadata), so a branch
 //! cannot receive the order's lines or amounts that way; over HTTP each
@@ -65,9 +72,13 @@ const ENV: [(&str, &str); 6] = [
 impl Dtm {
     /// The TC process for `database_url`, its branch endpoints calling the
     /// participants at the given gRPC endpoints.
+    /// With `certs`, the TC serves its API over mutual TLS and the branch
+    /// endpoints call the participants, both with the orchestrator's
+    /// certificate (see [`server`]); without, everything is plaintext.
     pub fn new(
         program: &Path,
         database_url: &str,
+        certs: Option<&Path>,
         log_dir: &Path,
         [product, point, coupon]: [&Node; 3],
     ) -> Self {
@@ -79,6 +90,7 @@ impl Dtm {
             &["serve"],
             "dtm",
             database_url,
+            certs,
             vec![
                 "--adapter-listen".into(),
                 format!("127.0.0.1:{adapter_port}"),

@@ -3,7 +3,7 @@
 //! the baseline) of the same level of the same run, with the ratios
 //! saga ÷ dtm for throughput and p99.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::{self, Write};
 
 use super::Dtm;
@@ -166,16 +166,7 @@ pub fn section(md: &mut String, levels: &[LevelResult]) -> fmt::Result {
     }
     writeln!(md)?;
 
-    let seen: BTreeSet<&str> = dtm
-        .iter()
-        .flat_map(|l| l.cpu_secs_per_order.keys().map(String::as_str))
-        .collect();
-    let mut processes: Vec<&str> = PROCESSES
-        .iter()
-        .copied()
-        .filter(|p| seen.contains(p))
-        .collect();
-    processes.extend(seen.iter().filter(|p| !PROCESSES.contains(p)));
+    let processes = crate::report::processes_in_order(&PROCESSES, dtm.iter().copied());
     writeln!(
         md,
         "dtm's CPU milliseconds per order by process (`dtm` is the TC with its branch \

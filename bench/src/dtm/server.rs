@@ -2,13 +2,24 @@
 //! the `dtmrs` binary wires it (store, leased driver, inline driving of
 //! submitted sagas, the `dtmrs.v1.Tc` gRPC API), plus gRPC health for the
 //! harness and the HTTP branch endpoints of [`super::adapter`].
+//!
+//! Transport as the mesh's servers take it: `--tls-dir` (the directory of
+//! `commerce-mesh certs`) or `--insecure-plaintext`. With TLS, dtm stands
+//! where the orchestrator stands: its gRPC API serves mutual TLS with the
+//! orchestrator's certificate (any certificate of the mesh's CA may call
+//! it: dtmrs's API has no policy table of ours), and the branch endpoints
+//! present that certificate to the participants, whose saga steps only the
+//! orchestrator may call.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
+use commerce_platform::tls::TlsFiles;
 use dtmrs::Store;
 use dtmrs::server::api::Api;
 use dtmrs::server::driver::Driver;
@@ -36,7 +47,19 @@ struct ServeArgs {
     /// This instance's lease owner name.
     #[arg(long)]
     owner: String,
+    /// Mutual TLS with the orchestrator's files of this directory
+    /// (`ca.pem`, `orchestrator.pem`, `orchestrator.key`). Required unless
+    /// --insecure-plaintext.
+    #[arg(long, required_unless_present = "insecure_plaintext")]
+    tls_dir: Option<PathBuf>,
+    /// Plaintext: the TC's API and the calls to the participants.
+    #[arg(long, conflicts_with = "tls_dir")]
+    insecure_plaintext: bool,
 }
+
+/// The identity dtm calls the participants as and serves its API as: the
+/// orchestrator's, whose place it takes.
+const IDENTITY: &str = "orchestrator";
 
 /// Runs the dtm process until it is killed.
 pub fn serve(argv: Vec<OsString>) -> ExitCode {
@@ -86,14 +109,28 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(driver.clone().run_forever(Duration::from_millis(tick_ms)));
     let api = Api::new(store).with_inline_driver(driver);
 
-    let participants =
-        Participants::connect(&args.product_addr, &args.point_addr, &args.coupon_addr)?;
+    let tls = args
+        .tls_dir
+        .as_deref()
+        .map(|dir| TlsFiles::in_dir(dir, IDENTITY));
+    let participants = Participants::connect(
+        &args.product_addr,
+        &args.point_addr,
+        &args.coupon_addr,
+        tls.as_ref(),
+    )?;
     let listener = tokio::net::TcpListener::bind(args.adapter_listen).await?;
     let branches =
         tokio::spawn(async move { axum::serve(listener, adapter::router(participants)).await });
 
     let (_health, health_service) = tonic_health::server::health_reporter();
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = &tls {
+        builder = builder
+            .tls_config(files.server_config()?)
+            .context("configuring TLS")?;
+    }
+    let grpc = builder
         .add_service(health_service)
         .add_service(TcService::new(api).into_server())
         .serve(args.listen);

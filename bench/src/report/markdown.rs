@@ -7,6 +7,7 @@ use std::fmt::{self, Write};
 use super::charts::Charts;
 use super::fast_paths;
 use super::targets;
+use super::transport;
 use super::{
     GENERATOR_PROCESS, INSTANCES_SCENARIO, LevelPair, ScenarioLevels, system_cpu_secs_per_order,
 };
@@ -58,6 +59,7 @@ pub(super) fn render(
     if !groups.iter().any(|g| g.scenario == UNIFORM_SCENARIO) {
         fast_paths::outbox_section(&mut md, &report.outbox_lag)?;
     }
+    transport::section(&mut md, report)?;
     crate::dtm::report::section(&mut md, &report.levels)?;
     instances_section(&mut md, report)?;
     for comparison in &report.fast_paths {
@@ -87,6 +89,7 @@ fn run_info(md: &mut String, report: &Report) -> fmt::Result {
     )?;
     writeln!(md, "- Database: {}", or_unknown(&run.database))?;
     writeln!(md, "- Build profile: {}", or_unknown(&run.profile))?;
+    writeln!(md, "- Transport: {}", or_unknown(&run.transport))?;
     writeln!(md, "- Command:")?;
     writeln!(md)?;
     writeln!(md, "  ```sh")?;
@@ -395,19 +398,10 @@ fn cpu_split_table(md: &mut String, group: &ScenarioLevels<'_>) -> fmt::Result {
         .flat_map(|p| [p.saga, p.baseline, p.dtm])
         .flatten()
         .collect();
-    let seen: BTreeSet<&str> = levels
-        .iter()
-        .flat_map(|l| l.cpu_secs_per_order.keys().map(String::as_str))
-        .collect();
-    if seen.is_empty() {
+    let processes = processes(levels.iter().copied());
+    if processes.is_empty() {
         return Ok(());
     }
-    let mut processes: Vec<&str> = PROCESS_ORDER
-        .iter()
-        .copied()
-        .filter(|p| seen.contains(p))
-        .collect();
-    processes.extend(seen.iter().filter(|p| !PROCESS_ORDER.contains(p)));
 
     writeln!(
         md,
@@ -437,6 +431,11 @@ fn cpu_split_table(md: &mut String, group: &ScenarioLevels<'_>) -> fmt::Result {
         table_row(md, &cells)?;
     }
     writeln!(md)
+}
+
+/// Every process with a CPU figure in `levels`, in [`PROCESS_ORDER`].
+pub(super) fn processes<'a>(levels: impl IntoIterator<Item = &'a LevelResult>) -> Vec<&'a str> {
+    super::processes_in_order(&PROCESS_ORDER, levels)
 }
 
 fn chart_section(md: &mut String, groups: &[ScenarioLevels<'_>], charts: &Charts) -> fmt::Result {
