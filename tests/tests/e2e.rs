@@ -35,3 +35,5 @@ mod rejections;
 mod shop;
 #[path = "e2e/storm.rs"]
 mod storm;
+#[path = "e2e/trust.rs"]
+mod trust;
