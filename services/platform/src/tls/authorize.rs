@@ -52,11 +52,16 @@ pub struct Rule {
 pub fn rule_for<'a>(policy: &'a [Rule], method: &str) -> Option<&'a Rule> {
     policy
         .iter()
-        .find(|rule| rule.method == method)
+        .find(|rule| rule.method == method && !rule.method.ends_with('/'))
         .or_else(|| {
-            policy
-                .iter()
-                .find(|rule| rule.method.ends_with('/') && method.starts_with(rule.method))
+            policy.iter().find(|rule| {
+                // One method of the service: `/Health/../Other/Charge`
+                // is not a health call.
+                rule.method.ends_with('/')
+                    && method
+                        .strip_prefix(rule.method)
+                        .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+            })
         })
 }
 
@@ -213,6 +218,13 @@ mod tests {
             Some(&id("operator")),
             "/other.Service/Read"
         ));
+        // A service rule covers one method name, nothing below it.
+        assert!(!is_allowed(
+            POLICY,
+            Some(&id("operator")),
+            "/grpc.health.v1.Health/../demo.Service/Write"
+        ));
+        assert!(rule_for(POLICY, "/grpc.health.v1.Health/").is_none());
         // A prefix only matches whole service names.
         assert!(!is_allowed(
             POLICY,
