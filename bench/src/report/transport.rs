@@ -70,8 +70,9 @@ pub(super) fn section(md: &mut String, report: &Report) -> fmt::Result {
          baseline, dtm's TC and the catalogue (as the BFF) and its coupon quotes for dtm \
          (as the orchestrator), the orchestrator's calls to the participants, and dtm's \
          branch calls to them (dtm's own calls to its branch endpoints stay plain HTTP \
-         inside its process). Connections are long-lived, so \
-         this is the cost per call of encryption and authorization, not of handshakes. \
+         inside its process). Connections are long-lived (the generator opens a few per \
+         level), so this is mostly the cost per call of encryption and authorization, \
+         not of handshakes. \
          Ratios are TLS ÷ plaintext; CPU is the system's (every process but the load \
          generator), in milliseconds per order. One pass each, TLS first: differences \
          of a few percent are within what repeated runs vary by."
