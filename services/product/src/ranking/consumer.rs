@@ -8,7 +8,9 @@
 //! the apply and the ack) stay pending in the group: this consumer first
 //! re-reads its own pending entries after every failure, and every
 //! `claim_every` takes over entries idle longer than `claim_min_idle`
-//! (`XAUTOCLAIM`), whoever held them.
+//! (`XAUTOCLAIM`), whoever held them. After each full sweep, other
+//! consumers that hold nothing and have been idle that long are removed from
+//! the group (`forget.lua`), so dead processes' names do not pile up.
 //!
 //! The loop never ends and never fails: while Redis is down it retries
 //! with capped exponential backoff, warning once per outage. Dropping it at
@@ -20,12 +22,17 @@ use std::time::Duration;
 use commerce_platform::{Redis, RedisDown, RedisSettings};
 use redis::AsyncCommands;
 use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoConsumersReply,
+    StreamReadOptions, StreamReadReply,
 };
 use tokio::time::Instant;
 
 use super::event::change_from_event;
 use super::tally::SalesTally;
+
+/// Removes a consumer that holds nothing and is idle (see `forget.lua`).
+static FORGET: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("forget.lua")));
 
 /// The consumer group of the product servers. Persisted in Redis: renaming
 /// it makes the servers read the stream again from its start.
@@ -169,6 +176,8 @@ impl OrderEventConsumer {
             let (next, entries) = self.claim(&progress.claim_cursor).await?;
             self.apply_all(entries).await?;
             if next == "0-0" {
+                // A whole sweep done: what dead consumers held is ours now.
+                self.forget_idle_consumers().await?;
                 progress.claim_due = Instant::now() + self.settings.claim_every;
             }
             progress.claim_cursor = next;
@@ -240,6 +249,45 @@ impl OrderEventConsumer {
             );
         }
         Ok((reply.next_stream_id, reply.claimed))
+    }
+
+    /// Removes from the group the other consumers that hold nothing and
+    /// have been idle for `claim_min_idle`: the names of dead processes
+    /// would otherwise pile up in the group forever (every process takes a
+    /// new one). Harmless to a consumer that is only quiet: its next read
+    /// adds it back.
+    async fn forget_idle_consumers(&self) -> Result<(), RedisDown> {
+        let key = &self.key;
+        let min_idle = self.settings.claim_min_idle.as_millis();
+        let consumers: StreamInfoConsumersReply = self
+            .stream
+            .run(|mut c| async move { c.xinfo_consumers(key, GROUP).await })
+            .await?;
+        for consumer in consumers.consumers {
+            if consumer.name == self.name
+                || consumer.pending > 0
+                || (consumer.idle as u128) < min_idle
+            {
+                continue;
+            }
+            // Looked at again and removed in one script: it may have read
+            // something since.
+            let mut invocation = FORGET.prepare_invoke();
+            invocation
+                .key(key)
+                .arg(GROUP)
+                .arg(&consumer.name)
+                .arg(u64::try_from(min_idle).unwrap_or(u64::MAX));
+            let invocation = &invocation;
+            let removed: i64 = self
+                .stream
+                .run(|mut c| async move { invocation.invoke_async(&mut c).await })
+                .await?;
+            if removed == 1 {
+                tracing::info!(consumer = %consumer.name, "forgot an idle consumer of the order event stream");
+            }
+        }
+        Ok(())
     }
 
     /// Applies the entries' changes in one script call, then acknowledges

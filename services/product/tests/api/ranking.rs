@@ -390,6 +390,23 @@ async fn entries_a_dead_consumer_left_pending_are_claimed_and_applied_once() {
         popular(&app, pb::RankingWindow::Day).await,
         vec![(a, 4), (b, 3)]
     );
+    // Holding nothing and idle past the claim's threshold, the dead
+    // consumer is forgotten by the group; the live one stays.
+    let mut consumers = Vec::new();
+    for _ in 0..TRIES {
+        let info: redis::streams::StreamInfoConsumersReply = stream
+            .conn
+            .xinfo_consumers(&stream.key, GROUP)
+            .await
+            .unwrap();
+        consumers = info.consumers.into_iter().map(|c| c.name).collect();
+        if !consumers.iter().any(|name| name == "dead-consumer") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(consumers.len(), 1, "{consumers:?}");
+    assert_ne!(consumers[0], "dead-consumer");
 
     app.stop().await;
 }
