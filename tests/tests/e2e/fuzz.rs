@@ -804,25 +804,13 @@ impl Decoder for RawCodec {
     }
 }
 
-/// An identity the server's policy lets call `path` (else the operator's,
-/// who is then refused): the fuzzing must reach the handlers, not stop at
-/// the authorization layer.
-fn allowed_caller(node: &Node, path: &str) -> &'static str {
-    use commerce_platform::tls::{Callers, policy, rule_for};
-    policy::for_server(node.service)
-        .and_then(|table| rule_for(table, path))
-        .and_then(|rule| match rule.callers {
-            Callers::Only(names) => names.first().copied(),
-            Callers::AnyPeer => None,
-        })
-        .unwrap_or(commerce_testkit::DEFAULT_CALLER)
-}
-
 /// Sends `messages` (each framed by tonic) on a stream to `path` and reads
 /// every response message and the final status.
 async fn call(node: &Node, path: &str, messages: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, Status> {
     let exchange = async {
-        let mut grpc = tonic::client::Grpc::new(node.channel_as(allowed_caller(node, path)));
+        // TestChannel calls each method as an identity the policy allows:
+        // the fuzzing must reach the handlers, not stop at authorization.
+        let mut grpc = tonic::client::Grpc::new(node.channel());
         grpc.ready()
             .await
             .map_err(|e| Status::unavailable(format!("client: channel not ready: {e}")))?;
@@ -849,7 +837,8 @@ async fn call_raw(
     body: &'static str,
 ) -> Result<(), Status> {
     let exchange = async {
-        let mut channel = node.channel_as(allowed_caller(node, path));
+        // As an identity the policy allows: the fuzzing must reach the handlers.
+        let mut channel = node.channel();
         futures::future::poll_fn(|cx| Service::poll_ready(&mut channel, cx))
             .await
             .map_err(|e| Status::unavailable(format!("client: channel not ready: {e}")))?;
