@@ -108,6 +108,35 @@ find_grpcurl() {
     fi
 }
 
+# The Schemathesis the tests use: $SCHEMATHESIS, else .tools/bin/schemathesis
+# (setup.sh's virtualenv), else PATH; only one that runs counts, so a
+# virtualenv whose Python has gone is installed again.
+find_schemathesis() {
+    local candidate
+    for candidate in "${SCHEMATHESIS:-}" "$TOOLS_BIN/schemathesis" "$(command -v schemathesis || true)"; do
+        if [[ -n "$candidate" && -x "$candidate" ]] && "$candidate" --version >/dev/null 2>&1; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# "schemathesis, version 4.32.5" or the like, on one line.
+schemathesis_version() { "$1" --version 2>/dev/null | head -n1; }
+
+# The chromedriver the console's browser test uses: $CHROMEDRIVER, else PATH
+# (Debian's chromium-driver puts it in /usr/bin).
+find_chromedriver() {
+    if [[ -n "${CHROMEDRIVER:-}" && -x "${CHROMEDRIVER}" ]]; then
+        echo "$CHROMEDRIVER"
+    elif have chromedriver; then
+        command -v chromedriver
+    else
+        return 1
+    fi
+}
+
 # Who should own files we create in the repository: its owner. Matters when a
 # developer runs `sudo bash deploy/...` in a checkout they own.
 repo_owner() { stat -c %U "$REPO_ROOT"; }

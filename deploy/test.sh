@@ -47,10 +47,14 @@ drop_leftover_databases() {
 }
 drop_leftover_databases
 
-# The tests find the server and grpcurl through these.
+# The tests find the server, grpcurl, Schemathesis and chromedriver through these.
 export COMMERCE_TEST_MYSQL_URL="${COMMERCE_TEST_MYSQL_URL:-$(db_server_url)}"
 GRPCURL="$(find_grpcurl)" || die "grpcurl not found after setup"
 export GRPCURL
+SCHEMATHESIS="$(find_schemathesis)" || die "schemathesis not found after setup"
+export SCHEMATHESIS
+CHROMEDRIVER="$(find_chromedriver)" || die "chromedriver not found after setup"
+export CHROMEDRIVER
 
 # `-p NAME` narrows the run, which --workspace would override.
 scope=(--workspace)
