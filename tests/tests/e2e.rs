@@ -5,6 +5,12 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
+#[path = "e2e/bff.rs"]
+mod bff;
+#[path = "e2e/bff_api.rs"]
+mod bff_api;
+#[path = "e2e/bff_console.rs"]
+mod bff_console;
 #[path = "e2e/chaos.rs"]
 mod chaos;
 #[path = "e2e/concurrency.rs"]

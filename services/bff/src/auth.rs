@@ -103,9 +103,14 @@ impl Authenticator {
             aud: self.audience.clone(),
             role: role.map_or(Roles::None, |r| Roles::One(r.to_owned())),
         };
+        self.sign(&claims)
+    }
+
+    /// Signs `claims` as they are.
+    pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &claims,
+            claims,
             &self.encoding,
         )?)
     }
