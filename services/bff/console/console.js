@@ -15,6 +15,8 @@
   const FOLLOW_EVERY_MS = 1000;
   const FOLLOW_FOR_MS = 60000;
   const PAGE_SIZE = 20;
+  // A pause between two attempts at least this long is marked on the timeline.
+  const QUIET_GAP_MS = 1000;
   const STATES = ['stuck', 'compensating', 'running', 'completed', 'compensated'];
   // States in which a saga may still change on its own (or by an operator).
   const UNFINISHED = new Set(['running', 'compensating', 'stuck']);
@@ -109,7 +111,8 @@
 
   // Whole units for ages: "12 s", "3 min", "2 h", "4 d".
   function age(ms) {
-    if (ms === null || ms < 0) return '0 s';
+    if (ms === null || ms === undefined || Number.isNaN(ms)) return '—';
+    if (ms < 0) return '0 s';
     const s = Math.floor(ms / 1000);
     if (s < 60) return `${s} s`;
     const m = Math.floor(s / 60);
@@ -122,7 +125,8 @@
   // Precise durations for steps: "7 ms", "1.24 s", "2 min 3 s".
   function duration(ms) {
     if (ms === null || ms === undefined) return '—';
-    if (ms < 1000) return `${Math.max(0, Math.round(ms))} ms`;
+    if (ms < 1) return '<1 ms';
+    if (ms < 1000) return `${Math.round(ms)} ms`;
     if (ms < 60000) return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
     const m = Math.floor(ms / 60000);
     const s = Math.round((ms % 60000) / 1000);
@@ -331,11 +335,13 @@
       const tile = document.querySelector(`[data-tile-state="${state}"]`);
       const value = Number(counts[state] ?? 0);
       tile.querySelector('[data-count]').textContent = String(value);
+      tile.dataset.value = String(value);
       tile.classList.toggle('has-items', value > 0);
     }
     const lost = Number(counts.leasesLost ?? 0);
     const lostTile = document.querySelector('[data-testid="count-leases-lost"]');
     lostTile.querySelector('[data-count]').textContent = String(lost);
+    lostTile.dataset.value = String(lost);
     lostTile.classList.toggle('warn', lost > 0);
   }
 
@@ -343,6 +349,7 @@
     const outbox = await api(`${API}/outbox`);
     const pending = Number(outbox.pending ?? 0);
     setText('outbox-count', String(pending));
+    $('outbox').dataset.value = String(pending);
     const oldest = parseTime(outbox.oldestPendingAt);
     setText('outbox-age', pending > 0 ? `oldest ${age(outbox.oldestPendingAgeMs)}` : 'nothing waiting',
       oldest === null ? '' : `Oldest pending event written ${fullDateTime(oldest)}`);
@@ -375,11 +382,11 @@
     const updated = parseTime(saga.updatedAt);
     const cells = [
       el('td', { class: 'mono', title: saga.sagaId, text: shortId(saga.sagaId) }),
-      el('td', { text: saga.kind || '' }),
+      el('td', { class: 'col-wide', text: saga.kind || '' }),
       el('td', { class: 'mono col-wide', title: saga.orderId, text: shortId(saga.orderId) }),
       el('td', {}, badge(saga.state)),
       el('td', { class: 'step', text: stepLabel(saga) }),
-      el('td', { class: 'num', text: String(saga.attempts ?? 0) }),
+      el('td', { class: 'num col-wide', text: String(saga.attempts ?? 0) }),
       el('td', { class: 'reason', title: saga.reason || '' }, saga.reason ? el('code', { text: saga.reason }) : el('span', { class: 'muted', text: '—' })),
       el('td', { class: 'num', title: fullDateTime(created), text: age(created === null ? null : Date.now() - created) }),
       el('td', { class: 'col-wide', title: fullDateTime(updated), text: shortDateTime(updated) }),
@@ -492,15 +499,16 @@
     setBadge($('detail-state'), saga.state);
     setText('detail-order', saga.orderId || '—', saga.orderId);
     setText('detail-step', stepLabel(saga));
-    setText('detail-attempts', String(saga.attempts ?? 0));
+    const next = parseTime(saga.nextAttemptAt);
+    const nextText = next !== null && UNFINISHED.has(saga.state) && next > Date.now() ? ` · next ${relative(next)}` : '';
+    setText('detail-attempts', `${saga.attempts ?? 0}${nextText}`, next === null ? '' : `Next attempt ${fullDateTime(next)}`);
     const reason = $('detail-reason');
     reason.replaceChildren(saga.reason ? el('code', { text: saga.reason }) : el('span', { class: 'muted', text: 'none' }));
+    // A lease counts only while it lasts; an expired one names who held it.
     const leaseUntil = parseTime(saga.leaseExpiresAt);
-    setText('detail-lease', saga.leaseOwner
-      ? `${saga.leaseOwner}, expires ${relative(leaseUntil)}`
-      : 'not leased', fullDateTime(leaseUntil));
-    const next = parseTime(saga.nextAttemptAt);
-    setText('detail-next', next === null ? '—' : `${clock(next, false)} (${relative(next)})`, fullDateTime(next));
+    const leased = saga.leaseOwner && leaseUntil !== null && leaseUntil > Date.now();
+    setText('detail-lease', leased ? `${saga.leaseOwner} · ${age(leaseUntil - Date.now())} left` : 'none',
+      saga.leaseOwner ? `${leased ? 'Held' : 'Last held'} by ${saga.leaseOwner} until ${fullDateTime(leaseUntil)}` : '');
     const created = parseTime(saga.createdAt);
     const updated = parseTime(saga.updatedAt);
     setText('detail-created', `${shortDateTime(created)} (${relative(created)})`, fullDateTime(created));
@@ -568,9 +576,22 @@
 
     // An open attempt is in flight only when it is the saga's latest one.
     const lastOpen = [...rows].reverse().find((r) => r.start && !r.end);
-    list.replaceChildren(...rows.map((row) => timelineRow(row, {
-      spanStart, span, inFlight: active && row === lastOpen, now: Date.now(),
-    })));
+    const now = Date.now();
+    const items = [];
+    let previousEnd = null;
+    for (const row of rows) {
+      const startedAt = parseTime((row.start || row.end).createdAt);
+      // A long quiet stretch (a saga waiting for an operator, a backoff)
+      // is marked, so the eye sees where the time went.
+      if (previousEnd !== null && startedAt !== null && startedAt - previousEnd >= QUIET_GAP_MS) {
+        items.push(el('li', { class: 'timeline-gap', 'aria-hidden': 'true' },
+          el('span', { text: `${duration(startedAt - previousEnd)} later` })));
+      }
+      items.push(timelineRow(row, { spanStart, span, inFlight: active && row === lastOpen, now }));
+      const endedAt = parseTime((row.end || row.start).createdAt);
+      if (endedAt !== null) previousEnd = Math.max(previousEnd ?? endedAt, endedAt);
+    }
+    list.replaceChildren(...items);
   }
 
   function timelineRow(row, { spanStart, span, inFlight, now }) {
@@ -593,19 +614,18 @@
       bar.append(fill);
     }
 
-    const head = el('div', { class: 'entry-head' },
-      el('span', { class: 'entry-step' },
+    const body = el('div', { class: 'entry-body' },
+      el('span', { class: 'entry-step', title: first.stepName || '' },
         compensating ? el('span', { class: 'undo-mark', title: 'compensation', text: '↩' }) : null,
         first.stepName || `step ${first.step}`),
       el('span', { class: 'entry-attempt', text: `attempt ${first.attempt}` }),
       el('span', { class: `outcome outcome-${outcome}`, text: outcomeText }),
+      bar,
       el('span', {
         class: 'entry-duration',
         title: row.start ? 'from started to its outcome' : 'an outcome with no started entry',
         text: row.start ? (inFlight ? `${duration(took)}…` : duration(took)) : '—',
       }));
-
-    const body = el('div', { class: 'entry-body' }, head, bar);
     const error = row.end && row.end.error;
     if (error) body.append(el('pre', { class: 'entry-error', text: error }));
     const response = row.end ? row.end.response : null;
@@ -707,12 +727,9 @@
     try {
       const updated = await api(`${sagaPath(saga.sagaId)}/${name}`, 'POST');
       result.className = 'notice notice-ok';
-      result.replaceChildren(
-        el('strong', { text: `${action.done}.` }),
-        ' The saga is now ', badge(updated.state),
-        updated.currentStepName ? ` at ${stepLabel(updated)}` : '',
-        updated.reason ? el('span', {}, ' · reason ', el('code', { text: updated.reason })) : '');
+      result.replaceChildren(el('strong', { text: `${action.done}.` }), ' ', el('span', { id: 'follow-status' }));
       result.hidden = false;
+      setFollowStatus('Following the saga: now', updated.state);
       if (view.selected === saga.sagaId) renderSaga(updated);
       follow(saga.sagaId);
     } catch (error) {
@@ -722,13 +739,19 @@
     }
   }
 
+  function setFollowStatus(text, state, after) {
+    const status = $('follow-status');
+    if (status) status.replaceChildren(`${text} `, badge(state), after || '');
+  }
+
   // After an action: reload the detail every second until the saga stops
   // changing by itself (finished), or for at most a minute.
   async function follow(sagaId) {
     const token = {};
     view.following = sagaId;
     view.followToken = token;
-    const until = Date.now() + FOLLOW_FOR_MS;
+    const since = Date.now();
+    const until = since + FOLLOW_FOR_MS;
     const stillFollowing = () => view.followToken === token && view.selected === sagaId;
     try {
       while (stillFollowing() && Date.now() < until) {
@@ -740,7 +763,18 @@
         } catch (error) {
           handleError(error, 'refresh');
         }
-        if (detail && !UNFINISHED.has(detail.saga.state)) break;
+        if (!detail) continue;
+        const state = detail.saga.state;
+        if (!UNFINISHED.has(state)) {
+          setFollowStatus('The saga is now', state, ` (${duration(Date.now() - since)} later).`);
+          return;
+        }
+        setFollowStatus('Following the saga: now', state);
+      }
+      if (stillFollowing() && view.detail) {
+        $('action-result').className = 'notice notice-warn';
+        setFollowStatus('Still', view.detail.saga.state,
+          ` after ${age(FOLLOW_FOR_MS)}: the console stopped following it (auto-refresh goes on).`);
       }
     } finally {
       if (view.followToken === token) {
