@@ -9,6 +9,8 @@
 mod bff;
 #[path = "e2e/bff_api.rs"]
 mod bff_api;
+#[path = "e2e/bff_schema.rs"]
+mod bff_schema;
 #[path = "e2e/bff_console.rs"]
 mod bff_console;
 #[path = "e2e/chaos.rs"]

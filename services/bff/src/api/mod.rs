@@ -44,6 +44,7 @@ use crate::problem::{Problem, json_field};
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
+    components(schemas(Problem)),
     tags(
         (name = "catalogue", description = "Brands, products, likes and the sales ranking"),
         (name = "points", description = "The shopper's point balance, ledger and charges"),
