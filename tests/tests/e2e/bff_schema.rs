@@ -63,6 +63,8 @@ async fn schemathesis_finds_no_5xx_and_no_answer_off_the_document() {
 
     let program = schemathesis();
     let report = mesh.log_dir.join("schemathesis");
+    // Its working files (.schemathesis/) go there too, not into the tree.
+    std::fs::create_dir_all(&report).unwrap();
     let run = tokio::process::Command::new(&program)
         .arg("run")
         .arg(bff.at("/openapi.json"))
@@ -79,6 +81,7 @@ async fn schemathesis_finds_no_5xx_and_no_answer_off_the_document() {
         .arg("--report-dir")
         .arg(&report)
         .args(["--report", "junit"])
+        .current_dir(&report)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .kill_on_drop(true)
