@@ -246,7 +246,8 @@
       }, source);
       return;
     }
-    if (error.status === 0) setConnection('offline', 'Unreachable');
+    if (error.status === 0) setConnection('offline', 'BFF unreachable');
+    else if (error.status >= 502) setConnection('degraded', 'Mesh unavailable');
     showBanner(problem, source);
   }
 
@@ -271,16 +272,22 @@
   function signIn(token) {
     view.token = token.replace(/^Bearer\s+/i, '').trim();
     sessionStorage.setItem(TOKEN_KEY, view.token);
+    hideBanner();
     $('signin').hidden = true;
     $('signin-problem').hidden = true;
     $('console').hidden = false;
     $('session').hidden = false;
+    showWho();
+    setConnection('idle', 'Connecting…');
+    refreshAll();
+  }
+
+  // Who the token names and when it expires, from its claims.
+  function showWho() {
     const claims = tokenClaims(view.token);
     const who = claims.sub ? `as ${claims.sub}` : '';
     const expires = typeof claims.exp === 'number' ? ` · token expires ${relative(claims.exp * 1000)}` : '';
     setText('who', who + expires, claims.sub ? `Signed in as ${claims.sub}` : '');
-    setConnection('idle', 'Connecting…');
-    refreshAll();
   }
 
   function signOut(problemText) {
@@ -317,6 +324,7 @@
         hideBanner('refresh');
         setConnection('ok', 'Connected');
         setText('refreshed', `Updated ${clock(Date.now(), false)}`);
+        showWho();
       }
     } finally {
       view.refreshing = false;
@@ -600,7 +608,7 @@
     const startedAt = parseTime(first.createdAt);
     const endedAt = row.end ? parseTime(row.end.createdAt) : inFlight ? now : null;
     const took = row.start && endedAt !== null && startedAt !== null ? endedAt - startedAt : null;
-    const outcome = row.end ? row.end.outcome : inFlight ? 'in-flight' : 'no-outcome';
+    const outcome = row.end ? row.end.outcome || 'unknown' : inFlight ? 'in-flight' : 'no-outcome';
     const outcomeText = { 'in-flight': 'in flight', 'no-outcome': 'no outcome' }[outcome] || outcome;
     const answerKey = String(first.seq);
 
@@ -841,6 +849,14 @@
 
   function start() {
     wire();
+    // A link with another #token= while the console is open signs in anew.
+    window.addEventListener('hashchange', () => {
+      const token = tokenFromFragment();
+      if (token) {
+        closeDetail();
+        signIn(token);
+      }
+    });
     window.setInterval(tick, REFRESH_MS);
     const token = tokenFromFragment() || sessionStorage.getItem(TOKEN_KEY);
     if (token) signIn(token);
