@@ -17,18 +17,20 @@ DB_USER=commerce
 DB_PASSWORD="${COMMERCE_DB_PASSWORD:-commerce}"
 REDIS_PORT=6379
 
-# The four servers, in start order: the three saga participants, then the
-# order orchestrator that calls them. Per server: its binary (also its cargo
+# The servers, in start order: the three saga participants, the order
+# orchestrator that calls them, then the BFF in front of them all (REST for
+# apps, the operator console; no database of its own). Per server: its binary (also its cargo
 # package), database, listen address and the variable that sets it. The
 # *_ADDR variables are listen addresses here; up.sh hands the participants'
 # addresses to the orchestrator as flags (--product-addr http://...).
-SERVICES=(product point coupon orchestrator)
+SERVICES=(product point coupon orchestrator bff)
 PARTICIPANTS=(product point coupon)
 declare -A SERVICE_BINARY=(
     [product]=product-service
     [point]=point-service
     [coupon]=coupon-service
     [orchestrator]=order-orchestrator
+    [bff]=commerce-bff
 )
 declare -A SERVICE_DATABASE=(
     [product]=commerce_product
@@ -41,12 +43,14 @@ declare -A SERVICE_ADDR_VAR=(
     [point]=POINT_ADDR
     [coupon]=COUPON_ADDR
     [orchestrator]=ORDER_ADDR
+    [bff]=BFF_ADDR
 )
 declare -A SERVICE_ADDR=(
     [product]="${PRODUCT_ADDR:-127.0.0.1:50052}"
     [point]="${POINT_ADDR:-127.0.0.1:50053}"
     [coupon]="${COUPON_ADDR:-127.0.0.1:50054}"
     [orchestrator]="${ORDER_ADDR:-127.0.0.1:50051}"
+    [bff]="${BFF_ADDR:-127.0.0.1:8080}"
 )
 # The orchestrator's name in saga leases. Stable, so a restarted orchestrator
 # resumes the sagas it was driving at once instead of after their leases expire.
@@ -193,7 +197,7 @@ run_cargo() {
     home="$(getent passwd "$user" | cut -d: -f6)"
     local -a vars=("HOME=$home" "USER=$user" "PATH=$(dirname "$cargo"):/usr/local/bin:/usr/bin:/bin")
     local name
-    for name in GRPCURL COMMERCE_TEST_MYSQL_URL CARGO_TARGET_DIR CARGO_TERM_COLOR RUST_LOG RUST_BACKTRACE TERM; do
+    for name in GRPCURL SCHEMATHESIS CHROMEDRIVER CHROMIUM COMMERCE_TEST_MYSQL_URL CARGO_TARGET_DIR CARGO_TERM_COLOR RUST_LOG RUST_BACKTRACE TERM; do
         [[ -n "${!name:-}" ]] && vars+=("$name=${!name}")
     done
     (cd "$REPO_ROOT" && runuser -u "$user" -- env "${vars[@]}" "$cargo" "$@")

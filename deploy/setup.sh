@@ -110,6 +110,8 @@ install_packages() {
     if needs_schemathesis && ! venv_available; then
         missing+=(python3-venv ca-certificates)
     fi
+    # The README's examples of the BFF's REST API.
+    have curl || missing+=(curl ca-certificates)
     # The operator console's browser test drives Debian's Chromium.
     have chromium || missing+=(chromium)
     find_chromedriver >/dev/null || missing+=(chromium-driver)

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # THE run command: prepares the machine (deploy/setup.sh), builds the four
-# servers in release mode, (re)starts them in the background with their pids
-# and logs under .run/ (the product, point and coupon services first, then the
-# order orchestrator that calls them), waits until each reports SERVING,
-# seeds a small demo shop through grpcurl and places a demo order through the
-# orchestrator. Re-running restarts the servers, seeds only what is missing
-# and returns the same demo order. Stop them with deploy/down.sh.
+# servers and the BFF in release mode, (re)starts them in the background with
+# their pids and logs under .run/ (the product, point and coupon services
+# first, then the order orchestrator that calls them, then the BFF), waits
+# until each reports SERVING, seeds a small demo shop through grpcurl, places
+# a demo order through the orchestrator and prints a demo shopper's and an
+# operator's token for the BFF's REST API and console. Re-running restarts the
+# servers, seeds only what is missing and returns the same demo order. Stop
+# them with deploy/down.sh.
 #
 # Environment:
 #   PRODUCT_ADDR, POINT_ADDR, COUPON_ADDR  listen addresses of the services (127.0.0.1:5005x)
 #   ORDER_ADDR                             listen address of the orchestrator (127.0.0.1:50051)
+#   BFF_ADDR                               listen address of the BFF (127.0.0.1:8080)
+#   JWT_SECRET_FILE                        the BFF's token secret (.run/jwt.secret, made once)
 #   LOG_FORMAT                             human (default) or json
 #   COMMERCE_DB_PASSWORD                   as for setup.sh
 #   SKIP_SEED=1                            start the servers; seed nothing, place no order
@@ -92,10 +96,21 @@ start_service() {
     # in this shell cannot send all four servers to one place.
     local -a args=(
         --listen "${SERVICE_ADDR[$name]}"
-        --database-url "$(db_server_url)/${SERVICE_DATABASE[$name]}"
         --log-format "${LOG_FORMAT:-human}"
         "${TRANSPORT_FLAGS[@]}"
     )
+    if [[ "$name" == bff ]]; then
+        # The mesh's addresses as URIs; it calls them as `bff` and `operator`.
+        args+=(
+            --jwt-secret-file "$JWT_SECRET_FILE"
+            --orchestrator-addr "http://${SERVICE_ADDR[orchestrator]}"
+            --product-addr "http://${SERVICE_ADDR[product]}"
+            --point-addr "http://${SERVICE_ADDR[point]}"
+            --coupon-addr "http://${SERVICE_ADDR[coupon]}"
+        )
+    else
+        args+=(--database-url "$(db_server_url)/${SERVICE_DATABASE[$name]}")
+    fi
     if [[ "$name" == orchestrator ]]; then
         # The orchestrator reads PRODUCT_ADDR etc. as the participants' URIs,
         # while here they are listen addresses: the flags settle it.
@@ -117,6 +132,12 @@ start_service() {
 }
 
 health() {
+    if [[ "$1" == bff ]]; then
+        # Plain HTTP; reported in the words of the gRPC health check.
+        python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+            "http://${SERVICE_ADDR[bff]}/healthz" 2>/dev/null && echo '"SERVING"'
+        return 0
+    fi
     "$GRPCURL" "${GRPCURL_AUTH[@]}" -max-time 2 "${SERVICE_ADDR[$1]}" grpc.health.v1.Health/Check 2>/dev/null || true
 }
 
@@ -151,6 +172,15 @@ done
 # (its own, after a restart) finds them reachable.
 start_service orchestrator
 wait_serving orchestrator
+# The BFF signs and checks tokens with this secret, made once (0600).
+JWT_SECRET_FILE="${JWT_SECRET_FILE:-$RUN_DIR/jwt.secret}"
+if [[ ! -s "$JWT_SECRET_FILE" ]]; then
+    (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >"$JWT_SECRET_FILE")
+    give_to_repo_owner "$JWT_SECRET_FILE"
+    log "made the BFF's token secret ${JWT_SECRET_FILE#"$REPO_ROOT"/}"
+fi
+start_service bff
+wait_serving bff
 
 # ------------------------------------------------------------------- seed --
 
@@ -347,4 +377,28 @@ cat <<EOF
     $g $auth -d '{"userId": "$DEMO_USER"}' $T commerce.point.v1.PointService/GetBalance
     $g $auth -d '{"userId": "$DEMO_USER", "page": 0, "size": 10}' $C commerce.coupon.v1.CouponService/ListUserCoupons
 EOF
-log "README.md has one for every RPC; logs: .run/{product,point,coupon,orchestrator}.log; stop with: sudo bash deploy/down.sh"
+
+# ------------------------------------------------------------------ REST --
+
+bff_binary="$(target_dir)/release/commerce-bff"
+token() { "$bff_binary" --jwt-secret-file "$JWT_SECRET_FILE" token "$@"; }
+DEMO_TOKEN="$(token --sub "$DEMO_USER")"
+OPERATOR_TOKEN="$(token --sub demo-operator --role operator)"
+# For scripts and the README's examples: `source .run/tokens.env`.
+(umask 077 && printf 'BFF=http://%s\nTOKEN=%s\nOPS_TOKEN=%s\n' "${SERVICE_ADDR[bff]}" "$DEMO_TOKEN" "$OPERATOR_TOKEN" >"$RUN_DIR/tokens.env")
+give_to_repo_owner "$RUN_DIR/tokens.env"
+B="http://${SERVICE_ADDR[bff]}"
+log "the BFF serves REST on $B (OpenAPI: $B/openapi.json). Tokens for 24 h, also in .run/tokens.env:"
+cat <<EOF
+    TOKEN=$DEMO_TOKEN
+    OPS_TOKEN=$OPERATOR_TOKEN
+EOF
+log "try (after: source .run/tokens.env):"
+cat <<EOF
+    curl -s "\$BFF/api/v1/products?sort=price_asc&size=5"
+    curl -s -H "Authorization: Bearer \$TOKEN" \$BFF/api/v1/me/points
+    curl -s -H "Authorization: Bearer \$TOKEN" \$BFF/api/v1/orders/$ORDER_ID
+    curl -s -H "Authorization: Bearer \$OPS_TOKEN" \$BFF/api/v1/admin/sagas/counts
+EOF
+log "the operator console, in a browser: $B/console#token=$OPERATOR_TOKEN"
+log "README.md has one for every RPC and route; logs: .run/{product,point,coupon,orchestrator,bff}.log; stop with: sudo bash deploy/down.sh"

@@ -9,10 +9,10 @@
 mod bff;
 #[path = "e2e/bff_api.rs"]
 mod bff_api;
-#[path = "e2e/bff_schema.rs"]
-mod bff_schema;
 #[path = "e2e/bff_console.rs"]
 mod bff_console;
+#[path = "e2e/bff_schema.rs"]
+mod bff_schema;
 #[path = "e2e/chaos.rs"]
 mod chaos;
 #[path = "e2e/concurrency.rs"]

@@ -791,3 +791,84 @@ async fn every_error_is_a_problem_with_its_status() {
     mesh.point.start().await;
     mesh.shutdown().await;
 }
+
+/// The bounds the BFF checks at the edge are the mesh's own.
+#[test]
+fn the_edge_checks_the_mesh_bounds() {
+    use commerce_bff::api::{orders, points};
+    assert_eq!(points::MAX_CHARGE, point_service::domain::MAX_CHARGE);
+    assert_eq!(
+        orders::MAX_LINES,
+        order_orchestrator::domain::order::MAX_LINES
+    );
+    assert_eq!(
+        orders::MAX_QUANTITY,
+        order_orchestrator::domain::order::MAX_QUANTITY
+    );
+}
+
+#[tokio::test]
+async fn an_order_whose_client_went_away_is_placed_once_and_found_again_by_its_key() {
+    let mut mesh = Mesh::start(1).await;
+    let bff = Bff::start(&mesh).await;
+    let ops = bff.operator_token();
+    let ann = bff.token("ann");
+    let (_, [desk, _], _) = seed(&bff, &ops).await;
+    post(
+        &bff,
+        "/api/v1/me/points/charges",
+        &ann,
+        Some("seed"),
+        json!({"amount": 100_000}),
+    )
+    .await
+    .ok(201);
+
+    // The point server is down, so the saga waits on deduct_points; the
+    // client gives up after 300 ms and closes its connection, which drops
+    // the BFF's handler and its call to the orchestrator mid-flight.
+    mesh.point.kill().await;
+    let gone = http()
+        .post(bff.at("/api/v1/orders"))
+        .bearer_auth(&ann)
+        .header("Idempotency-Key", "gone-1")
+        .timeout(Duration::from_millis(300))
+        .json(&json!({"lines": [{"productId": desk, "quantity": 2}]}))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up: {gone:?}");
+    mesh.point.start().await;
+
+    // The same key finds the one order the dropped call placed, which
+    // settles; nothing was placed or taken twice.
+    let order = shop::eventually(&mesh, "the order settled", || async {
+        let again = post(
+            &bff,
+            "/api/v1/orders",
+            &ann,
+            Some("gone-1"),
+            json!({"lines": [{"productId": desk, "quantity": 2}]}),
+        )
+        .await;
+        assert!(
+            matches!(again.status.as_u16(), 201 | 202),
+            "{:#}",
+            again.body
+        );
+        (again.status == StatusCode::CREATED).then_some(again.body)
+    })
+    .await;
+    assert_eq!(order["state"], "confirmed", "{order:#}");
+    assert_eq!(
+        get(&bff, "/api/v1/orders", Some(&ann)).await.ok(200)["total"],
+        1
+    );
+    assert_eq!(shop::stock(&mesh, desk).await.available, 8);
+    assert_eq!(
+        get(&bff, "/api/v1/me/points", Some(&ann)).await.ok(200)["balance"],
+        76_000
+    );
+
+    bff.stop().await;
+    mesh.shutdown().await;
+}

@@ -26,33 +26,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
 use crate::bff::{Bff, http};
-use crate::harness::{Mesh, Node, node, orchestrator_args};
+use crate::harness::{self, Mesh};
 use crate::shop;
 
 const EXHAUSTED: &str = "STEP_RETRIES_EXHAUSTED";
 
 /// The longest any one wait on the page may take.
 const WAIT: Duration = Duration::from_secs(60);
-
-/// An orchestrator on the mesh's order database with the tests' flags,
-/// `flags` replacing (or adding to) them. Not started. (As in failures.rs.)
-fn orchestrator(mesh: &Mesh, instance: &str, flags: &[(&str, &str)]) -> Node {
-    let mut args = orchestrator_args((&mesh.product, &mesh.point, &mesh.coupon), instance);
-    for &(flag, value) in flags {
-        match args.iter().position(|a| a == flag) {
-            Some(i) => args[i + 1] = value.to_owned(),
-            None => args.extend([flag.to_owned(), value.to_owned()]),
-        }
-    }
-    node(
-        "orchestrator",
-        &mesh.order_db.url,
-        &mesh.redis_prefix,
-        args,
-        &mesh.log_dir,
-        instance,
-    )
-}
 
 /// A chromedriver child process on a free loopback port, in a process group
 /// of its own that the Chromium it starts joins: dropping it ends both, so a
@@ -206,7 +186,7 @@ async fn an_operator_retries_a_stuck_saga_from_the_console() {
     // As in failures.rs: forward retries give up after a second; an undo is
     // STUCK after three attempts and left alone for an hour, so only the
     // operator's retry can end it within the test.
-    let mut orchestrator = orchestrator(
+    let mut orchestrator = harness::orchestrator(
         &mesh,
         "orchestrator-console",
         &[

@@ -17,30 +17,10 @@ use commerce_proto::order::v1::saga_admin_service_client::SagaAdminServiceClient
 use commerce_proto::order::v1::{OrderState, SagaState, StepDirection, StepOutcome};
 use commerce_proto::point::v1 as point;
 
-use crate::harness::{Mesh, Node, node, orchestrator_args};
+use crate::harness::{self, Mesh};
 use crate::shop::{self, assert_invariants};
 
 const EXHAUSTED: &str = "STEP_RETRIES_EXHAUSTED";
-
-/// An orchestrator on the mesh's order database with the tests' flags,
-/// `flags` replacing (or adding to) them. Not started.
-fn orchestrator(mesh: &Mesh, instance: &str, flags: &[(&str, &str)]) -> Node {
-    let mut args = orchestrator_args((&mesh.product, &mesh.point, &mesh.coupon), instance);
-    for &(flag, value) in flags {
-        match args.iter().position(|a| a == flag) {
-            Some(i) => args[i + 1] = value.to_owned(),
-            None => args.extend([flag.to_owned(), value.to_owned()]),
-        }
-    }
-    node(
-        "orchestrator",
-        &mesh.order_db.url,
-        &mesh.redis_prefix,
-        args,
-        &mesh.log_dir,
-        instance,
-    )
-}
 
 fn count(log: &[order::StepLogEntry], step: &str, d: StepDirection, o: StepOutcome) -> usize {
     log.iter()
@@ -54,7 +34,7 @@ async fn a_stuck_compensation_finishes_after_the_operators_retry() {
     // Forward retries give up after a second; an undo is STUCK after three
     // attempts, and left alone for an hour (so only RetrySaga can end it
     // within the test).
-    let mut node = orchestrator(
+    let mut node = harness::orchestrator(
         &mesh,
         "orchestrator-stuck",
         &[
@@ -172,7 +152,7 @@ async fn a_stuck_compensation_finishes_after_the_operators_retry() {
 #[tokio::test]
 async fn a_participant_refusing_connections_ends_the_order_when_the_budget_is_spent() {
     let mut mesh = Mesh::start(0).await;
-    let mut node = orchestrator(
+    let mut node = harness::orchestrator(
         &mesh,
         "orchestrator-budget",
         &[("--forward-retry-budget-ms", "1500")],
@@ -269,7 +249,7 @@ async fn a_writer_that_lost_its_lease_writes_nothing() {
     // (every 200 ms) claims the saga. Its own recovery loop runs only at
     // start, so it never claims the saga back.
     let (hole, hole_task) = black_hole().await;
-    let mut stale = orchestrator(
+    let mut stale = harness::orchestrator(
         &mesh,
         "orchestrator-stale",
         &[

@@ -55,6 +55,26 @@ pub fn node(
     )
 }
 
+/// An orchestrator on the mesh's order database with the tests' flags,
+/// `flags` replacing (or adding to) them. Not started.
+pub fn orchestrator(mesh: &Mesh, instance: &str, flags: &[(&str, &str)]) -> Node {
+    let mut args = orchestrator_args((&mesh.product, &mesh.point, &mesh.coupon), instance);
+    for &(flag, value) in flags {
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args[i + 1] = value.to_owned(),
+            None => args.extend([flag.to_owned(), value.to_owned()]),
+        }
+    }
+    node(
+        "orchestrator",
+        &mesh.order_db.url,
+        &mesh.redis_prefix,
+        args,
+        &mesh.log_dir,
+        instance,
+    )
+}
+
 /// The whole mesh, each server with its own database.
 pub struct Mesh {
     pub product: Node,

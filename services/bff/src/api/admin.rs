@@ -134,8 +134,8 @@ pub struct LogEntry {
     pub direction: Option<StepDirection>,
     pub attempt: i32,
     pub outcome: Option<StepOutcome>,
-    /// The participant's answer, as JSON (null when none).
-    #[schema(value_type = Object, nullable)]
+    /// The participant's answer: any JSON value (null when none; a string
+    /// when what was stored is not JSON).
     pub response: serde_json::Value,
     pub error: String,
     pub created_at: Option<DateTime<Utc>>,
