@@ -184,7 +184,9 @@ impl FromRequestParts<Arc<AppState>> for Shopper {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
-        state.auth.caller(parts).map(|caller| Self(caller.user))
+        let caller = state.auth.caller(parts)?;
+        state.users.check(caller.user.as_str())?;
+        Ok(Self(caller.user))
     }
 }
 
@@ -204,6 +206,7 @@ impl FromRequestParts<Arc<AppState>> for Operator {
                 format!("this route needs the `{OPERATOR_ROLE}` role"),
             ));
         }
+        state.users.check(caller.user.as_str())?;
         Ok(Self(caller.user))
     }
 }

@@ -11,6 +11,7 @@ use commerce_platform::tls::TlsFiles;
 
 use crate::auth::Authenticator;
 use crate::mesh::MeshTls;
+use crate::user_limit::UserCeiling;
 
 #[derive(Debug, clap::Parser)]
 #[command(name = "commerce-bff", version, about)]
@@ -90,6 +91,10 @@ pub struct BffArgs {
     /// Requests handled at once; more wait.
     #[arg(long, env = "CONCURRENCY_LIMIT", default_value_t = 1024)]
     pub concurrency_limit: usize,
+    /// Each user's ceiling, `<per_second>[/<burst>]` (burst: one second's
+    /// worth unless given), or `off`.
+    #[arg(long, env = "USER_RATE_LIMIT", default_value = "20/40")]
+    pub user_rate_limit: String,
     /// Log output.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -111,6 +116,8 @@ pub struct Limits {
     pub max_deadline: Duration,
     pub body_bytes: usize,
     pub concurrency: usize,
+    /// Each user's ceiling (None: off).
+    pub per_user: Option<UserCeiling>,
 }
 
 /// Resolved configuration.
@@ -176,6 +183,8 @@ impl BffArgs {
                 max_deadline: Duration::from_millis(self.max_request_timeout_ms),
                 body_bytes: self.body_limit_bytes,
                 concurrency: self.concurrency_limit,
+                per_user: UserCeiling::parse(&self.user_rate_limit)
+                    .map_err(|e| anyhow::anyhow!("--user-rate-limit: {e}"))?,
             },
         })
     }

@@ -20,6 +20,7 @@ mod console;
 pub mod extract;
 pub mod mesh;
 pub mod problem;
+pub mod user_limit;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub mesh: Mesh,
     pub auth: Authenticator,
     pub limits: Limits,
+    pub users: user_limit::UserLimiter,
 }
 
 /// The whole HTTP application: API, OpenAPI document, console, health.
@@ -52,6 +54,7 @@ pub fn app(config: &BffConfig) -> anyhow::Result<Router> {
         mesh: Mesh::connect(&config.mesh, &config.tls)?,
         auth: config.auth.clone(),
         limits: config.limits,
+        users: user_limit::UserLimiter::new(config.limits.per_user),
     });
     let (api, _) = api::router();
     Ok(api

@@ -7,6 +7,7 @@ use std::time::Duration;
 use commerce_bff::auth::{Authenticator, OPERATOR_ROLE};
 use commerce_bff::config::{BffConfig, Limits, MeshAddrs};
 use commerce_bff::mesh::MeshTls;
+use commerce_bff::user_limit::UserCeiling;
 use commerce_platform::tls::TlsFiles;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -46,14 +47,21 @@ impl Bff {
         if let Some(product) = product {
             addrs.product = product.to_owned();
         }
-        Self::serve(addrs, deadline).await
+        Self::serve(addrs, deadline, None).await
     }
 
     pub async fn start_with(mesh: &Mesh, deadline: Duration) -> Self {
-        Self::serve(addrs(mesh), deadline).await
+        Self::serve(addrs(mesh), deadline, None).await
     }
 
-    async fn serve(mesh: MeshAddrs, deadline: Duration) -> Self {
+    /// A BFF whose users each have `ceiling` (`<per_second>[/<burst>]`).
+    pub async fn start_limited(mesh: &Mesh, ceiling: &str) -> Self {
+        let ceiling = UserCeiling::parse(ceiling).unwrap();
+        Self::serve(addrs(mesh), Duration::from_secs(10), ceiling).await
+    }
+
+    /// Tests call far faster than people: no per-user ceiling unless asked.
+    async fn serve(mesh: MeshAddrs, deadline: Duration, per_user: Option<UserCeiling>) -> Self {
         let secret = uuid::Uuid::new_v4().simple().to_string().repeat(2);
         let auth = Authenticator::new(secret.as_bytes(), ISSUER, AUDIENCE).unwrap();
         let certs = commerce_platform::tls::certs::test_dir();
@@ -70,6 +78,7 @@ impl Bff {
                 max_deadline: Duration::from_secs(30),
                 body_bytes: 64 * 1024,
                 concurrency: 256,
+                per_user,
             },
         };
         let app = commerce_bff::app(&config).unwrap();

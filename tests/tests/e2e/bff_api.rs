@@ -747,6 +747,21 @@ async fn every_error_is_a_problem_with_its_status() {
             .unwrap()
             >= 1
     );
+    // 429 from the BFF itself: each user has a bucket of their own.
+    let per_user = Bff::start_limited(&mesh, "1/2").await;
+    let (ann_here, bob_here) = (per_user.token("ann"), per_user.token("bob"));
+    for _ in 0..2 {
+        get(&per_user, "/api/v1/me/points", Some(&ann_here))
+            .await
+            .ok(200);
+    }
+    let over = get(&per_user, "/api/v1/me/points", Some(&ann_here)).await;
+    over.problem(429, "RATE_LIMITED");
+    assert!(over.headers.contains_key("retry-after"));
+    get(&per_user, "/api/v1/me/points", Some(&bob_here))
+        .await
+        .ok(200);
+    per_user.stop().await;
     // 504: the silent product server never answers within the deadline.
     let slow = call(
         &strict,
