@@ -141,6 +141,39 @@ find_chromedriver() {
     fi
 }
 
+# The first of "$@" that runs with --version (empty arguments skipped).
+first_that_runs() {
+    local candidate
+    for candidate in "$@"; do
+        if [[ -n "$candidate" && -x "$candidate" ]] && "$candidate" --version >/dev/null 2>&1; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# The tools of the Kubernetes manifests' test (tests/tests/k8s.rs) and the
+# contracts' test (tests/tests/contracts.rs), each found as the tests find
+# it: its variable, else .tools/bin, else PATH; only one that runs counts.
+# kubectl renders the kustomizations, kubernetes-validate checks them
+# against the Kubernetes schemas, buf lints the contracts and compares them
+# with their last release.
+find_kubectl() {
+    local candidate
+    for candidate in "${KUBECTL:-}" "$TOOLS_BIN/kubectl" "$(command -v kubectl || true)"; do
+        if [[ -n "$candidate" && -x "$candidate" ]] && "$candidate" version --client >/dev/null 2>&1; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+find_kubernetes_validate() {
+    first_that_runs "${KUBERNETES_VALIDATE:-}" "$TOOLS_BIN/kubernetes-validate" "$(command -v kubernetes-validate || true)"
+}
+find_buf() { first_that_runs "${BUF:-}" "$TOOLS_BIN/buf" "$(command -v buf || true)"; }
+
 # Who should own files we create in the repository: its owner. Matters when a
 # developer runs `sudo bash deploy/...` in a checkout they own.
 repo_owner() { stat -c %U "$REPO_ROOT"; }
@@ -197,7 +230,7 @@ run_cargo() {
     home="$(getent passwd "$user" | cut -d: -f6)"
     local -a vars=("HOME=$home" "USER=$user" "PATH=$(dirname "$cargo"):/usr/local/bin:/usr/bin:/bin")
     local name
-    for name in GRPCURL SCHEMATHESIS CHROMEDRIVER CHROMIUM COMMERCE_TEST_MYSQL_URL CARGO_TARGET_DIR CARGO_TERM_COLOR RUST_LOG RUST_BACKTRACE TERM; do
+    for name in GRPCURL SCHEMATHESIS CHROMEDRIVER CHROMIUM KUBECTL KUBERNETES_VALIDATE BUF COMMERCE_TEST_MYSQL_URL CARGO_TARGET_DIR CARGO_TERM_COLOR RUST_LOG RUST_BACKTRACE TERM; do
         [[ -n "${!name:-}" ]] && vars+=("$name=${!name}")
     done
     (cd "$REPO_ROOT" && runuser -u "$user" -- env "${vars[@]}" "$cargo" "$@")

@@ -3,7 +3,9 @@
 # and run the commerce mesh: MariaDB and Redis on loopback, the `commerce`
 # database account and databases, enough database connections for the tests,
 # grpcurl, Chromium and chromedriver (the operator console's browser test),
-# Schemathesis (the BFF's OpenAPI conformance test), and a check for cargo.
+# Schemathesis (the BFF's OpenAPI conformance test), kubectl and
+# kubernetes-validate (the Kubernetes manifests' test), buf (the contracts'
+# test), and a check for cargo.
 #
 # Idempotent: every step looks before it acts, so re-running is cheap and safe,
 # also where MariaDB or Redis already run. Run as root, or as a user with sudo.
@@ -26,6 +28,18 @@ GRPCURL_SHA256=a2a7ca84fd6212cee61d3d399bb3e397eaf401848f6bd6a39a120fc355d7e41a
 # pinned, with .tools/bin/schemathesis linking to it.
 SCHEMATHESIS_VERSION=4.32.5
 SCHEMATHESIS_VENV="$REPO_ROOT/.tools/venv"
+
+# The Kubernetes manifests' test renders deploy/k8s with kubectl (Debian's
+# kubernetes-client when there is no kubectl) and checks every manifest with
+# kubernetes-validate, which bundles the Kubernetes JSON schemas (so it
+# checks offline): from PyPI into a virtualenv of its own, pinned.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+KUBERNETES_VALIDATE_VENV="$REPO_ROOT/.tools/venv-kubernetes-validate"
+
+# The contracts' test runs buf: the npm package @bufbuild/buf, pinned, whose
+# platform package carries the native binary that .tools/bin/buf links to.
+BUF_VERSION=1.75.0
+BUF_PREFIX="$REPO_ROOT/.tools/npm"
 
 DATABASES=(commerce_product commerce_point commerce_coupon commerce_order)
 READY_TRIES=60 # of 0.5 s
@@ -70,6 +84,8 @@ wait_until() {
 
 needs_grpcurl() { ! find_grpcurl >/dev/null; }
 needs_schemathesis() { ! find_schemathesis >/dev/null; }
+needs_kubernetes_validate() { ! find_kubernetes_validate >/dev/null; }
+needs_buf() { ! find_buf >/dev/null; }
 
 # `python3 -m venv` needs ensurepip, which Debian ships apart in python3-venv.
 venv_available() { python3 -c 'import ensurepip, venv' >/dev/null 2>&1; }
@@ -107,7 +123,7 @@ install_packages() {
     if needs_grpcurl && ! python3 -m pip --version >/dev/null 2>&1; then
         missing+=(python3-pip ca-certificates)
     fi
-    if needs_schemathesis && ! venv_available; then
+    if { needs_schemathesis || needs_kubernetes_validate; } && ! venv_available; then
         missing+=(python3-venv ca-certificates)
     fi
     # The README's examples of the BFF's REST API.
@@ -115,6 +131,12 @@ install_packages() {
     # The operator console's browser test drives Debian's Chromium.
     have chromium || missing+=(chromium)
     find_chromedriver >/dev/null || missing+=(chromium-driver)
+    # The Kubernetes manifests' test renders them with kubectl.
+    find_kubectl >/dev/null || missing+=(kubernetes-client)
+    # npm installs buf (the contracts' test).
+    if needs_buf && ! have npm; then
+        missing+=(nodejs npm ca-certificates)
+    fi
     if ((${#missing[@]})); then
         apt_install "${missing[@]}"
     else
@@ -319,6 +341,73 @@ install_schemathesis() {
     log "schemathesis: $found ($(schemathesis_version "$found"))"
 }
 
+# ------------------------------------------------------ kubernetes-validate --
+
+install_kubernetes_validate() {
+    local found
+    if found="$(find_kubernetes_validate)"; then
+        log "kubernetes-validate: $found ($("$found" --version 2>/dev/null | head -n1))"
+        return
+    fi
+    log "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION into .tools/venv-kubernetes-validate (PyPI)"
+    local out
+    out="$(mktemp)"
+    rm -rf "$KUBERNETES_VALIDATE_VENV"
+    if ! python3 -m venv "$KUBERNETES_VALIDATE_VENV" >"$out" 2>&1 ||
+        ! "$KUBERNETES_VALIDATE_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >>"$out" 2>&1; then
+        tail -n 20 "$out" >&2
+        rm -f "$out"
+        die "could not install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION into $KUBERNETES_VALIDATE_VENV"
+    fi
+    rm -f "$out"
+    mkdir -p "$TOOLS_BIN"
+    ln -sfn ../venv-kubernetes-validate/bin/kubernetes-validate "$TOOLS_BIN/kubernetes-validate"
+    give_to_repo_owner "$REPO_ROOT/.tools"
+    found="$(find_kubernetes_validate)" || die "the installed kubernetes-validate does not run"
+    log "kubernetes-validate: $found ($("$found" --version 2>/dev/null | head -n1))"
+}
+
+# -------------------------------------------------------------------- buf --
+
+install_buf() {
+    local found
+    if found="$(find_buf)"; then
+        log "buf: $found ($("$found" --version 2>&1 | head -n1))"
+        return
+    fi
+    log "installing buf into .tools/npm (npm @bufbuild/buf@$BUF_VERSION)"
+    local out binaries
+    out="$(mktemp)"
+    rm -rf "$BUF_PREFIX"
+    mkdir -p "$BUF_PREFIX"
+    if ! npm install --prefix "$BUF_PREFIX" --no-audit --no-fund --no-update-notifier \
+        "@bufbuild/buf@$BUF_VERSION" >"$out" 2>&1; then
+        tail -n 20 "$out" >&2
+        rm -f "$out"
+        die "npm could not install @bufbuild/buf@$BUF_VERSION"
+    fi
+    rm -f "$out"
+    # The native binary of this platform (an optional dependency npm picked),
+    # so that running buf needs no node.
+    binaries=("$BUF_PREFIX"/node_modules/@bufbuild/buf-*/bin/buf)
+    [[ ${#binaries[@]} -eq 1 && -x "${binaries[0]}" ]] ||
+        die "@bufbuild/buf installed no native buf for $(uname -s)/$(uname -m)"
+    mkdir -p "$TOOLS_BIN"
+    ln -sfn "../npm/${binaries[0]#"$BUF_PREFIX"/}" "$TOOLS_BIN/buf"
+    give_to_repo_owner "$REPO_ROOT/.tools"
+    found="$(find_buf)" || die "the installed buf does not run"
+    log "buf: $found ($("$found" --version 2>&1 | head -n1))"
+}
+
+# ---------------------------------------------------------------- kubectl --
+
+check_kubectl() {
+    local kubectl
+    kubectl="$(find_kubectl)" || die "kubectl is missing after installing kubernetes-client"
+    log "kubectl: $kubectl ($("$kubectl" version --client 2>/dev/null | head -n1))"
+}
+
 # --------------------------------------------------------------- chromium --
 
 check_chromium() {
@@ -354,6 +443,9 @@ provision_database
 raise_max_connections
 install_grpcurl
 install_schemathesis
+install_kubernetes_validate
+install_buf
+check_kubectl
 check_chromium
 check_cargo
 log "done"

@@ -47,7 +47,8 @@ drop_leftover_databases() {
 }
 drop_leftover_databases
 
-# The tests find the server, grpcurl, Schemathesis and chromedriver through these.
+# The tests find the server, grpcurl, Schemathesis, chromedriver, kubectl,
+# kubernetes-validate and buf through these.
 export COMMERCE_TEST_MYSQL_URL="${COMMERCE_TEST_MYSQL_URL:-$(db_server_url)}"
 GRPCURL="$(find_grpcurl)" || die "grpcurl not found after setup"
 export GRPCURL
@@ -55,6 +56,12 @@ SCHEMATHESIS="$(find_schemathesis)" || die "schemathesis not found after setup"
 export SCHEMATHESIS
 CHROMEDRIVER="$(find_chromedriver)" || die "chromedriver not found after setup"
 export CHROMEDRIVER
+KUBECTL="$(find_kubectl)" || die "kubectl not found after setup"
+export KUBECTL
+KUBERNETES_VALIDATE="$(find_kubernetes_validate)" || die "kubernetes-validate not found after setup"
+export KUBERNETES_VALIDATE
+BUF="$(find_buf)" || die "buf not found after setup"
+export BUF
 
 # `-p NAME` narrows the run, which --workspace would override.
 scope=(--workspace)
