@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::domain::order::{OrderEvent, OrderState, PlaceOrder, ReadScope, Reader};
 use crate::domain::saga::{Direction, Outcome, SagaKind, SagaState};
 use crate::engine::Engine;
+use crate::reconcile::Reconciler;
 use crate::store::{LogRow, OrderRecord, Saga};
 
 /// Answers are sent this long before the caller's deadline.
@@ -226,11 +227,16 @@ pub struct SagaAdminApi {
     engine: Arc<Engine>,
     /// The order event stream the relay publishes to (for GetOutbox).
     stream: String,
+    reconciler: Reconciler,
 }
 
 impl SagaAdminApi {
-    pub fn new(engine: Arc<Engine>, stream: String) -> Self {
-        Self { engine, stream }
+    pub fn new(engine: Arc<Engine>, stream: String, reconciler: Reconciler) -> Self {
+        Self {
+            engine,
+            stream,
+            reconciler,
+        }
     }
 
     async fn saga(&self, saga_id: &SagaId) -> Result<pb::Saga, ServiceError> {
@@ -389,6 +395,43 @@ impl SagaAdminService for SagaAdminApi {
             }
         }
         Ok(Response::new(counts))
+    }
+
+    async fn reconcile(
+        &self,
+        request: Request<pb::ReconcileRequest>,
+    ) -> Result<Response<pb::ReconcileReport>, Status> {
+        let r = request.into_inner();
+        let window = match r.window_seconds {
+            0 => 3_600,
+            seconds => in_range("window_seconds", seconds, 1, 30 * 86_400)?,
+        };
+        let limit = match r.limit {
+            0 => 1_000,
+            limit => in_range("limit", i64::from(limit), 1, 10_000)?,
+        };
+        let report = self
+            .reconciler
+            .run(Duration::from_secs(window.unsigned_abs()), limit)
+            .await?;
+        Ok(Response::new(pb::ReconcileReport {
+            orders_checked: report.orders_checked,
+            barriers_checked: report.barriers_checked,
+            orders_unreadable: report.orders_unreadable,
+            checked_at: report.checked_at.map(to_proto),
+            drifts: report
+                .drifts
+                .into_iter()
+                .map(|d| pb::Drift {
+                    order_id: d.order_id,
+                    saga_id: d.saga_id,
+                    kind: d.finding.kind.name().to_owned(),
+                    participant: d.finding.participant.name().to_owned(),
+                    detail: d.finding.detail,
+                    evidence_json: d.evidence_json,
+                })
+                .collect(),
+        }))
     }
 
     async fn get_outbox(

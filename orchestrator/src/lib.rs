@@ -22,11 +22,13 @@ mod db_tests;
 pub mod domain;
 pub mod engine;
 pub mod events;
+pub mod evidence;
 pub mod executor;
 pub mod fault;
 pub mod grpc;
 pub mod participants;
 pub mod place_gate;
+pub mod reconcile;
 pub mod relay;
 pub mod sagas;
 pub mod store;
@@ -120,6 +122,14 @@ pub struct OrchestratorArgs {
     /// Approximate length bound of the order event stream (XADD MAXLEN ~).
     #[arg(long, env = "EVENTS_STREAM_MAXLEN", default_value_t = 1_000_000)]
     pub events_stream_maxlen: usize,
+    /// How often settled orders are reconciled with what the participants
+    /// hold, in seconds (0: only when an operator asks).
+    #[arg(long, env = "RECONCILE_EVERY_SECS", default_value_t = 300)]
+    pub reconcile_every_secs: u64,
+    /// How far back each periodic reconciliation looks, in seconds (longer
+    /// than the period, so a run that failed is covered by the next).
+    #[arg(long, env = "RECONCILE_WINDOW_SECS", default_value_t = 3_600)]
+    pub reconcile_window_secs: u64,
 }
 
 /// Builds the orchestrator: migrations, engine, gRPC services and the
@@ -134,13 +144,15 @@ pub async fn build(config: ServerConfig, args: OrchestratorArgs) -> anyhow::Resu
         owner.len() <= 64,
         "--instance-id must be at most 64 characters"
     );
-    let participants = GrpcParticipants::new(&ParticipantConfig {
+    let participant_config = ParticipantConfig {
         product: args.product_addr.clone(),
         point: args.point_addr.clone(),
         coupon: args.coupon_addr.clone(),
         call_timeout: Duration::from_millis(args.call_timeout_ms),
         tls: app.config().tls.clone(),
-    })?;
+    };
+    let participants = GrpcParticipants::new(&participant_config)?;
+    let evidence = evidence::Evidence::new(&participant_config)?;
     let redis = Redis::connect(&app.config().redis)?;
     let store = store::OrderStore::new(app.database().clone());
     anyhow::ensure!(args.outbox_batch > 0, "--outbox-batch must be positive");
@@ -190,7 +202,16 @@ pub async fn build(config: ServerConfig, args: OrchestratorArgs) -> anyhow::Resu
             .saturating_sub(Duration::from_millis(500)),
     );
     let orders = grpc::OrderApi::new(Arc::clone(&engine), wait);
-    let admin = grpc::SagaAdminApi::new(Arc::clone(&engine), stream);
+    let reconciler = reconcile::Reconciler::new(engine.store().clone(), evidence);
+    let admin = grpc::SagaAdminApi::new(Arc::clone(&engine), stream, reconciler.clone());
+    let app = match args.reconcile_every_secs {
+        0 => app,
+        every => app.spawn_job(reconciler.run_forever(
+            Duration::from_secs(every),
+            Duration::from_secs(args.reconcile_window_secs.max(every)),
+            reconcile::PERIODIC_LIMIT,
+        )),
+    };
     Ok(app
         .add_service(OrderServiceServer::new(orders))
         .add_service(SagaAdminServiceServer::new(admin))

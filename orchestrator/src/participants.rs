@@ -123,7 +123,7 @@ pub struct GrpcParticipants {
     call_timeout: Duration,
 }
 
-fn channel(uri: &str, config: &ParticipantConfig) -> anyhow::Result<Channel> {
+pub(crate) fn channel(uri: &str, config: &ParticipantConfig) -> anyhow::Result<Channel> {
     let timeout = config.call_timeout;
     Ok(commerce_platform::tls::endpoint(uri, config.tls.as_ref())?
         .connect_timeout(timeout)

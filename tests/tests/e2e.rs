@@ -37,6 +37,8 @@ mod lifecycle;
 mod outage;
 #[path = "e2e/ranking.rs"]
 mod ranking;
+#[path = "e2e/reconcile.rs"]
+mod reconcile;
 #[path = "e2e/rejections.rs"]
 mod rejections;
 #[path = "e2e/shop.rs"]

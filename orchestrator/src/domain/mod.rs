@@ -2,4 +2,5 @@
 //! saga definitions and the planner that reads the step log. No SQL, no gRPC.
 
 pub mod order;
+pub mod reconcile;
 pub mod saga;

@@ -10,6 +10,7 @@ mod group_commit;
 mod order_changes;
 mod orders;
 mod outbox;
+mod reconcile;
 mod rows;
 mod sagas;
 

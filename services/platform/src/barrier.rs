@@ -226,6 +226,26 @@ pub async fn list(
         .await?)
 }
 
+/// Every saga's rows written at or after `since`, oldest first, at most
+/// `limit` (the orchestrator's reconciliation pages through them).
+pub async fn list_since(
+    conn: &mut AsyncMysqlConnection,
+    since: NaiveDateTime,
+    limit: i64,
+) -> Result<Vec<BarrierRow>, ServiceError> {
+    Ok(saga_barrier::table
+        .filter(saga_barrier::created_at.ge(since))
+        .order((
+            saga_barrier::created_at,
+            saga_barrier::saga_id,
+            saga_barrier::operation,
+        ))
+        .limit(limit)
+        .select(BarrierRow::as_select())
+        .load(conn)
+        .await?)
+}
+
 /// Deletes up to `limit` rows written before `cutoff`; returns how many.
 pub async fn purge(
     conn: &mut AsyncMysqlConnection,
@@ -266,7 +286,17 @@ async fn insert<T: Serialize>(
         .execute(conn)
         .await;
     match inserted {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            // Counted once the row is in: only the commit is left, and an
+            // effect that failed rolled back before reaching here.
+            metrics::counter!(
+                crate::metrics::BARRIER_ROWS,
+                "operation" => operation.to_owned(),
+                "state" => if state == BLOCKED { "blocked" } else { "applied" },
+            )
+            .increment(1);
+            Ok(())
+        }
         Err(e) if is_unique_violation(&e) => Err(ServiceError::Conflict(format!(
             "saga {} `{operation}` was recorded by a concurrent call",
             call.saga

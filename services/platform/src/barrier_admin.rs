@@ -39,6 +39,9 @@ impl BarrierAdmin {
 /// beyond that horizon, so purging younger rows is refused.
 pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
+/// Rows one window listing returns at most.
+const MAX_LISTED: i64 = 1000;
+
 /// The oldest cutoff a purge accepts: a century, well inside DATETIME.
 pub const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
@@ -54,9 +57,11 @@ pub async fn purge_older_than(
     let cutoff = crate::time::now()
         .checked_sub_signed(age)
         .ok_or_else(|| ServiceError::invalid("older_than_seconds", "is too large"))?;
-    database
+    let purged = database
         .read(|c| barrier::purge(c, cutoff, limit).scope_boxed())
-        .await
+        .await?;
+    metrics::counter!(crate::metrics::BARRIER_PURGED).increment(purged);
+    Ok(purged)
 }
 
 /// Checks a retention in seconds against [`MIN_RETENTION`] and
@@ -99,11 +104,19 @@ impl SagaBarrierService for BarrierAdmin {
         &self,
         request: Request<pb::ListBarriersRequest>,
     ) -> Result<Response<pb::ListBarriersResponse>, Status> {
-        let saga = SagaId::parse("saga_id", &request.into_inner().saga_id)?;
-        let rows = self
-            .database
-            .read(|c| barrier::list(c, &saga).scope_boxed())
-            .await?;
+        let request = request.into_inner();
+        let rows = if request.saga_id.is_empty() && request.created_after.is_some() {
+            let since = crate::time::from_proto("created_after", request.created_after)?;
+            let limit = in_range("limit", i64::from(request.limit), 1, MAX_LISTED)?;
+            self.database
+                .read(|c| barrier::list_since(c, since, limit).scope_boxed())
+                .await?
+        } else {
+            let saga = SagaId::parse("saga_id", &request.saga_id)?;
+            self.database
+                .read(|c| barrier::list(c, &saga).scope_boxed())
+                .await?
+        };
         Ok(Response::new(pb::ListBarriersResponse {
             entries: rows.into_iter().map(to_proto).collect(),
         }))

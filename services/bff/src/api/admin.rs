@@ -786,3 +786,96 @@ pub async fn mark_delivered(
         .await?;
     Ok(Json(order.into()))
 }
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReconcileRequest {
+    /// Orders settled, and barrier rows written, within this many seconds
+    /// (1 to 2,592,000; one hour unless given).
+    #[schema(minimum = 1, maximum = 2592000)]
+    pub window_seconds: Option<i64>,
+    /// Orders checked at most (1 to 10,000; 1,000 unless given).
+    #[schema(minimum = 1, maximum = 10000)]
+    pub limit: Option<i32>,
+}
+
+/// What a settled order's participants hold that its saga log does not
+/// explain.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Drift {
+    /// Empty for a barrier row of no saga.
+    pub order_id: String,
+    pub saga_id: String,
+    /// `EFFECT_MISSING`, `EFFECT_LEFT_BEHIND`, `RESERVATION_MISMATCH` or
+    /// `ORPHAN_BARRIER`.
+    pub kind: String,
+    /// `product`, `point` or `coupon`.
+    pub participant: String,
+    pub detail: String,
+    /// What was read: the order as recorded and the participant's rows.
+    pub evidence: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileReport {
+    pub orders_checked: i64,
+    pub barriers_checked: i64,
+    /// Orders left for a later run because a participant could not be read.
+    pub orders_unreadable: i64,
+    pub checked_at: Option<DateTime<Utc>>,
+    pub drifts: Vec<Drift>,
+}
+
+/// Compares settled orders' saga logs with what the participants hold;
+/// reports drift with its evidence and repairs nothing.
+#[utoipa::path(
+    post, path = "/api/v1/admin/reconcile", tag = "admin",
+    request_body = ReconcileRequest,
+    security(("bearer" = [])),
+    responses((status = 200, body = ReconcileReport), Errors)
+)]
+pub async fn reconcile(
+    State(state): State<Arc<AppState>>,
+    _operator: Operator,
+    deadline: Deadline,
+    ApiJson(body): ApiJson<ReconcileRequest>,
+) -> Result<Json<ReconcileReport>, Problem> {
+    let window = in_range(
+        "windowSeconds",
+        body.window_seconds.unwrap_or(3600),
+        1,
+        30 * 86_400,
+    )?;
+    let limit = in_range("limit", i64::from(body.limit.unwrap_or(1000)), 1, 10_000)? as i32;
+    let mut client = state.mesh.sagas.clone();
+    let report = deadline
+        .call(
+            pb::ReconcileRequest {
+                window_seconds: window,
+                limit,
+            },
+            |r| async move { client.reconcile(r).await },
+        )
+        .await?;
+    Ok(Json(ReconcileReport {
+        orders_checked: report.orders_checked,
+        barriers_checked: report.barriers_checked,
+        orders_unreadable: report.orders_unreadable,
+        checked_at: time(report.checked_at),
+        drifts: report
+            .drifts
+            .into_iter()
+            .map(|d| Drift {
+                evidence: serde_json::from_str(&d.evidence_json)
+                    .unwrap_or(serde_json::Value::String(d.evidence_json)),
+                order_id: d.order_id,
+                saga_id: d.saga_id,
+                kind: d.kind,
+                participant: d.participant,
+                detail: d.detail,
+            })
+            .collect(),
+    }))
+}

@@ -93,6 +93,7 @@ pub fn router() -> (axum::Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::retry_saga))
         .routes(routes!(admin::compensate_saga))
         .routes(routes!(admin::outbox))
+        .routes(routes!(admin::reconcile))
         .routes(routes!(admin::create_brand))
         .routes(routes!(admin::update_brand))
         .routes(routes!(admin::create_product))

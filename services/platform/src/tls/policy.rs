@@ -30,13 +30,19 @@ const HEALTH_AND_REFLECTION: [Rule; 3] = [
     rule("/grpc.reflection.v1alpha.ServerReflection/", OPERATOR),
 ];
 
-/// Served by every saga participant.
+/// Served by every saga participant: operators' view of the barrier; the
+/// orchestrator reads it too, to reconcile its sagas with what each
+/// participant holds (a method rule, read before the service-wide one).
+const BARRIER_READ: Rule = rule(
+    "/commerce.saga.v1.SagaBarrierService/ListBarriers",
+    Callers::Only(&["operator", "orchestrator"]),
+);
 const BARRIER_ADMIN: Rule = rule("/commerce.saga.v1.SagaBarrierService/", OPERATOR);
 
 #[rustfmt::skip]
 pub const PRODUCT: &[Rule] = &[
     HEALTH_AND_REFLECTION[0], HEALTH_AND_REFLECTION[1], HEALTH_AND_REFLECTION[2],
-    BARRIER_ADMIN,
+    BARRIER_READ, BARRIER_ADMIN,
     rule("/commerce.product.v1.ProductAdminService/",                 OPERATOR),
     rule("/commerce.product.v1.StockService/ReserveStock",            ORCHESTRATOR),
     rule("/commerce.product.v1.StockService/ConfirmReservation",      ORCHESTRATOR),
@@ -53,7 +59,7 @@ pub const PRODUCT: &[Rule] = &[
 #[rustfmt::skip]
 pub const POINT: &[Rule] = &[
     HEALTH_AND_REFLECTION[0], HEALTH_AND_REFLECTION[1], HEALTH_AND_REFLECTION[2],
-    BARRIER_ADMIN,
+    BARRIER_READ, BARRIER_ADMIN,
     rule("/commerce.point.v1.PointService/DeductPoints",              ORCHESTRATOR),
     rule("/commerce.point.v1.PointService/RefundPoints",              ORCHESTRATOR),
     rule("/commerce.point.v1.PointService/Charge",                    USER_FACING),
@@ -64,7 +70,7 @@ pub const POINT: &[Rule] = &[
 #[rustfmt::skip]
 pub const COUPON: &[Rule] = &[
     HEALTH_AND_REFLECTION[0], HEALTH_AND_REFLECTION[1], HEALTH_AND_REFLECTION[2],
-    BARRIER_ADMIN,
+    BARRIER_READ, BARRIER_ADMIN,
     rule("/commerce.coupon.v1.CouponAdminService/",                   OPERATOR),
     rule("/commerce.coupon.v1.CouponService/QuoteDiscount",           ORCHESTRATOR),
     rule("/commerce.coupon.v1.CouponService/UseCoupon",               ORCHESTRATOR),

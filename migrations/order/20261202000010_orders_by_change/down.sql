@@ -1,0 +1,1 @@
+DROP INDEX orders_updated_at ON orders;
