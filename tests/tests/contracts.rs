@@ -1,8 +1,7 @@
 //! The `.proto` contracts checked with buf (proto/buf.yaml): `buf lint`
 //! with the standard rules and the module's three exceptions, and `buf
-//! breaking` against the contracts of the last release, the newest
-//! `contracts-v*` tag reachable from HEAD (README.md, "Contracts and
-//! compatibility"). A copy of the contracts with one field renumbered
+//! breaking` against the contracts of the last release, the newest image
+//! in `proto/releases/` (README.md, "Contracts and compatibility"). A copy of the contracts with one field renumbered
 //! proves the comparison catches a wire-incompatible change.
 //!
 //! buf comes from npm (`@bufbuild/buf`, installed by deploy/setup.sh); the
@@ -65,45 +64,34 @@ fn report(output: &Output) -> String {
     )
 }
 
-fn git(args: &[&str]) -> Output {
-    Command::new("git")
-        .args(args)
-        .current_dir(repo_root())
-        .output()
-        .expect("git runs")
-}
-
-/// The last release of the contracts: buf's input for the newest
-/// `contracts-v*` tag reachable from HEAD, read from this clone's
-/// repository. A clone without it fails the test: the comparison is the
+/// The last release of the contracts: the newest image in `proto/releases/`
+/// (`contracts-vX.Y.Z.binpb`, built with `buf build` from the release's tag
+/// when it was cut). Checked in, so the comparison needs neither tags nor
+/// history in the clone; a tree without one fails: the comparison is the
 /// point, and skipping it would let a breaking change through.
 fn last_release() -> (String, String) {
-    let describe = git(&[
-        "describe",
-        "--tags",
-        "--match",
-        "contracts-v*",
-        "--abbrev=0",
-    ]);
-    assert!(
-        describe.status.success(),
-        "no `contracts-v*` tag is reachable from HEAD ({}), so the contracts cannot be \
-         compared with their last release. A shallow clone or one made without tags lacks \
-         it: `git fetch --tags --unshallow` (or `git fetch --tags`) brings it.",
-        report(&describe).trim()
-    );
-    let tag = String::from_utf8_lossy(&describe.stdout).trim().to_owned();
-    // The repository's own directory, also from a linked worktree (where
-    // `.git` is a file).
-    let common = git(&["rev-parse", "--git-common-dir"]);
-    assert!(
-        common.status.success(),
-        "git rev-parse: {}",
-        report(&common)
-    );
-    let git_dir = repo_root().join(String::from_utf8_lossy(&common.stdout).trim());
-    let input = format!("{}#tag={tag},subdir=proto", git_dir.display());
-    (tag, input)
+    let dir = repo_root().join("proto/releases");
+    let version = |name: &str| -> Option<Vec<u64>> {
+        name.strip_prefix("contracts-v")?
+            .strip_suffix(".binpb")?
+            .split('.')
+            .map(|part| part.parse().ok())
+            .collect()
+    };
+    let newest = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter_map(|name| Some((version(&name)?, name)))
+        .max();
+    let (_, name) = newest.unwrap_or_else(|| {
+        panic!(
+            "no contracts-vX.Y.Z.binpb in {}: the contracts cannot be compared with their last \
+             release (README.md, \"Contracts and compatibility\", says how one is cut)",
+            dir.display()
+        )
+    });
+    let tag = name.trim_end_matches(".binpb").to_owned();
+    (tag, dir.join(name).display().to_string())
 }
 
 /// `buf breaking <module> --against <last release>`.
