@@ -167,7 +167,10 @@ fn main() -> ExitCode {
             })
         }
         Command::Run(args) => {
-            commerce_platform::telemetry::init(commerce_platform::telemetry::LogFormat::Human);
+            let _telemetry = commerce_platform::telemetry::init(
+                commerce_platform::telemetry::LogFormat::Human,
+                "commerce-bench",
+            );
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(error) => {

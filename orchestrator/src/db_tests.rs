@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use commerce_platform::db::DbSettings;
 use commerce_platform::time::now;
+use commerce_platform::trace_context::TraceHeaders;
 use commerce_platform::{Database, SagaId, migrate};
 use commerce_testkit::TestDatabase;
 use diesel_async::SimpleAsyncConnection;
@@ -44,6 +45,14 @@ async fn fixture() -> Fixture {
     }
 }
 
+/// The trace every saga of [`place`] starts in.
+fn started_in() -> TraceHeaders {
+    TraceHeaders {
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        tracestate: Some("vendor=1".to_owned()),
+    }
+}
+
 fn in_a_minute() -> chrono::NaiveDateTime {
     now() + chrono::Duration::seconds(60)
 }
@@ -69,6 +78,7 @@ async fn place(store: &OrderStore, user: &str, owner: &str) -> (String, SagaId, 
                 params: &params,
                 owner,
                 lease_until: in_a_minute(),
+                trace: Some(&started_in()),
             },
         )
         .await
@@ -146,6 +156,16 @@ async fn take_over(store: &OrderStore, saga_id: &SagaId, owner: &str) -> Lease {
         .await
         .unwrap()
         .unwrap()
+}
+
+#[tokio::test]
+async fn a_saga_keeps_the_trace_it_started_in_for_whoever_resumes_it() {
+    let f = fixture().await;
+    let (_, saga_id, _) = place(&f.store, "u-traced", "a").await;
+    take_over(&f.store, &saga_id, "b").await;
+    let saga = f.store.saga_load(&saga_id).await.unwrap().saga;
+    assert_eq!(saga.trace, Some(started_in()));
+    f.db.drop_database().await.unwrap();
 }
 
 #[tokio::test]

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use commerce_platform::error::ServiceError;
 use commerce_platform::time::now;
+use commerce_platform::trace_context::TraceHeaders;
 use commerce_platform::{SagaId, UserId};
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 use crate::domain::order::{OrderEvent, OrderState, PlaceOrder, ReadScope, reason};
 use crate::domain::saga::{
@@ -87,13 +89,20 @@ impl Engine {
     }
 
     /// A saga to record, leased to this instance (its log starts empty:
-    /// nothing is written before its first call).
-    fn new_saga<'a>(&'a self, id: &'a SagaId, params: &'a SagaParams) -> NewSaga<'a> {
+    /// nothing is written before its first call), in the trace of the
+    /// request that starts it.
+    fn new_saga<'a>(
+        &'a self,
+        id: &'a SagaId,
+        params: &'a SagaParams,
+        trace: Option<&'a TraceHeaders>,
+    ) -> NewSaga<'a> {
         NewSaga {
             id,
             params,
             owner: &self.config.owner,
             lease_until: self.lease_until(),
+            trace,
         }
     }
 
@@ -121,9 +130,14 @@ impl Engine {
         let saga_id = SagaId::generate();
         let params = place_order::params(&order_id, &request);
         let placing = Instant::now();
+        let trace = TraceHeaders::current();
         let placed = self
             .store()
-            .order_place(&order_id, &request, &self.new_saga(&saga_id, &params))
+            .order_place(
+                &order_id,
+                &request,
+                &self.new_saga(&saga_id, &params, trace.as_ref()),
+            )
             .await;
         if let (Err(_), Some(gate)) = (&placed, &self.gate) {
             gate.release(&request.user, key, &order_id).await;
@@ -185,9 +199,14 @@ impl Engine {
             let next = state.apply(OrderEvent::BeginCancel)?;
             let saga_id = SagaId::generate();
             let params = cancel_order::params(&record, user)?;
+            let trace = TraceHeaders::current();
             let begun = self
                 .store()
-                .order_cancel_begin(order_id, (state, next), &self.new_saga(&saga_id, &params))
+                .order_cancel_begin(
+                    order_id,
+                    (state, next),
+                    &self.new_saga(&saga_id, &params, trace.as_ref()),
+                )
                 .await?;
             let Some(lease) = begun else {
                 // The order moved since it was read: decide again.
@@ -277,7 +296,8 @@ impl Engine {
     }
 
     /// Drives a saga on its own task; `start` is its inputs and log when the
-    /// caller just wrote them (saves reading them back).
+    /// caller just wrote them (saves reading them back), in the trace of the
+    /// request it was just recorded in.
     fn spawn_drive(
         self: &Arc<Self>,
         saga_id: SagaId,
@@ -285,15 +305,16 @@ impl Engine {
         start: Option<(SagaParams, Vec<LogEntry>)>,
     ) -> tokio::task::JoinHandle<()> {
         let engine = Arc::clone(self);
+        // The request asking for this drive: placing, cancelling, an
+        // operator's retry.
+        let asked_by = TraceHeaders::current();
         tokio::spawn(async move {
             let driven = match start {
                 Some((params, log)) => {
-                    engine
-                        .executor
-                        .drive_from(&saga_id, lease, params, log)
-                        .await
+                    let span = saga_span(&saga_id, &params, &lease, asked_by.as_ref(), None);
+                    engine.drive_in(span, &saga_id, lease, params, log).await
                 }
-                None => engine.executor.drive(&saga_id, lease).await,
+                None => engine.resume(&saga_id, lease, asked_by.as_ref()).await,
             };
             match driven {
                 Ok(driven) => tracing::debug!(%saga_id, ?driven, "saga drive ended"),
@@ -351,7 +372,44 @@ impl Engine {
     /// Drives a saga from its log until it finishes, gets stuck or loses its
     /// lease.
     pub async fn drive(&self, saga_id: &SagaId, lease: Lease) -> Result<Driven, ServiceError> {
-        self.executor.drive(saga_id, lease).await
+        self.resume(saga_id, lease, None).await
+    }
+
+    /// [`Self::drive`] in the trace the saga started in, linked to the
+    /// request that asked for this drive (`asked_by`), if another.
+    async fn resume(
+        &self,
+        saga_id: &SagaId,
+        lease: Lease,
+        asked_by: Option<&TraceHeaders>,
+    ) -> Result<Driven, ServiceError> {
+        let record = self.store().saga_load(saga_id).await?;
+        let saga = record.saga;
+        let span = saga_span(saga_id, &saga.params, &lease, saga.trace.as_ref(), asked_by);
+        self.drive_in(span, saga_id, lease, saga.params, record.log)
+            .await
+    }
+
+    /// One drive of a saga in its `span` (see [`saga_span`]), which says how
+    /// it ended.
+    async fn drive_in(
+        &self,
+        span: tracing::Span,
+        saga_id: &SagaId,
+        lease: Lease,
+        params: SagaParams,
+        log: Vec<LogEntry>,
+    ) -> Result<Driven, ServiceError> {
+        let driven = self
+            .executor
+            .drive_from(saga_id, lease, params, log)
+            .instrument(span.clone())
+            .await;
+        match &driven {
+            Ok(driven) => span.record("driven", tracing::field::debug(driven)),
+            Err(_) => span.record("otel.status_code", "error"),
+        };
+        driven
     }
 
     /// The recovery loop: at start it resumes this instance's own unfinished
@@ -414,4 +472,37 @@ impl Engine {
             tokio::time::sleep(self.config.recovery_interval).await;
         }
     }
+}
+
+/// The span of one drive of a saga, whose steps are its children: a child
+/// of the span the saga started in (`started_in`, stored with it), so that
+/// every drive (the first, a recovery's after a crash, another instance's,
+/// an operator's) is in that one trace; linked to the request that asked
+/// for this drive (`asked_by`) when that is another.
+fn saga_span(
+    saga_id: &SagaId,
+    params: &SagaParams,
+    lease: &Lease,
+    started_in: Option<&TraceHeaders>,
+    asked_by: Option<&TraceHeaders>,
+) -> tracing::Span {
+    let kind = params.kind().as_str();
+    let span = tracing::info_span!(
+        parent: None,
+        "saga",
+        otel.name = %format_args!("saga {kind}"),
+        saga_id = %saga_id,
+        saga.kind = kind,
+        owner = %lease.owner,
+        fence = lease.fence,
+        driven = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(started_in) = started_in {
+        started_in.continue_in(&span);
+    }
+    if let Some(asked_by) = asked_by.filter(|asked| Some(*asked) != started_in) {
+        asked_by.link_from(&span);
+    }
+    span
 }

@@ -19,6 +19,7 @@ use chrono::NaiveDateTime;
 use commerce_platform::error::ServiceError;
 use commerce_platform::time::now;
 use commerce_platform::{SagaCall, SagaId};
+use tracing::Instrument as _;
 
 use crate::domain::saga::{
     Answer, Attempt, Direction, Lease, LogEntry, Move, Outcome, Rejection, RetryPolicy,
@@ -179,7 +180,6 @@ where
     /// a checkpoint, a retry, STUCK, the end, or a lease renewal. A crash
     /// before a checkpoint replays the unwritten steps, and the
     /// participants' barriers answer them as the first time.
-    #[tracing::instrument(skip(self, lease, params, log), fields(fence = lease.fence))]
     pub async fn drive_from(
         &self,
         saga_id: &SagaId,
@@ -244,13 +244,20 @@ where
                 steps: &steps,
                 log: &log,
             };
-            let answer = match self.program.run(step, input).await {
+            let step_span = step_span(saga_id, step, direction, attempt);
+            let answer = match self
+                .program
+                .run(step, input)
+                .instrument(step_span.clone())
+                .await
+            {
                 Ok(output) => Answer::Succeeded(output),
                 Err(StepError::Rejected(rejection)) => Answer::Refused(rejection),
                 Err(StepError::Transient(detail)) => Answer::Failed(detail),
                 Err(StepError::Fenced(detail)) => {
                     // A participant saw a newer lease of this saga: another
                     // instance drives it now.
+                    step_span.record("outcome", "FENCED");
                     self.lease_lost(saga_id, &params, &lease, Some(step), &detail)
                         .await;
                     return Ok(Driven::LeaseLost);
@@ -267,6 +274,8 @@ where
                 must_succeed: must_succeed_all || direction == Direction::Compensate,
             };
             let (outcome, verdict) = judge(&self.retry, &log, run, answer, now());
+            record_outcome(&step_span, &outcome);
+            drop(step_span);
             self.trace(step, attempt, &outcome, verdict);
             if let Some(output) = &outcome.output {
                 unwritten
@@ -468,6 +477,37 @@ where
             }
             _ => {}
         }
+    }
+}
+
+/// The span of one step's call, an action or an undo (its participant's
+/// server span is a child): a saga's trace is its steps, each attempt
+/// apart. The saga's own span (the driver's) is its parent.
+fn step_span(saga_id: &SagaId, step: Step, direction: Direction, attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        "step",
+        otel.name = step.name(),
+        otel.status_code = tracing::field::Empty,
+        saga_id = %saga_id,
+        step = step.name(),
+        direction = direction.as_str(),
+        attempt,
+        outcome = tracing::field::Empty,
+        reason = tracing::field::Empty,
+        error = tracing::field::Empty,
+    )
+}
+
+/// How the step's call ended, on its span: a failure (to retry) is an
+/// error, a participant's refusal is an answer.
+fn record_outcome(span: &tracing::Span, outcome: &LogEntry) {
+    span.record("outcome", outcome.outcome.as_str());
+    if let Some(rejection) = &outcome.rejection {
+        span.record("reason", rejection.reason.as_str());
+    }
+    if let Some(error) = &outcome.error {
+        span.record("error", error.as_str());
+        span.record("otel.status_code", "error");
     }
 }
 

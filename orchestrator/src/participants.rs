@@ -1,13 +1,14 @@
 //! The participant services as the sagas see them: one typed call per
 //! saga operation ([`Participants`]), and its implementation over gRPC
-//! ([`GrpcParticipants`]), each call with a deadline and the saga id, and
-//! the classification of its answers.
+//! ([`GrpcParticipants`]), each call with a deadline, the saga id and the
+//! trace context of the step's span, and the classification of its answers.
 
 use std::future::Future;
 use std::time::Duration;
 
 use commerce_platform::error::reason as error_reason;
 use commerce_platform::tls::TlsFiles;
+use commerce_platform::trace_context::{TracedChannel, traced};
 use commerce_platform::{SagaCall, UserId};
 use commerce_proto::coupon::v1 as coupon;
 use commerce_proto::coupon::v1::coupon_service_client::CouponServiceClient;
@@ -117,9 +118,9 @@ pub struct ParticipantConfig {
 
 #[derive(Clone)]
 pub struct GrpcParticipants {
-    stock: StockServiceClient<Channel>,
-    points: PointServiceClient<Channel>,
-    coupons: CouponServiceClient<Channel>,
+    stock: StockServiceClient<TracedChannel>,
+    points: PointServiceClient<TracedChannel>,
+    coupons: CouponServiceClient<TracedChannel>,
     call_timeout: Duration,
 }
 
@@ -136,9 +137,9 @@ pub(crate) fn channel(uri: &str, config: &ParticipantConfig) -> anyhow::Result<C
 impl GrpcParticipants {
     pub fn new(config: &ParticipantConfig) -> anyhow::Result<Self> {
         Ok(Self {
-            stock: StockServiceClient::new(channel(&config.product, config)?),
-            points: PointServiceClient::new(channel(&config.point, config)?),
-            coupons: CouponServiceClient::new(channel(&config.coupon, config)?),
+            stock: StockServiceClient::new(traced(channel(&config.product, config)?)),
+            points: PointServiceClient::new(traced(channel(&config.point, config)?)),
+            coupons: CouponServiceClient::new(traced(channel(&config.coupon, config)?)),
             call_timeout: config.call_timeout,
         })
     }

@@ -45,5 +45,7 @@ mod rejections;
 mod shop;
 #[path = "e2e/storm.rs"]
 mod storm;
+#[path = "e2e/traces.rs"]
+mod traces;
 #[path = "e2e/trust.rs"]
 mod trust;

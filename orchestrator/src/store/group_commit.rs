@@ -18,6 +18,7 @@ use commerce_platform::db::ScopedFutureExt;
 use commerce_platform::error::ServiceError;
 use commerce_platform::{Database, SagaId};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 
 use super::order_changes::OrderChange;
 use super::sagas::saga_write_in;
@@ -71,8 +72,14 @@ impl LogWriter {
             done,
         };
         let stopped = || ServiceError::internal("the saga log writer has stopped");
-        self.jobs.send(job).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        // The saga's wait for its write (queue, batch, commit), in its trace.
+        let span = tracing::info_span!("saga_log.write", entries = write.entries.len());
+        async {
+            self.jobs.send(job).await.map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
+        }
+        .instrument(span)
+        .await
     }
 }
 

@@ -4,6 +4,7 @@
 use chrono::NaiveDateTime;
 use commerce_platform::error::ServiceError;
 use commerce_platform::time::now;
+use commerce_platform::trace_context::TraceHeaders;
 use diesel::prelude::*;
 
 use crate::domain::order::{OrderState, PlaceOrder, SnapshotLine};
@@ -49,6 +50,8 @@ pub mod schema {
             fence -> BigInt,
             created_at -> Datetime,
             updated_at -> Datetime,
+            traceparent -> Nullable<Varchar>,
+            tracestate -> Nullable<Varchar>,
         }
     }
 
@@ -228,6 +231,8 @@ pub struct SagaRow {
     pub fence: i64,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -262,6 +267,8 @@ pub struct Saga {
     pub fence: i64,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// The trace the saga started in, continued by whoever drives it.
+    pub trace: Option<TraceHeaders>,
 }
 
 impl TryFrom<SagaRow> for Saga {
@@ -281,6 +288,10 @@ impl TryFrom<SagaRow> for Saga {
             fence: row.fence,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            trace: row.traceparent.map(|traceparent| TraceHeaders {
+                traceparent,
+                tracestate: row.tracestate,
+            }),
         })
     }
 }

@@ -8,6 +8,7 @@ use commerce_platform::db::{PreparedExt, ScopedFutureExt};
 use commerce_platform::error::ServiceError;
 use commerce_platform::paging::PageRequest;
 use commerce_platform::time::now;
+use commerce_platform::trace_context::TraceHeaders;
 use diesel::prelude::*;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
@@ -25,6 +26,9 @@ pub struct NewSaga<'a> {
     pub params: &'a SagaParams,
     pub owner: &'a str,
     pub lease_until: NaiveDateTime,
+    /// The trace of the request that starts it, continued by whoever
+    /// drives it.
+    pub trace: Option<&'a TraceHeaders>,
 }
 
 /// An operator's takeover of a saga, decided on the saga as it was read:
@@ -46,6 +50,10 @@ pub struct TurnAround {
     pub state: SagaState,
     pub reason: String,
 }
+
+/// The longest `tracestate` kept (its column); a longer one is dropped, as
+/// W3C lets a hop do, never cut.
+const TRACESTATE_MAX: usize = 512;
 
 /// States a saga can still make progress from.
 const UNFINISHED: [&str; 3] = ["RUNNING", "COMPENSATING", "STUCK"];
@@ -313,6 +321,7 @@ pub(super) async fn saga_insert(
         params,
         owner,
         lease_until,
+        trace,
     } = *saga;
     let params_json = serde_json::to_string(params)?;
     let at = now();
@@ -330,6 +339,10 @@ pub(super) async fn saga_insert(
             sagas::fence.eq(1),
             sagas::created_at.eq(at),
             sagas::updated_at.eq(at),
+            sagas::traceparent.eq(trace.map(|t| t.traceparent.as_str())),
+            sagas::tracestate.eq(trace
+                .and_then(|t| t.tracestate.as_deref())
+                .filter(|state| state.len() <= TRACESTATE_MAX)),
         ))
         .execute(c)
         .await?;

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::StatusCode;
 use axum::routing::get;
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -84,7 +84,51 @@ pub fn app(config: &BffConfig) -> anyhow::Result<Router> {
                 "the BFF failed; this is a bug",
             ))
         }))
-        .layer(TraceLayer::new_for_http()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(http_span)
+                .on_response(record_status),
+        ))
+}
+
+/// The span of one HTTP request, a child of the caller's span when it
+/// sends a W3C `traceparent`; none for `/healthz`, which probes call every
+/// few seconds.
+fn http_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let path = request.uri().path();
+    if path == "/healthz" {
+        return tracing::Span::none();
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(path, MatchedPath::as_str);
+    let method = request.method().as_str();
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
+        url.path = path,
+        http.response.status_code = tracing::field::Empty,
+    );
+    commerce_platform::trace_context::continue_from(&span, request.headers());
+    span
+}
+
+/// The answer's status on the request's span; a 5xx is an error of ours.
+fn record_status<B>(
+    response: &axum::http::Response<B>,
+    _latency: std::time::Duration,
+    span: &tracing::Span,
+) {
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets the

@@ -29,22 +29,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{token}");
         return Ok(());
     }
-    commerce_platform::telemetry::init(cli.args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // On the runtime, where the span exporter's channel runs; dropped (and
+    // flushed) before it.
+    let _telemetry = {
+        let _on_runtime = runtime.enter();
+        commerce_platform::telemetry::init(cli.args.log_format, "bff")
+    };
     let config = cli.args.resolve()?;
     if matches!(config.tls, commerce_bff::mesh::MeshTls::Plaintext) {
         tracing::warn!("--insecure-plaintext: calling the mesh without TLS or identity");
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async move {
-            let app = commerce_bff::app(&config)?;
-            let listener = tokio::net::TcpListener::bind(config.listen).await?;
-            tracing::info!(listen = %config.listen, "BFF serving REST, /openapi.json and /console");
-            commerce_bff::serve(listener, app, shutdown_signal()).await?;
-            tracing::info!("BFF stopped");
-            Ok(())
-        })
+    runtime.block_on(async move {
+        let app = commerce_bff::app(&config)?;
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        tracing::info!(listen = %config.listen, "BFF serving REST, /openapi.json and /console");
+        commerce_bff::serve(listener, app, shutdown_signal()).await?;
+        tracing::info!("BFF stopped");
+        Ok(())
+    })
 }
 
 async fn shutdown_signal() {

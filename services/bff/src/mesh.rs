@@ -1,6 +1,7 @@
 //! The BFF's view of the mesh: one lazily connected channel per server, as
 //! the `bff` identity for shoppers' calls and as `operator` for operator
-//! routes, and the request's deadline carried onto every call.
+//! routes, and the request's deadline and trace context carried onto every
+//! call.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use axum::extract::FromRequestParts;
 use axum::http::HeaderValue;
 use axum::http::request::Parts;
 use commerce_platform::tls::{self, TlsFiles};
+use commerce_platform::trace_context::{TracedChannel, traced};
 use commerce_proto::coupon::v1::coupon_admin_service_client::CouponAdminServiceClient;
 use commerce_proto::coupon::v1::coupon_service_client::CouponServiceClient;
 use commerce_proto::order::v1::order_service_client::OrderServiceClient;
@@ -17,26 +19,25 @@ use commerce_proto::order::v1::saga_admin_service_client::SagaAdminServiceClient
 use commerce_proto::point::v1::point_service_client::PointServiceClient;
 use commerce_proto::product::v1::catalog_service_client::CatalogServiceClient;
 use commerce_proto::product::v1::product_admin_service_client::ProductAdminServiceClient;
-use tonic::transport::Channel;
 use tonic::{Response, Status};
 
 use crate::AppState;
 use crate::config::MeshAddrs;
 use crate::problem::Problem;
 
-/// Clients of every service the BFF fronts. Cloning is cheap (channels are
-/// shared handles).
+/// Clients of every service the BFF fronts, each call carrying the HTTP
+/// request's trace context. Cloning is cheap (channels are shared handles).
 #[derive(Clone)]
 pub struct Mesh {
-    pub orders: OrderServiceClient<Channel>,
-    pub catalog: CatalogServiceClient<Channel>,
-    pub points: PointServiceClient<Channel>,
-    pub coupons: CouponServiceClient<Channel>,
+    pub orders: OrderServiceClient<TracedChannel>,
+    pub catalog: CatalogServiceClient<TracedChannel>,
+    pub points: PointServiceClient<TracedChannel>,
+    pub coupons: CouponServiceClient<TracedChannel>,
     /// As the operator: any user's order, shipping states.
-    pub orders_admin: OrderServiceClient<Channel>,
-    pub sagas: SagaAdminServiceClient<Channel>,
-    pub product_admin: ProductAdminServiceClient<Channel>,
-    pub coupon_admin: CouponAdminServiceClient<Channel>,
+    pub orders_admin: OrderServiceClient<TracedChannel>,
+    pub sagas: SagaAdminServiceClient<TracedChannel>,
+    pub product_admin: ProductAdminServiceClient<TracedChannel>,
+    pub coupon_admin: CouponAdminServiceClient<TracedChannel>,
 }
 
 /// How the BFF proves who it is to the mesh.
@@ -59,12 +60,14 @@ impl Mesh {
             MeshTls::Mutual { shopper, operator } => (Some(shopper), Some(operator)),
             MeshTls::Plaintext => (None, None),
         };
-        let channel = |uri: &str, files: Option<&TlsFiles>| -> anyhow::Result<Channel> {
-            Ok(tls::endpoint(uri, files)?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .connect_lazy())
+        let channel = |uri: &str, files: Option<&TlsFiles>| -> anyhow::Result<TracedChannel> {
+            Ok(traced(
+                tls::endpoint(uri, files)?
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .connect_lazy(),
+            ))
         };
         Ok(Self {
             orders: OrderServiceClient::new(channel(&addrs.orchestrator, shopper)?),

@@ -45,6 +45,7 @@ use diesel_async::{
 use rand::Rng;
 use scoped_futures::ScopedBoxFuture;
 pub use scoped_futures::ScopedFutureExt;
+use tracing::Instrument as _;
 
 use crate::error::ServiceError;
 
@@ -193,8 +194,12 @@ impl Database {
         &self,
         op: impl for<'c> FnOnce(&'c mut AsyncMysqlConnection) -> Work<'a, 'c, T>,
     ) -> Result<T, ServiceError> {
-        let mut session = self.session().await?;
-        session.run(op).await
+        async {
+            let mut session = self.session().await?;
+            session.run(op).await
+        }
+        .instrument(db_span("read"))
+        .await
     }
 
     /// Runs `body` in one transaction, cancel-safely, and runs it again (on a
@@ -204,28 +209,49 @@ impl Database {
         &self,
         mut body: impl for<'c> FnMut(&'c mut AsyncMysqlConnection) -> Work<'a, 'c, T> + Send + 'a,
     ) -> Result<T, ServiceError> {
-        let mut attempt = 1;
-        loop {
-            let mut session = self.session().await?;
-            let body = &mut body;
-            let result = session.run(|c| in_transaction(c, body).scope_boxed()).await;
-            drop(session);
-            match result {
-                Err(ServiceError::Conflict(cause)) if attempt < CONFLICT_ATTEMPTS => {
-                    tracing::debug!(%cause, attempt, "transaction conflict, running it again");
-                    let jitter = rand::rng().random_range(0..5u64 << attempt);
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
-                    attempt += 1;
+        async {
+            let mut attempt = 1;
+            loop {
+                let mut session = self.session().await?;
+                let body = &mut body;
+                let result = session.run(|c| in_transaction(c, body).scope_boxed()).await;
+                drop(session);
+                match result {
+                    Err(ServiceError::Conflict(cause)) if attempt < CONFLICT_ATTEMPTS => {
+                        tracing::debug!(%cause, attempt, "transaction conflict, running it again");
+                        let jitter = rand::rng().random_range(0..5u64 << attempt);
+                        tokio::time::sleep(Duration::from_millis(jitter)).await;
+                        attempt += 1;
+                    }
+                    other => return other,
                 }
-                other => return other,
             }
         }
+        .instrument(db_span("transaction"))
+        .await
     }
 
     /// True when a connection can be borrowed and answers a query.
     pub async fn ping(&self) -> bool {
         self.read(|c| select_one(c).scope_boxed()).await.is_ok()
     }
+}
+
+/// The span of one database operation (its wait for a connection, its
+/// statements, a conflict's reruns), so a request's trace shows its
+/// database time; none outside a span (background jobs, probes), which
+/// would each be a trace of their own.
+fn db_span(operation: &'static str) -> tracing::Span {
+    if tracing::Span::current().is_none() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "db",
+        otel.name = operation,
+        otel.kind = "client",
+        db.system.name = "mysql",
+        db.operation.name = operation,
+    )
 }
 
 /// `body` between BEGIN and COMMIT, or ROLLBACK when it fails (what

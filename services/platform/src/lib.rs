@@ -17,6 +17,7 @@ pub mod rate_limit;
 pub mod redis;
 pub mod server;
 pub mod telemetry;
+pub mod trace_context;
 pub mod time;
 pub mod tls;
 pub mod validate;

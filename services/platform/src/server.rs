@@ -19,8 +19,7 @@ use tonic_health::server::HealthReporter;
 use tower::Service;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::util::option_layer;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 
 use crate::barrier_admin::BarrierAdmin;
 use crate::config::{Cli, Command, NoExtraArgs, ServerConfig, ServiceSpec};
@@ -158,8 +157,9 @@ impl Application {
             .layer(GlobalConcurrencyLimitLayer::new(config.concurrency_limit))
             .layer(
                 TraceLayer::new_for_grpc()
-                    .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+                    // A child of the caller's span (W3C trace context).
+                    .make_span_with(crate::trace_context::grpc_server_span)
+                    .on_failure(crate::trace_context::RecordGrpcFailure),
             )
             // Broken gRPC frames are INVALID_ARGUMENT, not tonic's INTERNAL.
             .layer(commerce_proto::framing::RequestFramingLayer)
@@ -333,13 +333,18 @@ where
     Fut: Future<Output = anyhow::Result<Application>>,
 {
     let cli = Cli::<A>::parse_from(args);
-    crate::telemetry::init(cli.server.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
+    };
+    // On the runtime, where the span exporter's channel runs; dropped (and
+    // flushed) before it.
+    let _telemetry = {
+        let _on_runtime = runtime.enter();
+        crate::telemetry::init(cli.server.log_format, spec.name)
     };
     let result = runtime.block_on(async {
         let config = ServerConfig::resolve(&spec, &cli.server)?;

@@ -127,6 +127,11 @@ impl Mesh {
     /// Starts product, point and coupon, and `orchestrators` orchestrators
     /// sharing one database.
     pub async fn start(orchestrators: usize) -> Self {
+        Self::start_with(orchestrators, &[]).await
+    }
+
+    /// [`Self::start`] with `env` set for every server.
+    pub async fn start_with(orchestrators: usize, env: &[(&str, &str)]) -> Self {
         let log_dir =
             std::env::temp_dir().join(format!("commerce-e2e-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&log_dir).expect("log dir");
@@ -152,7 +157,11 @@ impl Mesh {
             &log_dir,
             "coupon",
         );
-        tokio::join!(product.start(), point.start(), coupon.start());
+        tokio::join!(
+            product.start_with(env),
+            point.start_with(env),
+            coupon.start_with(env)
+        );
         let mut nodes: Vec<Node> = (0..orchestrators)
             .map(|i| {
                 let instance = format!("orchestrator-{i}");
@@ -167,7 +176,7 @@ impl Mesh {
             })
             .collect();
         for node in &mut nodes {
-            node.start().await;
+            node.start_with(env).await;
         }
         Self {
             product,

@@ -1,0 +1,3 @@
+ALTER TABLE sagas
+    DROP COLUMN tracestate,
+    DROP COLUMN traceparent;
