@@ -133,10 +133,6 @@ const EXTRA_ORCHESTRATORS: [&str; 7] = [
     "orchestrator-8",
 ];
 
-/// Log filter of every orchestrator instance: the per-step timing events
-/// feed the latency breakdown.
-const ORCHESTRATOR_LOG: [(&str, &str); 1] = [("RUST_LOG", "info,saga_timing=debug")];
-
 /// Pool size of each server: enough for 128 clients without queueing on
 /// connections, within MariaDB's connection limit.
 const POOL: &str = "32";
@@ -226,9 +222,12 @@ impl Systems {
                 service,
             )
         };
-        let mut product = node("product", vec![]);
-        let mut point = node("point", vec![]);
-        let mut coupon = node("coupon", vec![]);
+        // The mesh's servers serve their metrics, as deployed (the latency
+        // breakdown reads the orchestrator's); the baseline does not.
+        let mesh_node = |service: &'static str| node(service, vec![]).with_metrics();
+        let mut product = mesh_node("product");
+        let mut point = mesh_node("point");
+        let mut coupon = mesh_node("coupon");
         let mut baseline = node("baseline", vec![]);
         tokio::join!(
             product.start(),
@@ -265,7 +264,7 @@ impl Systems {
             log_dir: log_dir.to_owned(),
         };
         let mut orchestrator = orchestrator_spawn.node("orchestrator", "bench-orchestrator");
-        orchestrator.start_with(&ORCHESTRATOR_LOG).await;
+        orchestrator.start().await;
         let mut dtm = crate::dtm::Dtm::new(
             &program,
             &databases.url("dtm"),
@@ -330,7 +329,7 @@ impl Systems {
         while self.extra_orchestrators.len() < extra {
             let name = EXTRA_ORCHESTRATORS[self.extra_orchestrators.len()];
             let mut node = self.orchestrator_spawn.node(name, &format!("bench-{name}"));
-            node.start_with(&ORCHESTRATOR_LOG).await;
+            node.start().await;
             self.extra_orchestrators.push((name, node));
         }
         Ok(())
@@ -341,9 +340,7 @@ impl Systems {
     /// `env` names, e.g. `CALL_TIMEOUT_MS`).
     pub async fn restart_orchestrator_with(&mut self, env: &[(&str, &str)]) {
         self.orchestrator.kill().await;
-        let mut all = ORCHESTRATOR_LOG.to_vec();
-        all.extend_from_slice(env);
-        self.orchestrator.start_with(&all).await;
+        self.orchestrator.start_with(env).await;
     }
 
     /// Every orchestrator instance running, the first one first.
@@ -440,6 +437,7 @@ impl OrchestratorSpawn {
             &self.log_dir,
             name,
         )
+        .with_metrics()
     }
 }
 

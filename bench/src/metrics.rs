@@ -1,9 +1,12 @@
 //! Counters read around each measured run: MariaDB's global status counters
-//! (statements by kind, commits, bytes; all databases) and the CPU time of
-//! every process under test, from `/proc`.
+//! (statements by kind, commits, bytes; all databases), the CPU time of
+//! every process under test, from `/proc`, and the orchestrator's step
+//! timings, from its Prometheus metrics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use anyhow::Context as _;
+use commerce_testkit::metrics::Exposition;
 use diesel::QueryableByName;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
@@ -266,32 +269,51 @@ async fn database_version(server_url: &str) -> anyhow::Result<String> {
     Ok(v.version)
 }
 
-/// Size of a log file now, to read what a run appends after it.
-pub fn log_len(path: &std::path::Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
+/// The orchestrator's metrics now, to difference a run's step timings
+/// against ([`step_timings`]).
+pub async fn orchestrator_metrics(systems: &crate::mesh::Systems) -> anyhow::Result<Exposition> {
+    let addr = systems
+        .orchestrator
+        .metrics_addr()
+        .context("the orchestrator serves no metrics")?;
+    commerce_testkit::metrics::scrape(addr).await
 }
 
-/// Participant-call and step-log-write time of each saga step, from the
-/// orchestrator's `saga_timing` events (JSON lines) written after byte `from`
-/// of its log: step -> (events, total call ms, total write ms).
-pub fn step_timings(path: &std::path::Path, from: u64) -> BTreeMap<String, (u64, f64, f64)> {
-    let text = std::fs::read(path).unwrap_or_default();
-    let start = usize::try_from(from).unwrap_or(usize::MAX).min(text.len());
-    let mut sums: BTreeMap<String, (u64, f64, f64)> = BTreeMap::new();
-    for line in String::from_utf8_lossy(&text[start..]).lines() {
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if event["target"] != "saga_timing" {
-            continue;
+/// Participant-call and step-log-write time of each saga step between two
+/// scrapes of the orchestrator's metrics: step -> (steps, total call ms,
+/// total write ms). A step counts once it proceeded (succeeded or was
+/// refused); `place_order` is the write that records an order with its
+/// saga, one per saga.
+pub fn step_timings(before: &Exposition, after: &Exposition) -> BTreeMap<String, (u64, f64, f64)> {
+    use order_orchestrator::metrics::{LOG_WRITE_DURATION, STEP_DURATION};
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        (after.sum(name, labels) - before.sum(name, labels)).max(0.0)
+    };
+    let steps: BTreeSet<&str> = after
+        .samples
+        .iter()
+        .filter(|s| s.name.starts_with(STEP_DURATION) || s.name.starts_with(LOG_WRITE_DURATION))
+        .filter_map(|s| s.labels.get("step").map(String::as_str))
+        .collect();
+    let mut timings = BTreeMap::new();
+    for step in steps {
+        let (mut calls, mut call_seconds) = (0.0, 0.0);
+        for outcome in ["succeeded", "rejected"] {
+            let labels = [("step", step), ("outcome", outcome)];
+            calls += delta(&format!("{STEP_DURATION}_count"), &labels);
+            call_seconds += delta(&format!("{STEP_DURATION}_sum"), &labels);
         }
-        let Some(step) = event["step"].as_str() else {
-            continue;
-        };
-        let entry = sums.entry(step.to_owned()).or_default();
-        entry.0 += 1;
-        entry.1 += event["call_us"].as_u64().unwrap_or(0) as f64 / 1000.0;
-        entry.2 += event["write_us"].as_u64().unwrap_or(0) as f64 / 1000.0;
+        let labels = [("step", step)];
+        let writes = delta(&format!("{LOG_WRITE_DURATION}_count"), &labels);
+        let write_seconds = delta(&format!("{LOG_WRITE_DURATION}_sum"), &labels);
+        // `place_order` makes no call: its writes are its count.
+        let count = if calls > 0.0 { calls } else { writes };
+        if count > 0.0 {
+            timings.insert(
+                step.to_owned(),
+                (count as u64, call_seconds * 1000.0, write_seconds * 1000.0),
+            );
+        }
     }
-    sums
+    timings
 }

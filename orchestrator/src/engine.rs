@@ -18,9 +18,10 @@ use crate::domain::order::{OrderEvent, OrderState, PlaceOrder, ReadScope, reason
 use crate::domain::saga::{
     Direction, Lease, LogEntry, Outcome, Rejection, RetryPolicy, SagaKind, SagaParams, SagaState,
 };
+pub use crate::executor::Driven;
 use crate::executor::Executor;
-pub use crate::executor::{Driven, TIMING_TARGET};
 use crate::fault::Faults;
+use crate::metrics;
 use crate::participants::GrpcParticipants;
 use crate::place_gate::{Admission, PlaceGate};
 use crate::sagas::{self, OrderSagas, cancel_order, place_order};
@@ -143,14 +144,10 @@ impl Engine {
             gate.release(&request.user, key, &order_id).await;
         }
         let placed = placed?;
-        tracing::debug!(
-            target: TIMING_TARGET,
-            step = "place_order",
-            call_us = 0u64,
-            write_us = placing.elapsed().as_micros() as u64,
-        );
         match placed {
             Placed::Created(lease) => {
+                metrics::log_written("place_order", placing.elapsed());
+                metrics::saga_started(SagaKind::PlaceOrder);
                 self.drive_and_wait(saga_id, lease, Some((params, Vec::new())), wait)
                     .await;
                 self.store().order_get(&order_id).await
@@ -213,6 +210,7 @@ impl Engine {
                 record = self.store().order_get(order_id).await?;
                 continue;
             };
+            metrics::saga_started(SagaKind::CancelOrder);
             self.drive_and_wait(saga_id, lease, Some((params, Vec::new())), wait)
                 .await;
             return self.store().order_get(order_id).await;
@@ -437,6 +435,7 @@ impl Engine {
             match claimed {
                 Ok(claimed) => {
                     if !claimed.is_empty() {
+                        metrics::recovery_claimed(claimed.len());
                         tracing::info!(sagas = claimed.len(), "resuming unfinished sagas");
                     }
                     // A short batch: no due saga is left, our own included.

@@ -27,11 +27,8 @@ use crate::domain::saga::{
     judge, next_move, rejection,
 };
 use crate::fault::{Faults, Phase};
+use crate::metrics;
 use crate::participants::{Reply, StepError};
-
-/// Target of the per-step timing events (enable with
-/// `RUST_LOG=info,saga_timing=debug`).
-pub const TIMING_TARGET: &str = "saga_timing";
 
 /// What a step's call may read: the saga, its parameters and the log (the
 /// outputs of earlier steps).
@@ -210,6 +207,7 @@ where
                 if !self.write(saga_id, &params, &lease, &write).await? {
                     return Ok(Driven::LeaseLost);
                 }
+                metrics::saga_finished(params.kind(), next.state());
                 return Ok(Driven::Finished(next.state()));
             };
             let step = call_of(&steps, index, direction)?;
@@ -258,6 +256,7 @@ where
                     // A participant saw a newer lease of this saga: another
                     // instance drives it now.
                     step_span.record("outcome", "FENCED");
+                    metrics::step_called(step, direction, None, called.elapsed());
                     self.lease_lost(saga_id, &params, &lease, Some(step), &detail)
                         .await;
                     return Ok(Driven::LeaseLost);
@@ -274,6 +273,7 @@ where
                 must_succeed: must_succeed_all || direction == Direction::Compensate,
             };
             let (outcome, verdict) = judge(&self.retry, &log, run, answer, now());
+            metrics::step_called(step, direction, Some(outcome.outcome), call);
             record_outcome(&step_span, &outcome);
             drop(step_span);
             self.trace(step, attempt, &outcome, verdict);
@@ -289,7 +289,10 @@ where
 
             let (state, wait) = match verdict {
                 Verdict::Proceed => (None, None),
-                Verdict::Retry(wait) => (Some(next_move(&steps, &log).state()), Some(wait)),
+                Verdict::Retry(wait) => {
+                    metrics::step_retried(step, direction);
+                    (Some(next_move(&steps, &log).state()), Some(wait))
+                }
                 Verdict::Stuck(wait) => (Some(SagaState::Stuck), Some(wait)),
             };
             if let (Some(state), Some(wait)) = (state, wait) {
@@ -309,6 +312,7 @@ where
                 }
                 written_at = Instant::now();
                 if stuck {
+                    metrics::saga_stuck(params.kind());
                     return Ok(Driven::Stuck);
                 }
                 tokio::time::sleep(wait).await;
@@ -330,7 +334,6 @@ where
                     let checkpoint = next_direction != direction
                         || (succeeded && self.program.checkpoint(&params, step));
                     if !checkpoint {
-                        self.time(step, call, None);
                         continue;
                     }
                     unwritten.take(SagaWrite {
@@ -355,24 +358,15 @@ where
                 return Ok(Driven::LeaseLost);
             }
             written_at = Instant::now();
-            self.time(step, call, Some(written.elapsed()));
+            // With the call's time (above), where a step's time goes: the
+            // benchmark breaks a saga's latency down from these.
+            metrics::log_written(step.name(), written.elapsed());
             if matches!(next, Move::Completed | Move::Compensated) {
+                metrics::saga_finished(params.kind(), next.state());
                 tracing::info!(state = next.state().as_str(), "saga finished");
                 return Ok(Driven::Finished(next.state()));
             }
         }
-    }
-
-    /// Where a step's time goes: the participant call (its network and
-    /// database) and the step log write that followed it, if any (ours).
-    /// The benchmark reads these to break a saga's latency down.
-    fn time(&self, step: Step, call: Duration, write: Option<Duration>) {
-        tracing::debug!(
-            target: TIMING_TARGET,
-            step = step.name(),
-            call_us = call.as_micros() as u64,
-            write_us = write.map_or(0, |w| w.as_micros() as u64),
-        );
     }
 
     /// The write that ends a saga: its unwritten events and changes, then
@@ -443,6 +437,7 @@ where
         detail: &str,
     ) {
         let leases_lost = self.leases_lost.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::lease_lost();
         // Best effort: who holds the saga now, for the operator.
         let holder = self.store.saga_holder(saga_id).await.unwrap_or_default();
         tracing::warn!(

@@ -26,6 +26,7 @@ pub mod evidence;
 pub mod executor;
 pub mod fault;
 pub mod grpc;
+pub mod metrics;
 pub mod participants;
 pub mod place_gate;
 pub mod reconcile;
@@ -202,6 +203,7 @@ pub async fn build(config: ServerConfig, args: OrchestratorArgs) -> anyhow::Resu
             .saturating_sub(Duration::from_millis(500)),
     );
     let orders = grpc::OrderApi::new(Arc::clone(&engine), wait);
+    let gauges = engine.store().clone();
     let reconciler = reconcile::Reconciler::new(engine.store().clone(), evidence);
     let admin = grpc::SagaAdminApi::new(Arc::clone(&engine), stream, reconciler.clone());
     let app = match args.reconcile_every_secs {
@@ -216,5 +218,6 @@ pub async fn build(config: ServerConfig, args: OrchestratorArgs) -> anyhow::Resu
         .add_service(OrderServiceServer::new(orders))
         .add_service(SagaAdminServiceServer::new(admin))
         .spawn_job(engine.recover_forever())
-        .spawn_job(relay.run_forever()))
+        .spawn_job(relay.run_forever())
+        .spawn_job(metrics::refresh_gauges_forever(gauges)))
 }

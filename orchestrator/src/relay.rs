@@ -129,6 +129,7 @@ impl Relay {
                     }
                 }
                 Err(error) => {
+                    crate::metrics::outbox_failed();
                     if failing_since.is_none() {
                         tracing::warn!(%error, "outbox relay cannot publish; backing off");
                         failing_since = Some(Instant::now());
@@ -183,6 +184,7 @@ impl Relay {
             .await?;
         let ids: Vec<i64> = pending.iter().map(|e| e.row.id).collect();
         self.store.outbox_published(&self.owner, &ids).await?;
+        crate::metrics::outbox_published(ids.len());
         Ok(ids.len())
     }
 

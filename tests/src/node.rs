@@ -20,6 +20,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Node {
     pub service: &'static str,
     pub port: u16,
+    /// The port of its Prometheus metrics, when asked for
+    /// ([`Node::with_metrics`]).
+    pub metrics_port: Option<u16>,
     program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -64,6 +67,7 @@ impl Node {
         Self {
             service,
             port,
+            metrics_port: None,
             program: program.to_owned(),
             args,
             env: Vec::new(),
@@ -71,6 +75,22 @@ impl Node {
             child: None,
             certs: certs.map(Path::to_path_buf),
         }
+    }
+
+    /// The server serves Prometheus metrics too, on a port of its own
+    /// (`--metrics-listen`).
+    pub fn with_metrics(mut self) -> Self {
+        let port = free_port();
+        self.args
+            .extend(["--metrics-listen".to_owned(), format!("127.0.0.1:{port}")]);
+        self.metrics_port = Some(port);
+        self
+    }
+
+    /// Where its metrics are served, if they are.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_port
+            .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     pub fn endpoint(&self) -> String {

@@ -33,6 +33,8 @@ mod harness;
 mod invariants;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
+#[path = "e2e/metrics.rs"]
+mod metrics;
 #[path = "e2e/outage.rs"]
 mod outage;
 #[path = "e2e/ranking.rs"]

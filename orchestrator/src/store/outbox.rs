@@ -167,6 +167,26 @@ impl OrderStore {
             .await
     }
 
+    /// Pending events and the oldest one's time: a range of the pending
+    /// index, however many published rows are kept.
+    pub async fn outbox_backlog(&self) -> Result<(i64, Option<NaiveDateTime>), ServiceError> {
+        self.db
+            .read(|c| {
+                async move {
+                    Ok(outbox::table
+                        .filter(outbox::published_at.is_null())
+                        .select((
+                            diesel::dsl::count_star(),
+                            diesel::dsl::min(outbox::occurred_at),
+                        ))
+                        .first::<(i64, Option<NaiveDateTime>)>(c)
+                        .await?)
+                }
+                .scope_boxed()
+            })
+            .await
+    }
+
     /// Pending and kept events, and the oldest pending one's time.
     pub async fn outbox_counts(&self) -> Result<OutboxCounts, ServiceError> {
         self.db

@@ -256,6 +256,32 @@ impl OrderStore {
             .await
     }
 
+    /// Number of unfinished sagas (RUNNING, COMPENSATING, STUCK) per state:
+    /// a range of the state index, whatever the number of finished ones.
+    pub async fn sagas_unfinished_counts(&self) -> Result<Vec<(SagaState, i64)>, ServiceError> {
+        let unfinished = SagaState::ALL
+            .into_iter()
+            .filter(|s| !s.is_finished())
+            .map(SagaState::as_str)
+            .collect::<Vec<_>>();
+        self.db
+            .read(|c| {
+                async move {
+                    let rows: Vec<(String, i64)> = sagas::table
+                        .filter(sagas::state.eq_any(unfinished))
+                        .group_by(sagas::state)
+                        .select((sagas::state, diesel::dsl::count_star()))
+                        .load(c)
+                        .await?;
+                    rows.into_iter()
+                        .map(|(state, n)| Ok((SagaState::parse(&state)?, n)))
+                        .collect()
+                }
+                .scope_boxed()
+            })
+            .await
+    }
+
     /// Number of sagas per state.
     pub async fn saga_counts(&self) -> Result<Vec<(SagaState, i64)>, ServiceError> {
         self.db

@@ -98,6 +98,10 @@ pub struct BffArgs {
     /// Log output.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics over HTTP at `http://<addr>/metrics`
+    /// [default: not served].
+    #[arg(long, env = "METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where the mesh's servers are.
@@ -124,6 +128,8 @@ pub struct Limits {
 #[derive(Clone)]
 pub struct BffConfig {
     pub listen: SocketAddr,
+    /// Where Prometheus metrics are served (None: not at all).
+    pub metrics_listen: Option<SocketAddr>,
     pub mesh: MeshAddrs,
     pub tls: MeshTls,
     pub auth: Authenticator,
@@ -170,6 +176,7 @@ impl BffArgs {
         );
         Ok(BffConfig {
             listen: self.listen,
+            metrics_listen: self.metrics_listen,
             mesh: MeshAddrs {
                 orchestrator: self.orchestrator_addr.clone(),
                 product: self.product_addr.clone(),

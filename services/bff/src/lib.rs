@@ -19,6 +19,7 @@ pub mod config;
 mod console;
 pub mod extract;
 pub mod mesh;
+pub mod metrics;
 pub mod problem;
 pub mod user_limit;
 
@@ -84,6 +85,8 @@ pub fn app(config: &BffConfig) -> anyhow::Result<Router> {
                 "the BFF failed; this is a bug",
             ))
         }))
+        // Outside the panic guard, which answers a panic with a 500 to count.
+        .layer(axum::middleware::from_fn(metrics::measure))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(http_span)

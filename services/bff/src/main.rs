@@ -45,6 +45,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let app = commerce_bff::app(&config)?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        if let Some(addr) = config.metrics_listen {
+            let endpoint = commerce_platform::metrics::MetricsEndpoint::bind(addr).await?;
+            commerce_bff::metrics::describe();
+            endpoint.spawn(|| {});
+        }
         tracing::info!(listen = %config.listen, "BFF serving REST, /openapi.json and /console");
         commerce_bff::serve(listener, app, shutdown_signal()).await?;
         tracing::info!("BFF stopped");

@@ -95,6 +95,10 @@ pub struct ServerArgs {
     /// Log output.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics over HTTP at `http://<addr>/metrics`
+    /// [default: not served].
+    #[arg(long, env = "METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Redis, the speed and event layer (`off` turns every Redis path off;
     /// the server works without it, slower and without events).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
@@ -157,6 +161,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Per-caller ceilings (see `crate::rate_limit`).
     pub rate_limits: RateLimits,
+    /// Where Prometheus metrics are served (None: not at all).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -203,6 +209,7 @@ impl ServerConfig {
             )?,
             tls: tls_files(spec, args)?,
             rate_limits: RateLimits::defaults().with_overrides(&args.rate_limits)?,
+            metrics_listen: args.metrics_listen,
         })
     }
 
@@ -234,6 +241,8 @@ impl ServerConfig {
             // operator) at volumes no operator sends; tests of the limits
             // set their own.
             rate_limits: RateLimits::none(),
+            // Tests that read metrics ask for them.
+            metrics_listen: None,
         }
     }
 }

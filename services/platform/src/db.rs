@@ -151,6 +151,8 @@ impl bb8::ManageConnection for SessionManager {
 #[derive(Clone)]
 pub struct Database {
     pool: bb8::Pool<SessionManager>,
+    /// The pool's bound, for its metrics (bb8 does not tell it).
+    max_connections: u32,
 }
 
 impl std::fmt::Debug for Database {
@@ -175,17 +177,53 @@ impl Database {
             .connection_timeout(settings.acquire_timeout)
             .retry_connection(false)
             .build_unchecked(manager);
-        Self { pool }
+        Self {
+            pool,
+            max_connections: settings.max_connections,
+        }
     }
 
     /// Borrows a session, or fails UNAVAILABLE within the acquire timeout.
     async fn session(&self) -> Result<bb8::PooledConnection<'_, SessionManager>, ServiceError> {
-        self.pool.get().await.map_err(|e| match e {
+        let asked = Instant::now();
+        let session = self.pool.get().await;
+        metrics::histogram!(crate::metrics::DB_POOL_WAIT).record(asked.elapsed());
+        session.map_err(|e| match e {
             bb8::RunError::User(e) => e,
             bb8::RunError::TimedOut => {
                 ServiceError::Unavailable("database connection: timed out".to_owned())
             }
         })
+    }
+
+    /// Sets the pool's gauges and counters (`commerce_db_pool_*`) from its
+    /// state: read when metrics are scraped, so nothing is counted per
+    /// connection handed out but the wait.
+    pub fn record_pool_metrics(&self) {
+        use crate::metrics::{
+            DB_POOL_ACQUIRES, DB_POOL_CLOSED, DB_POOL_CONNECTIONS, DB_POOL_MAX, DB_POOL_WAITING,
+        };
+        let state = self.pool.state();
+        let stats = &state.statistics;
+        let in_use = state.connections.saturating_sub(state.idle_connections);
+        metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(in_use);
+        metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(state.idle_connections);
+        metrics::gauge!(DB_POOL_MAX).set(self.max_connections);
+        let done = stats.get_direct + stats.get_waited + stats.get_timed_out;
+        metrics::gauge!(DB_POOL_WAITING).set(stats.get_started.saturating_sub(done) as f64);
+        for (result, total) in [
+            ("direct", stats.get_direct),
+            ("waited", stats.get_waited),
+            ("timed_out", stats.get_timed_out),
+        ] {
+            metrics::counter!(DB_POOL_ACQUIRES, "result" => result).absolute(total);
+        }
+        for (reason, total) in [
+            ("broken", stats.connections_closed_broken),
+            ("invalid", stats.connections_closed_invalid),
+        ] {
+            metrics::counter!(DB_POOL_CLOSED, "reason" => reason).absolute(total);
+        }
     }
 
     /// Runs `op` outside a transaction (a read, or one statement that needs

@@ -11,6 +11,7 @@ mod barrier_admin;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod metrics;
 pub mod migrate;
 pub mod paging;
 pub mod rate_limit;

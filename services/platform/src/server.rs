@@ -24,6 +24,7 @@ use tower_http::trace::TraceLayer;
 use crate::barrier_admin::BarrierAdmin;
 use crate::config::{Cli, Command, NoExtraArgs, ServerConfig, ServiceSpec};
 use crate::db::Database;
+use crate::metrics::{GrpcMetricsLayer, MetricsEndpoint};
 use crate::migrate;
 use crate::rate_limit::RateLimitLayer;
 use crate::tls::{AuthorizeLayer, Rule};
@@ -43,6 +44,8 @@ pub struct Application {
     /// Who may call which method, enforced when serving TLS (see
     /// `crate::tls::policy`).
     policy: Option<&'static [Rule]>,
+    /// The `/metrics` endpoint, when `--metrics-listen` asks for one.
+    metrics: Option<MetricsEndpoint>,
 }
 
 impl Application {
@@ -58,6 +61,10 @@ impl Application {
 
         let database = Database::new(&config.database);
         let listener = TcpListener::bind(config.listen).await?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(MetricsEndpoint::bind(addr).await?),
+            None => None,
+        };
         let mut app = Self {
             config,
             listener,
@@ -66,6 +73,7 @@ impl Application {
             service_names: Vec::new(),
             jobs: Vec::new(),
             policy: crate::tls::policy::for_server(spec.name),
+            metrics,
         };
         if spec.saga_participant {
             let admin = BarrierAdmin::new(app.database.clone()).into_server();
@@ -76,6 +84,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(MetricsEndpoint::local_addr)
     }
 
     pub fn database(&self) -> &Database {
@@ -130,6 +143,7 @@ impl Application {
             service_names,
             jobs,
             policy,
+            metrics,
         } = self;
         let (builder, authorize) = transport_security(&config, policy, &service_names)?;
         // tonic-health's service, decoded with the mesh's codec (see
@@ -151,9 +165,16 @@ impl Application {
                 .filter(|_| service_names.contains(&BarrierAdmin::SERVICE_NAME)),
         ));
 
+        let metrics = metrics.map(|endpoint| {
+            let database = database.clone();
+            endpoint.spawn(move || database.record_pool_metrics())
+        });
         tracing::info!(service = config.service, addr = %listener.local_addr()?, "serving");
         let served = builder
             .timeout(config.request_timeout)
+            // Outermost: every answer counts, a refusal or a wait for a
+            // concurrency slot included.
+            .layer(GrpcMetricsLayer)
             .layer(GlobalConcurrencyLimitLayer::new(config.concurrency_limit))
             .layer(
                 TraceLayer::new_for_grpc()
@@ -181,6 +202,9 @@ impl Application {
             )
             .await;
         background.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         for job in jobs {
             job.abort();
         }

@@ -7,5 +7,7 @@
 mod barrier;
 #[path = "platform/cancel.rs"]
 mod cancel;
+#[path = "platform/metrics.rs"]
+mod metrics;
 #[path = "platform/server.rs"]
 mod server;

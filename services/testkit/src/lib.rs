@@ -4,6 +4,7 @@
 //! database to stage an outage.
 
 mod database;
+pub mod metrics;
 mod proxy;
 mod routed;
 mod server;

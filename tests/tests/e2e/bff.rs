@@ -67,6 +67,7 @@ impl Bff {
         let certs = commerce_platform::tls::certs::test_dir();
         let config = BffConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: None,
             mesh,
             tls: MeshTls::Mutual {
                 shopper: TlsFiles::in_dir(certs, "bff"),

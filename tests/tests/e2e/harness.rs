@@ -53,6 +53,7 @@ pub fn node(
         log_dir,
         name,
     )
+    .with_metrics()
 }
 
 /// An orchestrator on the mesh's order database with the tests' flags,
