@@ -173,6 +173,9 @@ find_kubernetes_validate() {
     first_that_runs "${KUBERNETES_VALIDATE:-}" "$TOOLS_BIN/kubernetes-validate" "$(command -v kubernetes-validate || true)"
 }
 find_buf() { first_that_runs "${BUF:-}" "$TOOLS_BIN/buf" "$(command -v buf || true)"; }
+# The Prometheus the metrics test scrapes a mesh with (tests/tests/e2e/metrics.rs;
+# promtool comes with it): $PROMETHEUS, else Debian's on the PATH.
+find_prometheus() { first_that_runs "${PROMETHEUS:-}" "$(command -v prometheus || true)"; }
 
 # Who should own files we create in the repository: its owner. Matters when a
 # developer runs `sudo bash deploy/...` in a checkout they own.
@@ -230,7 +233,7 @@ run_cargo() {
     home="$(getent passwd "$user" | cut -d: -f6)"
     local -a vars=("HOME=$home" "USER=$user" "PATH=$(dirname "$cargo"):/usr/local/bin:/usr/bin:/bin")
     local name
-    for name in GRPCURL SCHEMATHESIS CHROMEDRIVER CHROMIUM KUBECTL KUBERNETES_VALIDATE BUF COMMERCE_TEST_MYSQL_URL CARGO_TARGET_DIR CARGO_TERM_COLOR RUST_LOG RUST_BACKTRACE TERM; do
+    for name in GRPCURL SCHEMATHESIS CHROMEDRIVER CHROMIUM KUBECTL KUBERNETES_VALIDATE BUF PROMETHEUS COMMERCE_TEST_MYSQL_URL CARGO_TARGET_DIR CARGO_TERM_COLOR RUST_LOG RUST_BACKTRACE TERM; do
         [[ -n "${!name:-}" ]] && vars+=("$name=${!name}")
     done
     (cd "$REPO_ROOT" && runuser -u "$user" -- env "${vars[@]}" "$cargo" "$@")

@@ -137,6 +137,10 @@ install_packages() {
     if needs_buf && ! have npm; then
         missing+=(nodejs npm ca-certificates)
     fi
+    # Prometheus scrapes a test mesh, and its promtool checks deploy/prometheus.
+    if ! find_prometheus >/dev/null || ! have promtool; then
+        missing+=(prometheus)
+    fi
     if ((${#missing[@]})); then
         apt_install "${missing[@]}"
     else

@@ -48,7 +48,7 @@ drop_leftover_databases() {
 drop_leftover_databases
 
 # The tests find the server, grpcurl, Schemathesis, chromedriver, kubectl,
-# kubernetes-validate and buf through these.
+# kubernetes-validate, buf and Prometheus through these.
 export COMMERCE_TEST_MYSQL_URL="${COMMERCE_TEST_MYSQL_URL:-$(db_server_url)}"
 GRPCURL="$(find_grpcurl)" || die "grpcurl not found after setup"
 export GRPCURL
@@ -62,6 +62,8 @@ KUBERNETES_VALIDATE="$(find_kubernetes_validate)" || die "kubernetes-validate no
 export KUBERNETES_VALIDATE
 BUF="$(find_buf)" || die "buf not found after setup"
 export BUF
+PROMETHEUS="$(find_prometheus)" || die "prometheus not found after setup"
+export PROMETHEUS
 
 # `-p NAME` narrows the run, which --workspace would override.
 scope=(--workspace)
