@@ -486,7 +486,7 @@ fn step_span(saga_id: &SagaId, step: Step, direction: Direction, attempt: u32) -
         saga_id = %saga_id,
         step = step.name(),
         direction = direction.as_str(),
-        attempt,
+        attempt = i64::from(attempt),
         outcome = tracing::field::Empty,
         reason = tracing::field::Empty,
         error = tracing::field::Empty,

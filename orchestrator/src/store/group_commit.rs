@@ -73,7 +73,7 @@ impl LogWriter {
         };
         let stopped = || ServiceError::internal("the saga log writer has stopped");
         // The saga's wait for its write (queue, batch, commit), in its trace.
-        let span = tracing::info_span!("saga_log.write", entries = write.entries.len());
+        let span = tracing::info_span!("saga_log.write", entries = write.entries.len() as i64);
         async {
             self.jobs.send(job).await.map_err(|_| stopped())?;
             answer.await.map_err(|_| stopped())?
