@@ -145,6 +145,17 @@ where
     dispatch
 }
 
+/// A subscriber whose spans are in traces as the servers' are (their
+/// context continues a caller's and travels on), writing and exporting
+/// nothing: for tests of trace propagation.
+pub fn traced_dispatch() -> tracing::Dispatch {
+    let provider = SdkTracerProvider::builder().build();
+    tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test"))),
+    )
+}
+
 /// Whether the environment asks for span export.
 fn export_wanted() -> bool {
     let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());

@@ -226,19 +226,9 @@ impl Injector for MetadataInjector<'_> {
 
 #[cfg(test)]
 mod tests {
-    use tracing_subscriber::layer::SubscriberExt as _;
-
     use super::*;
 
     const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-    /// A subscriber that gives spans OpenTelemetry ids, as the servers'.
-    fn traced_subscriber() -> impl tracing::Subscriber + Send + Sync {
-        use opentelemetry::trace::TracerProvider as _;
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-        tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
-    }
 
     fn request(headers: &[(&'static str, &str)]) -> http::Request<()> {
         let mut request = http::Request::builder().uri("/commerce.point.v1.PointService/Charge");
@@ -260,7 +250,7 @@ mod tests {
 
     #[test]
     fn a_server_continues_its_callers_trace_and_passes_it_on() {
-        tracing::subscriber::with_default(traced_subscriber(), || {
+        tracing::dispatcher::with_default(&crate::telemetry::traced_dispatch(), || {
             let span = grpc_server_span(&request(&[(TRACEPARENT, CALLER), (TRACESTATE, "k=v")]));
             let _entered = span.enter();
             let sent = sent_traceparent().expect("a traceparent on the outgoing call");
@@ -279,7 +269,7 @@ mod tests {
 
     #[test]
     fn a_call_without_context_starts_a_trace_and_health_checks_make_no_span() {
-        tracing::subscriber::with_default(traced_subscriber(), || {
+        tracing::dispatcher::with_default(&crate::telemetry::traced_dispatch(), || {
             assert_eq!(sent_traceparent(), None, "no span: nothing to send");
             let span = grpc_server_span(&request(&[(TRACEPARENT, "garbage")]));
             let _entered = span.enter();
@@ -295,7 +285,7 @@ mod tests {
 
     #[test]
     fn stored_headers_continue_the_trace_in_a_new_span() {
-        tracing::subscriber::with_default(traced_subscriber(), || {
+        tracing::dispatcher::with_default(&crate::telemetry::traced_dispatch(), || {
             let stored = TraceHeaders {
                 traceparent: CALLER.to_owned(),
                 tracestate: None,
