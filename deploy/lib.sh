@@ -52,6 +52,15 @@ declare -A SERVICE_ADDR=(
     [orchestrator]="${ORDER_ADDR:-127.0.0.1:50051}"
     [bff]="${BFF_ADDR:-127.0.0.1:8080}"
 )
+# Where each server serves its Prometheus metrics (`--metrics-listen`; the
+# ports deploy/prometheus/prometheus.yml scrapes).
+declare -A SERVICE_METRICS_ADDR=(
+    [orchestrator]="${ORDER_METRICS_ADDR:-127.0.0.1:9451}"
+    [product]="${PRODUCT_METRICS_ADDR:-127.0.0.1:9452}"
+    [point]="${POINT_METRICS_ADDR:-127.0.0.1:9453}"
+    [coupon]="${COUPON_METRICS_ADDR:-127.0.0.1:9454}"
+    [bff]="${BFF_METRICS_ADDR:-127.0.0.1:9480}"
+)
 # The orchestrator's name in saga leases. Stable, so a restarted orchestrator
 # resumes the sagas it was driving at once instead of after their leases expire.
 ORCHESTRATOR_INSTANCE_ID=orchestrator-1

@@ -13,6 +13,8 @@
 #   PRODUCT_ADDR, POINT_ADDR, COUPON_ADDR  listen addresses of the services (127.0.0.1:5005x)
 #   ORDER_ADDR                             listen address of the orchestrator (127.0.0.1:50051)
 #   BFF_ADDR                               listen address of the BFF (127.0.0.1:8080)
+#   ORDER_METRICS_ADDR, PRODUCT_METRICS_ADDR, POINT_METRICS_ADDR, COUPON_METRICS_ADDR,
+#   BFF_METRICS_ADDR                       where each serves Prometheus metrics (127.0.0.1:9451-9454, :9480)
 #   JWT_SECRET_FILE                        the BFF's token secret (.run/jwt.secret, made once)
 #   LOG_FORMAT                             human (default) or json
 #   COMMERCE_DB_PASSWORD                   as for setup.sh
@@ -92,10 +94,13 @@ start_service() {
     # Another process on the port would answer the health checks for us.
     addr_open "${SERVICE_ADDR[$name]}" &&
         die "${SERVICE_ADDR[$name]} is taken by a process up.sh did not start; stop it or set ${SERVICE_ADDR_VAR[$name]}"
+    addr_open "${SERVICE_METRICS_ADDR[$name]}" &&
+        die "${SERVICE_METRICS_ADDR[$name]} (metrics) is taken by a process up.sh did not start; stop it or set ${SERVICE_ADDR_VAR[$name]/%_ADDR/_METRICS_ADDR}"
     # Flags rather than variables, so a DATABASE_URL or LISTEN_ADDR exported
     # in this shell cannot send all four servers to one place.
     local -a args=(
         --listen "${SERVICE_ADDR[$name]}"
+        --metrics-listen "${SERVICE_METRICS_ADDR[$name]}"
         --log-format "${LOG_FORMAT:-human}"
         "${TRANSPORT_FLAGS[@]}"
     )
@@ -401,4 +406,12 @@ cat <<EOF
     curl -s -H "Authorization: Bearer \$OPS_TOKEN" \$BFF/api/v1/admin/sagas/counts
 EOF
 log "the operator console, in a browser: $B/console#token=$OPERATOR_TOKEN"
+log "each server's Prometheus metrics (README.md, Metrics):"
+for name in "${SERVICES[@]}"; do
+    printf '    %-12s http://%s/metrics\n' "$name" "${SERVICE_METRICS_ADDR[$name]}"
+done
+log "scrape them with the alert rules (then http://127.0.0.1:9090; the Grafana dashboard: deploy/grafana/saga-dashboard.json):"
+cat <<EOF
+    prometheus --config.file=deploy/prometheus/prometheus.yml --storage.tsdb.path=.run/prometheus --web.listen-address=127.0.0.1:9090
+EOF
 log "README.md has one for every RPC and route; logs: .run/{product,point,coupon,orchestrator,bff}.log; stop with: sudo bash deploy/down.sh"

@@ -224,7 +224,7 @@ impl Systems {
         };
         // The mesh's servers serve their metrics, as deployed (the latency
         // breakdown reads the orchestrator's); the baseline does not.
-        let mesh_node = |service: &'static str| node(service, vec![]).with_metrics();
+        let mesh_node = |service: &'static str| with_metrics(node(service, vec![]));
         let mut product = mesh_node("product");
         let mut point = mesh_node("point");
         let mut coupon = mesh_node("coupon");
@@ -427,7 +427,7 @@ impl OrchestratorSpawn {
     fn node(&self, name: &str, instance_id: &str) -> Node {
         let mut args = self.args.clone();
         args.extend(["--instance-id".to_owned(), instance_id.to_owned()]);
-        Node::new(
+        let node = Node::new(
             &self.program,
             &["serve"],
             "orchestrator",
@@ -436,8 +436,19 @@ impl OrchestratorSpawn {
             args,
             &self.log_dir,
             name,
-        )
-        .with_metrics()
+        );
+        with_metrics(node)
+    }
+}
+
+/// `node` serving its metrics, unless `BENCH_METRICS=off`: a run without
+/// them measures what they cost (its latency breakdown has no step
+/// timings).
+fn with_metrics(node: Node) -> Node {
+    if std::env::var("BENCH_METRICS").is_ok_and(|v| v == "off") {
+        node
+    } else {
+        node.with_metrics()
     }
 }
 

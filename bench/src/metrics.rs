@@ -270,13 +270,17 @@ async fn database_version(server_url: &str) -> anyhow::Result<String> {
 }
 
 /// The orchestrator's metrics now, to difference a run's step timings
-/// against ([`step_timings`]).
-pub async fn orchestrator_metrics(systems: &crate::mesh::Systems) -> anyhow::Result<Exposition> {
-    let addr = systems
-        .orchestrator
-        .metrics_addr()
-        .context("the orchestrator serves no metrics")?;
-    commerce_testkit::metrics::scrape(addr).await
+/// against ([`step_timings`]); None when it serves none (`BENCH_METRICS=off`).
+pub async fn orchestrator_metrics(
+    systems: &crate::mesh::Systems,
+) -> anyhow::Result<Option<Exposition>> {
+    let Some(addr) = systems.orchestrator.metrics_addr() else {
+        return Ok(None);
+    };
+    let metrics = commerce_testkit::metrics::scrape(addr)
+        .await
+        .context("scraping the orchestrator's metrics")?;
+    Ok(Some(metrics))
 }
 
 /// Participant-call and step-log-write time of each saga step between two
