@@ -21,8 +21,9 @@ use crate::store::OrderStore;
 pub const SAGA_STARTED: &str = "commerce_saga_started_total";
 /// Sagas ended, by `kind` and `outcome` (`completed`, `compensated`).
 pub const SAGA_FINISHED: &str = "commerce_saga_finished_total";
-/// Sagas that became STUCK (a step that must succeed kept failing), by
-/// `kind`.
+/// Sagas marked STUCK (a step that must succeed kept failing), by `kind`;
+/// each failed slow retry of a STUCK saga marks it again (the current
+/// number is [`SAGAS_UNFINISHED`]'s `stuck`).
 pub const SAGA_STUCK: &str = "commerce_saga_stuck_total";
 /// Unfinished sagas now, by `state` (`running`, `compensating`, `stuck`).
 pub const SAGAS_UNFINISHED: &str = "commerce_sagas_unfinished";
@@ -95,7 +96,7 @@ pub fn describe() {
 
     describe_counter!(SAGA_STARTED, "Sagas started, by kind");
     describe_counter!(SAGA_FINISHED, "Sagas ended, by kind and outcome");
-    describe_counter!(SAGA_STUCK, "Sagas that became STUCK, by kind");
+    describe_counter!(SAGA_STUCK, "Sagas marked STUCK, by kind");
     describe_gauge!(SAGAS_UNFINISHED, "Unfinished sagas of the mesh, by state");
     describe_histogram!(
         STEP_DURATION,
