@@ -11,10 +11,27 @@ use chrono::NaiveDateTime;
 use commerce_platform::error::ServiceError;
 use commerce_platform::time::now;
 
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+
 use crate::domain::order::OrderState;
-use crate::domain::reconcile::{self, Finding, Participant, SettledOrder};
+use crate::domain::reconcile::{self, DriftKind, Finding, Participant, SettledOrder};
 use crate::evidence::Evidence;
 use crate::store::OrderStore;
+
+/// Drift the last reconciliation run found, by `kind`: what the
+/// `ReconciliationDrift` alert watches.
+pub const DRIFTS: &str = "commerce_reconcile_drifts";
+/// Reconciliation runs, by `outcome` (`ok`, `failed`).
+pub const RUNS: &str = "commerce_reconcile_runs_total";
+/// Orders reconciliation checked.
+pub const ORDERS_CHECKED: &str = "commerce_reconcile_orders_checked_total";
+
+const KINDS: [DriftKind; 4] = [
+    DriftKind::EffectMissing,
+    DriftKind::EffectLeftBehind,
+    DriftKind::ReservationMismatch,
+    DriftKind::OrphanBarrier,
+];
 
 /// Orders one periodic run checks at most.
 pub const PERIODIC_LIMIT: i64 = 10_000;
@@ -49,12 +66,44 @@ pub struct Reconciler {
 
 impl Reconciler {
     pub fn new(store: OrderStore, evidence: Evidence) -> Self {
+        describe_gauge!(DRIFTS, "Drift the last reconciliation run found, by kind");
+        describe_counter!(RUNS, "Reconciliation runs, by outcome");
+        describe_counter!(ORDERS_CHECKED, "Orders reconciliation checked");
+        // Exported from the start, so dashboards and alerts see zeros.
+        for kind in KINDS {
+            gauge!(DRIFTS, "kind" => kind.name()).set(0.0);
+        }
+        for outcome in ["ok", "failed"] {
+            counter!(RUNS, "outcome" => outcome).absolute(0);
+        }
+        counter!(ORDERS_CHECKED).absolute(0);
         Self { store, evidence }
+    }
+
+    /// [`Self::check`], counted in the metrics.
+    pub async fn run(&self, window: Duration, limit: i64) -> Result<Report, ServiceError> {
+        let report = self.check(window, limit).await;
+        match &report {
+            Ok(report) => {
+                counter!(RUNS, "outcome" => "ok").increment(1);
+                counter!(ORDERS_CHECKED).increment(report.orders_checked.unsigned_abs());
+                for kind in KINDS {
+                    let found = report
+                        .drifts
+                        .iter()
+                        .filter(|d| d.finding.kind == kind)
+                        .count();
+                    gauge!(DRIFTS, "kind" => kind.name()).set(found as f64);
+                }
+            }
+            Err(_) => counter!(RUNS, "outcome" => "failed").increment(1),
+        }
+        report
     }
 
     /// Checks orders settled in the last `window` (at most `limit`) and
     /// every barrier row written in it.
-    pub async fn run(&self, window: Duration, limit: i64) -> Result<Report, ServiceError> {
+    async fn check(&self, window: Duration, limit: i64) -> Result<Report, ServiceError> {
         let checked_at = now();
         let window = chrono::Duration::from_std(window)
             .map_err(|_| ServiceError::invalid("window_seconds", "is too large"))?;
