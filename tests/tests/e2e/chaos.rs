@@ -666,11 +666,11 @@ fn server_logs(
             // What `ServiceError::Internal` logs when it becomes a status.
             if let Some(at) = line.find("commerce_platform::error: internal error") {
                 *internal_logged.entry(node.service.to_owned()).or_default() += 1;
+                // The method, from the request span's prefix.
                 let call = line
-                    .split_once("uri=")
-                    .and_then(|(_, uri)| uri.split(' ').next())
-                    .and_then(|uri| uri.rsplit('/').next())
-                    .unwrap_or("?");
+                    .split_once("rpc.method=")
+                    .and_then(|(_, method)| method.split([' ', '}']).next())
+                    .map_or("?", |method| method.trim_matches('"'));
                 violations.add(
                     "internal error in a server log",
                     format!(
