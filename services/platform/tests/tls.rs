@@ -142,6 +142,7 @@ async fn allowed_callers_are_served_and_named_to_the_handler() {
     admin
         .list_barriers(ListBarriersRequest {
             saga_id: "0b6f7d1c-3a2e-4b5f-8c9d-0e1f2a3b4c5d".to_owned(),
+            ..Default::default()
         })
         .await
         .unwrap();

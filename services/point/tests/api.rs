@@ -212,6 +212,7 @@ impl TestApp {
             .clone()
             .list_barriers(saga_pb::ListBarriersRequest {
                 saga_id: saga.to_owned(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -62,6 +62,7 @@ async fn health_reflection_and_barrier_admin_are_served() {
     let empty = admin
         .list_barriers(ListBarriersRequest {
             saga_id: "0b6f7d1c-3a2e-4b5f-8c9d-0e1f2a3b4c5d".to_owned(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -71,6 +72,7 @@ async fn health_reflection_and_barrier_admin_are_served() {
         admin
             .list_barriers(ListBarriersRequest {
                 saga_id: "nope".to_owned(),
+                ..Default::default()
             })
             .await,
         Code::InvalidArgument,
@@ -138,6 +140,7 @@ async fn health_is_not_serving_while_the_database_is_away() {
     let refused = admin
         .list_barriers(ListBarriersRequest {
             saga_id: uuid::Uuid::new_v4().to_string(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -148,6 +151,7 @@ async fn health_is_not_serving_while_the_database_is_away() {
     admin
         .list_barriers(ListBarriersRequest {
             saga_id: uuid::Uuid::new_v4().to_string(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -165,6 +165,7 @@ impl TestApp {
             .clone()
             .list_barriers(saga_pb::ListBarriersRequest {
                 saga_id: saga_id.to_owned(),
+                ..Default::default()
             })
             .await
             .unwrap()
