@@ -70,10 +70,8 @@ pub fn serve(argv: Vec<OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _telemetry = commerce_platform::telemetry::init(
-        commerce_platform::telemetry::LogFormat::Human,
-        "dtm",
-    );
+    let _telemetry =
+        commerce_platform::telemetry::init(commerce_platform::telemetry::LogFormat::Human, "dtm");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

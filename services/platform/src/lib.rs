@@ -18,9 +18,9 @@ pub mod rate_limit;
 pub mod redis;
 pub mod server;
 pub mod telemetry;
-pub mod trace_context;
 pub mod time;
 pub mod tls;
+pub mod trace_context;
 pub mod validate;
 
 pub use config::{ServerArgs, ServerConfig, ServiceSpec};
