@@ -9,10 +9,11 @@ use commerce_proto::product::v1 as product;
 use commerce_proto::product::v1::stock_service_client::StockServiceClient;
 use commerce_proto::saga::v1 as barrier;
 use commerce_proto::saga::v1::saga_barrier_service_client::SagaBarrierServiceClient;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::domain::reconcile::{BarrierFact, Holdings, Participant, ReservationFact};
+use commerce_platform::trace_context::{TracedChannel, traced};
+
 use crate::participants::{ParticipantConfig, channel};
 
 /// One barrier row of any saga, from a window listing.
@@ -25,8 +26,8 @@ pub struct BarrierRow {
 
 #[derive(Clone)]
 pub struct Evidence {
-    barriers: BTreeMap<Participant, SagaBarrierServiceClient<Channel>>,
-    stock: StockServiceClient<Channel>,
+    barriers: BTreeMap<Participant, SagaBarrierServiceClient<TracedChannel>>,
+    stock: StockServiceClient<TracedChannel>,
     config: ParticipantConfig,
 }
 
@@ -38,11 +39,16 @@ impl Evidence {
             (Participant::Coupon, &config.coupon),
         ]
         .into_iter()
-        .map(|(p, uri)| Ok((p, SagaBarrierServiceClient::new(channel(uri, config)?))))
+        .map(|(p, uri)| {
+            Ok((
+                p,
+                SagaBarrierServiceClient::new(traced(channel(uri, config)?)),
+            ))
+        })
         .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             barriers,
-            stock: StockServiceClient::new(channel(&config.product, config)?),
+            stock: StockServiceClient::new(traced(channel(&config.product, config)?)),
             config: config.clone(),
         })
     }
