@@ -80,7 +80,8 @@ impl Reconciler {
         Self { store, evidence }
     }
 
-    /// [`Self::check`], counted in the metrics.
+    /// [`Self::check`], counted in the metrics, as one `reconcile` span.
+    #[tracing::instrument(name = "reconcile", skip_all, fields(window_secs = window.as_secs()))]
     pub async fn run(&self, window: Duration, limit: i64) -> Result<Report, ServiceError> {
         let report = self.check(window, limit).await;
         match &report {
