@@ -186,17 +186,7 @@ async fn an_operator_retries_a_stuck_saga_from_the_console() {
     // As in failures.rs: forward retries give up after a second; an undo is
     // STUCK after three attempts and left alone for an hour, so only the
     // operator's retry can end it within the test.
-    let mut orchestrator = harness::orchestrator(
-        &mesh,
-        "orchestrator-console",
-        &[
-            ("--forward-retry-budget-ms", "1000"),
-            ("--stuck-after", "3"),
-            ("--stuck-retry-secs", "3600"),
-        ],
-    );
-    orchestrator.start().await;
-    mesh.orchestrators.push(orchestrator);
+    harness::add_stuck_prone_orchestrator(&mut mesh, "orchestrator-console").await;
     let bff = Bff::start(&mesh).await;
 
     // Some history for the counts: one order confirmed, one refused.

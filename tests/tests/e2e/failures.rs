@@ -34,17 +34,7 @@ async fn a_stuck_compensation_finishes_after_the_operators_retry() {
     // Forward retries give up after a second; an undo is STUCK after three
     // attempts, and left alone for an hour (so only RetrySaga can end it
     // within the test).
-    let mut node = harness::orchestrator(
-        &mesh,
-        "orchestrator-stuck",
-        &[
-            ("--forward-retry-budget-ms", "1000"),
-            ("--stuck-after", "3"),
-            ("--stuck-retry-secs", "3600"),
-        ],
-    );
-    node.start().await;
-    mesh.orchestrators.push(node);
+    harness::add_stuck_prone_orchestrator(&mut mesh, "orchestrator-stuck").await;
     let brand = shop::brand(&mesh, "Stuck").await;
     let lamp = shop::product(&mesh, brand, "Lamp", 7_000, 10).await;
     shop::charge(&mesh, "sam", 30_000).await;

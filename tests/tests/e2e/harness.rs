@@ -76,6 +76,23 @@ pub fn orchestrator(mesh: &Mesh, instance: &str, flags: &[(&str, &str)]) -> Node
     )
 }
 
+/// Adds to `mesh` an orchestrator whose forward retries give up after a
+/// second and whose undos are STUCK after three attempts, then left alone for
+/// an hour: only an operator's RetrySaga ends such a saga within a test.
+pub async fn add_stuck_prone_orchestrator(mesh: &mut Mesh, instance: &str) {
+    let mut node = orchestrator(
+        mesh,
+        instance,
+        &[
+            ("--forward-retry-budget-ms", "1000"),
+            ("--stuck-after", "3"),
+            ("--stuck-retry-secs", "3600"),
+        ],
+    );
+    node.start().await;
+    mesh.orchestrators.push(node);
+}
+
 /// The whole mesh, each server with its own database.
 pub struct Mesh {
     pub product: Node,
