@@ -52,8 +52,16 @@ const GRPC_SERVERS: [(&str, u16, &[&str]); 4] = [
 const BFF_SOURCES: &[&str] = &["services/bff/src"];
 
 /// Variables read by a library rather than a flag: `RUST_LOG` is the log
-/// filter of every server's telemetry (`EnvFilter::from_default_env`).
-const READ_WITHOUT_A_FLAG: [&str; 1] = ["RUST_LOG"];
+/// filter of every server's telemetry (`EnvFilter::from_default_env`), and
+/// the OpenTelemetry SDK reads the `OTEL_*` ones (README, "Traces").
+const READ_WITHOUT_A_FLAG: [&str; 2] = ["RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+
+/// The local overlay's trace viewer: a development tool with one replica
+/// whose traces live in memory, so no disruption budget.
+const TRACE_VIEWER: &str = "traces";
+
+/// Where every server serves Prometheus metrics in a pod.
+const METRICS_PORT: u16 = 9464;
 
 /// Secrets the overlay does not generate: deploy/README.md ("Kubernetes")
 /// has the `kubectl create secret` commands that make them.
@@ -292,7 +300,7 @@ fn every_server_is_probed_sized_and_covered_by_a_disruption_budget() {
     let expected: BTreeSet<&str> = GRPC_SERVERS
         .iter()
         .map(|(server, ..)| *server)
-        .chain(["bff"])
+        .chain(["bff", TRACE_VIEWER])
         .collect();
     assert_eq!(names, expected, "the Deployments");
     find(&objects, "Namespace", "commerce");
@@ -331,6 +339,9 @@ fn every_server_is_probed_sized_and_covered_by_a_disruption_budget() {
 
         // Some budget selects this Deployment's pods and lets a drain evict
         // at least one of them while keeping one.
+        if deployment_name == TRACE_VIEWER {
+            continue;
+        }
         let pod_labels = string_map(&deployment["spec"]["template"]["metadata"]["labels"]);
         let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
         let covering: Vec<&&Value> = budgets
@@ -511,4 +522,73 @@ fn every_variable_is_one_its_server_reads_and_every_reference_resolves() {
         let service = find(&objects, "Service", external);
         assert_eq!(service["spec"]["type"], "ExternalName", "{external}");
     }
+}
+
+#[test]
+fn every_server_serves_metrics_and_sends_its_spans_to_the_trace_viewer() {
+    let objects = objects("deploy/k8s/overlays/local");
+    let config = |deployment: &Value| -> BTreeMap<String, String> {
+        let mut values = BTreeMap::new();
+        for source in containers(deployment)[0]["envFrom"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(map) = source["configMapRef"]["name"].as_str() {
+                values.extend(string_map(&find(&objects, "ConfigMap", map)["data"]));
+            }
+        }
+        values
+    };
+    let servers = GRPC_SERVERS
+        .iter()
+        .map(|(server, ..)| *server)
+        .chain(["bff"]);
+    for server in servers {
+        let deployment = find(&objects, "Deployment", server);
+        let annotations = string_map(&deployment["spec"]["template"]["metadata"]["annotations"]);
+        let port = METRICS_PORT.to_string();
+        for (key, value) in [
+            ("prometheus.io/scrape", "true"),
+            ("prometheus.io/port", port.as_str()),
+            ("prometheus.io/path", "/metrics"),
+        ] {
+            assert_eq!(
+                annotations.get(key).map(String::as_str),
+                Some(value),
+                "{server}'s pods: annotation {key}"
+            );
+        }
+        let ports = containers(deployment)[0]["ports"].as_array().unwrap();
+        assert!(
+            ports
+                .iter()
+                .any(|p| p["name"] == "metrics" && p["containerPort"] == METRICS_PORT),
+            "{server} declares no metrics port {METRICS_PORT}: {ports:?}"
+        );
+        let config = config(deployment);
+        assert_eq!(
+            config.get("METRICS_LISTEN"),
+            Some(&format!("0.0.0.0:{METRICS_PORT}")),
+            "{server}'s METRICS_LISTEN"
+        );
+        assert_eq!(
+            config
+                .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(String::as_str),
+            Some("http://traces:4317"),
+            "{server} exports its spans to the overlay's trace viewer"
+        );
+    }
+    let viewer = find(&objects, "Service", TRACE_VIEWER);
+    let ports: Vec<&Value> = viewer["spec"]["ports"].as_array().unwrap().iter().collect();
+    assert!(
+        ports.iter().any(|p| p["port"] == 4317),
+        "the trace viewer's Service receives OTLP/gRPC on 4317: {ports:?}"
+    );
+    assert_eq!(
+        string_map(&viewer["spec"]["selector"]),
+        string_map(&find(&objects, "Deployment", TRACE_VIEWER)["spec"]["selector"]["matchLabels"]),
+        "the trace viewer's Service selects its pod"
+    );
 }
