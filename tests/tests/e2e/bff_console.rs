@@ -37,7 +37,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A chromedriver child process on a free loopback port, in a process group
 /// of its own that the Chromium it starts joins: dropping it ends both, so a
 /// failed test leaves no browser behind.
-struct ChromeDriver {
+pub(crate) struct ChromeDriver {
     child: Child,
     port: u16,
     chromium: PathBuf,
@@ -46,7 +46,7 @@ struct ChromeDriver {
 impl ChromeDriver {
     /// Finds chromedriver and Chromium (failing at once, naming the setup
     /// script, when either is missing) and starts chromedriver.
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let program = binary("CHROMEDRIVER", "chromedriver")
             .unwrap_or_else(|| panic!("{}", missing("chromedriver", "CHROMEDRIVER")));
         let chromium = binary("CHROMIUM", "chromium")
@@ -80,7 +80,7 @@ impl ChromeDriver {
     }
 
     /// A new headless Chromium session, 1400 x 1000.
-    async fn browser(&self) -> Client {
+    pub(crate) async fn browser(&self) -> Client {
         let mut capabilities = Capabilities::new();
         capabilities.insert(
             "goog:chromeOptions".to_owned(),
@@ -139,7 +139,7 @@ fn missing(what: &str, var: &str) -> String {
 
 /// Waits for the first element matching `css`; on timeout fails with what
 /// the page shows (its error banner included).
-async fn wait_for(browser: &Client, what: &str, css: &str) -> Element {
+pub(crate) async fn wait_for(browser: &Client, what: &str, css: &str) -> Element {
     match browser
         .wait()
         .at_most(WAIT)
@@ -164,7 +164,7 @@ async fn count(browser: &Client, css: &str) -> usize {
 }
 
 /// Writes a screenshot to docs/`name` when COMMERCE_SCREENSHOTS=1.
-async fn screenshot(browser: &Client, name: &str) {
+pub(crate) async fn screenshot(browser: &Client, name: &str) {
     if std::env::var("COMMERCE_SCREENSHOTS").as_deref() != Ok("1") {
         return;
     }

@@ -7,9 +7,12 @@
 //! participants' barrier rows and the BFF's HTTP requests. Every expression
 //! of the alert rules and of the Grafana dashboard
 //! (`deploy/grafana/saga-dashboard.json`) is one Prometheus accepts, over
-//! metric names the servers really export. The scrape config and the rules
-//! pass `promtool check`, and the rules their unit tests (`promtool test
-//! rules`). Every wait is a bounded poll, never a sleep.
+//! metric names the servers really export, and so is every one of the saga
+//! console (`deploy/prometheus/consoles/saga.html`), which shows the
+//! order's numbers and draws its graphs in headless Chromium. The scrape
+//! config and the rules pass `promtool check`, and the rules their unit
+//! tests (`promtool test rules`). Every wait is a bounded poll, never a
+//! sleep.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -23,6 +26,7 @@ use commerce_testkit::metrics::scrape;
 use serde_json::Value;
 
 use crate::bff::{Bff, http};
+use crate::bff_console::{ChromeDriver, screenshot, wait_for};
 use crate::harness::Mesh;
 use crate::shop;
 
@@ -107,6 +111,14 @@ impl Prometheus {
                 dir.join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!(
+                "--web.console.templates={}",
+                repo().join("deploy/prometheus/consoles").display()
+            ))
+            .arg(format!(
+                "--web.console.libraries={}",
+                repo().join("deploy/prometheus/console_libraries").display()
+            ))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -169,6 +181,20 @@ impl Prometheus {
             .unwrap_or_default()
     }
 
+    /// The console page `name` as Prometheus renders it (a query the page
+    /// makes that Prometheus refuses fails the page, and so this).
+    async fn console(&self, name: &str) -> String {
+        let answer = http()
+            .get(format!("{}/consoles/{name}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status();
+        let page = answer.text().await.unwrap();
+        assert!(status.is_success(), "/consoles/{name}: {status}\n{page}");
+        page
+    }
+
     /// The first sample's value of `expr`, if the result has one.
     async fn value(&self, expr: &str) -> Option<f64> {
         let result = self.query(expr).await;
@@ -212,6 +238,40 @@ fn dashboard_exprs() -> Vec<String> {
         .collect();
     assert!(exprs.len() >= 20, "{} expressions", exprs.len());
     exprs
+}
+
+/// Every expression the saga console's graphs ask Prometheus for (its
+/// tables' are checked as the page renders): the `expr: [...]` of each
+/// `PromConsole.Graph`, a JSON array of strings.
+fn console_graph_exprs() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(repo().join("deploy/prometheus/consoles/saga.html")).unwrap();
+    let exprs: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("expr: "))
+        .flat_map(|array| {
+            let array = array.trim_end_matches(',');
+            serde_json::from_str::<Vec<String>>(array)
+                .unwrap_or_else(|e| panic!("a graph's expr is not a JSON array ({e}): {array}"))
+        })
+        .collect();
+    assert!(exprs.len() >= 6, "{exprs:?}");
+    exprs
+}
+
+/// The first number shown after `marker` in a rendered page: the text of
+/// the first element after it that is a number (a table row's first
+/// numeric cell, a stat's value).
+fn number_after(page: &str, marker: &str) -> f64 {
+    let at = page
+        .find(marker)
+        .unwrap_or_else(|| panic!("`{marker}` is not in the page:\n{page}"));
+    page[at..]
+        .split('>')
+        .skip(1)
+        .filter_map(|text| text.split('<').next()?.trim().parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no number after `{marker}`"))
 }
 
 /// Every `expr` of the alert rules (read line by line: `expr: ...` on one
@@ -394,7 +454,8 @@ async fn prometheus_scrapes_an_order_s_saga_from_every_server() {
         let metrics = scrape(*addr).await.unwrap();
         exported.extend(metrics.names().into_iter().map(str::to_owned));
     }
-    for expr in dashboard_exprs().iter().chain(&alert_exprs()) {
+    let exprs = [dashboard_exprs(), alert_exprs(), console_graph_exprs()];
+    for expr in exprs.iter().flatten() {
         prometheus.query(expr).await;
         for name in metric_names(expr) {
             assert!(
@@ -413,20 +474,52 @@ async fn prometheus_scrapes_an_order_s_saga_from_every_server() {
         })
         .await;
 
+    // The saga console (deploy/prometheus/consoles) shows the order: its
+    // numbers in the page Prometheus renders, its graphs drawn by a real
+    // browser from Prometheus' answers.
+    let page = prometheus.console("saga.html").await;
+    let completed = number_after(&page, r#"id="finished-place_order-completed""#);
+    assert!(completed >= 1.0, "completed sagas {completed} in:\n{page}");
+    let reserved = number_after(&page, r#"id="step-reserve_stock-forward""#);
+    assert!(
+        reserved >= 1.0,
+        "reserve_stock calls {reserved} in:\n{page}"
+    );
+    assert_eq!(number_after(&page, r#"id="stuck""#), 0.0, "{page}");
+    assert_eq!(number_after(&page, r#"id="alerts-firing""#), 0.0, "{page}");
+    assert_eq!(
+        number_after(&page, r#"id="servers-up""#),
+        targets.len() as f64,
+        "{page}"
+    );
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    browser
+        .goto(&format!("{}/consoles/saga.html", prometheus.url))
+        .await
+        .unwrap();
+    for graph in ["throughput-graph", "step-latency-graph", "grpc-graph"] {
+        wait_for(&browser, graph, &format!("#{graph} svg path")).await;
+    }
+    screenshot(&browser, "prometheus-saga-console.png").await;
+    browser.close().await.unwrap();
+    drop(driver);
+
     bff_endpoint.abort();
     bff.stop().await;
     drop(prometheus);
     mesh.shutdown().await;
 }
 
-/// promtool passes the scrape config, the alert rules and the rules' unit
-/// tests of `deploy/prometheus`.
+/// promtool passes the scrape configs (up.sh's and compose's),
+/// the alert rules and the rules' unit tests of `deploy/prometheus`.
 #[test]
 fn promtool_passes_the_scrape_config_and_the_alert_rules() {
     let promtool = promtool_binary();
     let dir = repo().join("deploy/prometheus");
     for args in [
         &["check", "config", "prometheus.yml"][..],
+        &["check", "config", "compose.yml"],
         &["check", "rules", "alerts.yml"],
         &["test", "rules", "alerts_test.yml"],
     ] {
