@@ -15,6 +15,8 @@ mod bff_console;
 mod bff_schema;
 #[path = "e2e/chaos.rs"]
 mod chaos;
+#[path = "e2e/collector.rs"]
+mod collector;
 #[path = "e2e/concurrency.rs"]
 mod concurrency;
 #[path = "e2e/crash.rs"]
@@ -35,6 +37,8 @@ mod invariants;
 mod lifecycle;
 #[path = "e2e/metrics.rs"]
 mod metrics;
+#[path = "e2e/otlp_export.rs"]
+mod otlp_export;
 #[path = "e2e/outage.rs"]
 mod outage;
 #[path = "e2e/ranking.rs"]

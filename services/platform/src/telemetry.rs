@@ -6,15 +6,18 @@
 //! - Every log line in a trace carries its `trace_id`, and every line in a
 //!   saga's scope its `saga_id` (top-level keys in JSON; the trace id
 //!   appended to a human line, whose span prefix already names the saga).
-//! - Spans are exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT`
-//!   (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with the standard
+//! - Spans are exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with the standard
 //!   `OTEL_*` variables honoured by the SDK and the exporter (`OTEL_SERVICE_NAME`,
 //!   default the server's name; `OTEL_RESOURCE_ATTRIBUTES`; `OTEL_TRACES_SAMPLER`;
-//!   `OTEL_BSP_*`; `OTEL_EXPORTER_OTLP_HEADERS`, `_TIMEOUT`, ...), and
-//!   `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn it off.
+//!   `OTEL_BSP_*`; the exporter's protocol, endpoint, TLS files, compression,
+//!   headers and timeout: see [`otlp`]), and `OTEL_SDK_DISABLED=true` or
+//!   `OTEL_TRACES_EXPORTER=none` turn it off.
 //!   Unset, no exporter is installed: spans still get ids, so trace context
 //!   travels on ([`crate::trace_context`]) and log lines still correlate, but
 //!   nothing is buffered or sent.
+
+mod otlp;
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -72,19 +75,24 @@ impl Drop for Telemetry {
 /// exporter's channel lives on it.
 pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
     let export = export_wanted();
-    let (provider, exporter_error) = tracer_provider(service, export);
+    let (provider, exporter) = tracer_provider(service, export);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let dispatch = dispatch(format, &provider, filter, std::io::stderr, ansi);
     if dispatch.try_init().is_err() {
         return Telemetry { provider: None };
     }
-    let exporting = export && exporter_error.is_none();
-    match exporter_error {
-        Some(error) => tracing::error!(%error, "spans are not exported: OTLP exporter failed"),
-        None if exporting => {
-            tracing::info!(service, "exporting spans over OTLP/gRPC");
-        }
+    let exporting = matches!(exporter, Some(Ok(_)));
+    match exporter {
+        Some(Err(error)) => tracing::error!(%error, "spans are not exported"),
+        Some(Ok(plan)) => tracing::info!(
+            service,
+            protocol = %plan.protocol,
+            endpoint = %plan.endpoint,
+            tls = plan.tls.is_some(),
+            gzip = plan.gzip,
+            "exporting spans over OTLP"
+        ),
         None => {}
     }
     Telemetry {
@@ -167,42 +175,27 @@ fn export_wanted() -> bool {
         && !is("OTEL_TRACES_EXPORTER", "none")
 }
 
-/// The tracer provider: with a batch OTLP/gRPC exporter when `export`, with
-/// none otherwise (spans get ids and are dropped when they end). The error
-/// says why an export that was asked for could not be set up.
-fn tracer_provider(service: &'static str, export: bool) -> (SdkTracerProvider, Option<String>) {
+/// The tracer provider: with a batch OTLP exporter when `export`, with none
+/// otherwise (spans get ids and are dropped when they end). Besides it, when
+/// `export`: how spans are exported, or why an export that was asked for
+/// could not be set up.
+fn tracer_provider(
+    service: &'static str,
+    export: bool,
+) -> (SdkTracerProvider, Option<Result<otlp::ExportPlan, String>>) {
     let builder = SdkTracerProvider::builder().with_resource(resource(service));
     if !export {
         return (builder.build(), None);
     }
-    for variable in [
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    ] {
-        if let Ok(protocol) = std::env::var(variable)
-            && protocol.trim() != "grpc"
-        {
-            return (
-                builder.build(),
-                Some(format!(
-                    "{variable}={protocol}: the mesh exports OTLP over gRPC only (`grpc`, \
-                     a collector's port 4317)"
-                )),
-            );
-        }
-    }
-    if tokio::runtime::Handle::try_current().is_err() {
-        return (
-            builder.build(),
-            Some("no tokio runtime to run the exporter's channel on".to_owned()),
-        );
-    }
-    match opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()
-    {
-        Ok(exporter) => (builder.with_batch_exporter(exporter).build(), None),
-        Err(error) => (builder.build(), Some(error.to_string())),
+    let exporter = otlp::plan(|name| std::env::var(name).ok())
+        .map_err(|refusal| refusal.to_string())
+        .and_then(|plan| Ok((otlp::exporter(&plan)?, plan)));
+    match exporter {
+        Ok((exporter, plan)) => (
+            builder.with_batch_exporter(exporter).build(),
+            Some(Ok(plan)),
+        ),
+        Err(error) => (builder.build(), Some(Err(error))),
     }
 }
 

@@ -6,23 +6,10 @@
 //! in. Log lines (JSON) carry the trace id and the saga id.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use commerce_proto::order::v1::OrderState;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::trace::v1::Span;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 
+use crate::collector::{Collector, Received, caller, confirmed_in_a_trace, with_trace};
 use crate::harness::Mesh;
 use crate::shop;
 
@@ -36,169 +23,6 @@ const FORWARD: [&str; 4] = [
 
 /// The servers of the mesh, as they name themselves.
 const SERVERS: [&str; 4] = ["orchestrator", "product", "point", "coupon"];
-
-/// How long the test waits for the spans it expects.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// One span as a collector received it, with its server's name.
-#[derive(Debug, Clone)]
-struct Received {
-    service: String,
-    span: Span,
-}
-
-impl Received {
-    fn trace_id(&self) -> String {
-        hex(&self.span.trace_id)
-    }
-
-    fn id(&self) -> String {
-        hex(&self.span.span_id)
-    }
-
-    fn parent_id(&self) -> String {
-        hex(&self.span.parent_span_id)
-    }
-
-    fn name(&self) -> &str {
-        &self.span.name
-    }
-
-    fn attribute(&self, key: &str) -> Option<String> {
-        value(&self.span.attributes, key)
-    }
-}
-
-/// An OTLP/gRPC collector on a loopback port, keeping every span it is sent.
-struct Collector {
-    endpoint: String,
-    spans: Arc<Mutex<Vec<Received>>>,
-    task: JoinHandle<()>,
-}
-
-#[derive(Clone)]
-struct Sink(Arc<Mutex<Vec<Received>>>);
-
-#[tonic::async_trait]
-impl TraceService for Sink {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut kept = self.0.lock().unwrap();
-        for resource_spans in request.into_inner().resource_spans {
-            let service = resource_spans
-                .resource
-                .as_ref()
-                .and_then(|r| value(&r.attributes, "service.name"))
-                .unwrap_or_default();
-            for scope in resource_spans.scope_spans {
-                kept.extend(scope.spans.into_iter().map(|span| Received {
-                    service: service.clone(),
-                    span,
-                }));
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-impl Collector {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let sink = Sink(Arc::clone(&spans));
-        let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(sink))
-                .serve_with_incoming(TcpIncoming::from(listener))
-                .await
-                .unwrap();
-        });
-        Self {
-            endpoint,
-            spans,
-            task,
-        }
-    }
-
-    /// What a server needs to export here at once: the batch exporter's
-    /// delay made short (it still batches), and JSON log lines.
-    fn env(&self) -> Vec<(&str, &str)> {
-        vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint.as_str()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("LOG_FORMAT", "json"),
-        ]
-    }
-
-    /// The spans of `trace_id` once `complete` says they are all there;
-    /// panics after [`PATIENCE`] with what came.
-    async fn trace(&self, trace_id: &str, complete: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let spans: Vec<Received> = self
-                .spans
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|s| s.trace_id() == trace_id)
-                .cloned()
-                .collect();
-            if complete(&spans) {
-                return spans;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "trace {trace_id} incomplete after {PATIENCE:?}: {:#?}",
-                spans
-                    .iter()
-                    .map(|s| (s.service.as_str(), s.name(), s.id(), s.parent_id()))
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn value(attributes: &[KeyValue], key: &str) -> Option<String> {
-    let found = attributes.iter().find(|kv| kv.key == key)?;
-    match found.value.as_ref()?.value.as_ref()? {
-        Value::StringValue(s) => Some(s.clone()),
-        Value::IntValue(i) => Some(i.to_string()),
-        Value::BoolValue(b) => Some(b.to_string()),
-        other => Some(format!("{other:?}")),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A caller's trace context: a trace id of the test's own and the span id
-/// of its (imaginary) client span.
-fn caller() -> (String, String, String) {
-    let trace_id = uuid::Uuid::new_v4().simple().to_string();
-    let span_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
-    let traceparent = format!("00-{trace_id}-{span_id}-01");
-    (trace_id, span_id, traceparent)
-}
-
-/// `request` sent with `traceparent` in its metadata.
-fn with_trace<T>(request: T, traceparent: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(request);
-    request
-        .metadata_mut()
-        .insert("traceparent", traceparent.parse().unwrap());
-    request
-}
 
 /// Whether `span`'s parent chain (as far as it was received) reaches span
 /// `ancestor`.
@@ -266,17 +90,8 @@ async fn one_order_is_one_trace_across_the_mesh() {
     let template = shop::fixed_template(&mesh, 1_000, 5_000, 10, false).await;
     let coupon_id = shop::issue(&mesh, template, "tracy").await;
 
-    let (trace_id, caller_span, traceparent) = caller();
-    let key = uuid::Uuid::new_v4().to_string();
-    let request = shop::request("tracy", &[(item, 2)], Some(coupon_id), &key);
-    let placed = mesh
-        .orders()
-        .place_order(with_trace(request, &traceparent))
-        .await
-        .unwrap()
-        .into_inner();
-    let order = shop::settled(&mesh, "tracy", &placed.order_id).await;
-    assert_eq!(shop::state(&order), OrderState::Confirmed, "{order:?}");
+    let (trace_id, caller_span, order) =
+        confirmed_in_a_trace(&mesh, "tracy", &[(item, 2)], Some(coupon_id)).await;
 
     let spans = collector
         .trace(&trace_id, |spans| {

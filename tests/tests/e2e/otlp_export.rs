@@ -1,0 +1,102 @@
+//! Span export beyond plaintext gRPC, as the standard OTLP exporter
+//! variables ask: every server process of a mesh exports the spans of an
+//! order to a collector the test runs, over OTLP/HTTP with protobuf, over
+//! gRPC compressed with gzip, and over gRPC with TLS to a collector whose
+//! certificate only the CA file of `OTEL_EXPORTER_OTLP_CERTIFICATE` vouches
+//! for and which asks for the client certificate of
+//! `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` / `_CLIENT_KEY`.
+
+use commerce_platform::tls::{TlsFiles, certs};
+
+use crate::collector::{Collector, Received, confirmed_in_a_trace};
+use crate::harness::Mesh;
+use crate::shop;
+
+/// The servers an order without a coupon goes through.
+const SERVERS: [&str; 3] = ["orchestrator", "product", "point"];
+
+/// Starts a mesh whose servers are given `env` on top of `collector`'s,
+/// places an order as a caller in a trace of the test's own, and returns
+/// the trace's spans once every server of the order has exported some of
+/// them, the orchestrator its `PlaceOrder` request's.
+async fn an_order_exported(collector: &Collector, env: &[(&str, &str)]) -> Vec<Received> {
+    let mut env_of_servers = collector.env();
+    env_of_servers.extend_from_slice(env);
+    let mesh = Mesh::start_with(1, &env_of_servers).await;
+    let brand = shop::brand(&mesh, "Exported").await;
+    let item = shop::product(&mesh, brand, "Kite", 10_000, 5).await;
+    shop::charge(&mesh, "otto", 50_000).await;
+
+    let (trace_id, caller_span, _) = confirmed_in_a_trace(&mesh, "otto", &[(item, 1)], None).await;
+
+    let spans = collector
+        .trace(&trace_id, |spans| {
+            SERVERS
+                .iter()
+                .all(|server| spans.iter().any(|s| s.service == *server))
+                && spans
+                    .iter()
+                    .any(|s| s.name() == "commerce.order.v1.OrderService/PlaceOrder")
+        })
+        .await;
+    let place_order = spans
+        .iter()
+        .find(|s| s.name() == "commerce.order.v1.OrderService/PlaceOrder")
+        .unwrap();
+    assert_eq!(place_order.service, "orchestrator");
+    assert_eq!(place_order.parent_id(), caller_span);
+    mesh.shutdown().await;
+    spans
+}
+
+#[tokio::test]
+async fn spans_go_over_http_with_protobuf() {
+    // The generic endpoint is the collector's base URL: `/v1/traces` is
+    // where the servers must send.
+    let collector = Collector::http().await;
+    an_order_exported(
+        &collector,
+        &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn spans_go_over_grpc_compressed_with_gzip() {
+    let collector = Collector::start().await;
+    an_order_exported(&collector, &[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]).await;
+    let encodings = collector.encodings();
+    assert!(
+        !encodings.is_empty() && encodings.iter().all(|e| e == "gzip"),
+        "every export request is gzip-compressed: {encodings:?}"
+    );
+}
+
+#[tokio::test]
+async fn spans_go_over_grpc_with_tls_to_a_collector_trusted_by_its_ca_file() {
+    // The collector serves a certificate of the tests' CA (a file in the
+    // temporary directory, trusted by no system) and demands a client
+    // certificate of that CA.
+    let dir = certs::test_dir();
+    let collector_files = TlsFiles::in_dir(dir, "orchestrator");
+    let collector = Collector::grpc(Some(collector_files.server_config().unwrap())).await;
+    assert!(collector.endpoint.starts_with("https://"));
+    let ca = certs::ca_path(dir);
+    let client_cert = certs::cert_path(dir, "bff");
+    let client_key = certs::key_path(dir, "bff");
+    an_order_exported(
+        &collector,
+        &[
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.to_str().unwrap()),
+            (
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                client_cert.to_str().unwrap(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                client_key.to_str().unwrap(),
+            ),
+        ],
+    )
+    .await;
+}
