@@ -51,6 +51,8 @@ mod rejections;
 mod shop;
 #[path = "e2e/storm.rs"]
 mod storm;
+#[path = "e2e/trace_viewer.rs"]
+mod trace_viewer;
 #[path = "e2e/traces.rs"]
 mod traces;
 #[path = "e2e/trust.rs"]

@@ -14,15 +14,7 @@ use commerce_proto::product::v1 as product;
 use tonic::Status;
 
 use crate::harness::Mesh;
-use crate::shop::{self, assert_invariants};
-
-/// The forward steps of an order with a coupon, in order.
-const FORWARD: [&str; 4] = [
-    "reserve_stock",
-    "deduct_points",
-    "use_coupon",
-    "confirm_order",
-];
+use crate::shop::{self, FORWARD, assert_invariants};
 
 const CRASH_AT: &str = "ORCHESTRATOR_CRASH_AT";
 

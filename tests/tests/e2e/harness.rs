@@ -18,6 +18,9 @@ use commerce_testkit::TestDatabase;
 
 pub use commerce_e2e::node::Node;
 
+/// The servers of a mesh, as they name themselves (in logs and spans).
+pub const SERVERS: [&str; 4] = ["orchestrator", "product", "point", "coupon"];
+
 const BINARY: &str = env!("CARGO_BIN_EXE_commerce-mesh");
 
 /// A server of this mesh, run from the `commerce-mesh` binary with the

@@ -15,6 +15,14 @@ use tonic::Code;
 
 use crate::harness::Mesh;
 
+/// The forward steps of an order with a coupon, in order.
+pub const FORWARD: [&str; 4] = [
+    "reserve_stock",
+    "deduct_points",
+    "use_coupon",
+    "confirm_order",
+];
+
 pub async fn brand(mesh: &Mesh, name: &str) -> i64 {
     mesh.product_admin()
         .create_brand(product::CreateBrandRequest {
