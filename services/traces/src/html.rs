@@ -59,8 +59,8 @@ pub fn index(traces: &[TraceSummary], query: Option<&str>, stats: &StoreStats) -
         "<h1>Traces</h1>\n<form method=\"get\" action=\"/\">\
          <input type=\"text\" name=\"q\" placeholder=\"trace id or saga id\" value=\"{}\"> \
          <button>Search</button></form>\n\
-         <p class=\"muted\">{} traces, {} of at most {} spans kept; {} traces evicted, {} spans dropped. \
-         Most recently received first.</p>\n",
+         <p class=\"muted\">Traces kept: {}, spans: {} (at most {}); evicted traces: {}, \
+         dropped spans: {}. Most recently received first.</p>\n",
         escape(query.unwrap_or("")),
         stats.traces,
         stats.spans,

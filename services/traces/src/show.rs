@@ -159,3 +159,25 @@ pub fn text(traces: &[Trace]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trace_id_is_checked_and_lowercased_a_saga_id_taken_as_is() {
+        let id = "4BF92F3577B34DA6A3CE929D0E0E4736";
+        assert_eq!(
+            target(Some(id), None).ok(),
+            Some(Target::Trace(id.to_ascii_lowercase()))
+        );
+        assert!(matches!(
+            target(Some("4bf92f35"), None),
+            Err(ShowError::BadTraceId(_))
+        ));
+        assert_eq!(
+            target(None, Some("01a2-saga")).ok(),
+            Some(Target::Saga("01a2-saga".to_owned()))
+        );
+    }
+}
