@@ -2,8 +2,9 @@
 //! exports its spans to a viewer running in the test, and one order with a
 //! coupon is one tree there (the saga, its four steps, each participant's
 //! request under the step that called it) in the JSON API, the terminal
-//! view `show` prints and the trace's page. An OTLP/HTTP exporter's
-//! protobuf body is found there too.
+//! view `show` prints and the trace's page, whether the mesh exports over
+//! OTLP/gRPC or OTLP/HTTP (gzipped JSON). An OTLP/HTTP protobuf body is
+//! found there too.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +25,15 @@ use tokio::task::JoinHandle;
 
 use crate::harness::{Mesh, SERVERS};
 use crate::shop::{self, FORWARD};
+
+/// How the mesh sends its spans to the viewer.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    /// OTLP/gRPC to the viewer's OTLP port.
+    Grpc,
+    /// OTLP/HTTP with gzipped JSON bodies to the viewer's HTTP port.
+    HttpJsonGzip,
+}
 
 /// A viewer serving on free loopback ports for the test's life.
 struct RunningViewer {
@@ -52,13 +62,22 @@ impl RunningViewer {
         }
     }
 
-    /// What a server needs to export here at once (the batch exporter's
-    /// delay made short: it still batches).
-    fn env(&self) -> Vec<(&str, &str)> {
-        vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", self.otlp_endpoint.as_str()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ]
+    /// What a server needs to export here at once with `protocol` (the
+    /// batch exporter's delay made short: it still batches).
+    fn env(&self, protocol: Protocol) -> Vec<(&str, &str)> {
+        let mut env = vec![("OTEL_BSP_SCHEDULE_DELAY", "100")];
+        match protocol {
+            Protocol::Grpc => {
+                env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", self.otlp_endpoint.as_str()));
+            }
+            Protocol::HttpJsonGzip => env.extend([
+                // The exporter appends /v1/traces.
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", self.http_url.as_str()),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ]),
+        }
+        env
     }
 
     fn client(&self) -> Client {
@@ -112,8 +131,19 @@ fn complete(trace: &Trace) -> bool {
 
 #[tokio::test]
 async fn an_order_is_one_tree_in_the_trace_viewer() {
+    one_order_is_one_tree(Protocol::Grpc).await;
+}
+
+#[tokio::test]
+async fn an_order_exported_over_otlp_http_json_is_one_tree_too() {
+    one_order_is_one_tree(Protocol::HttpJsonGzip).await;
+}
+
+/// One order with a coupon, its spans sent with `protocol`: one trace in
+/// the JSON API, the terminal view and the trace's page.
+async fn one_order_is_one_tree(protocol: Protocol) {
     let viewer = RunningViewer::start().await;
-    let mesh = Mesh::start_with(1, &viewer.env()).await;
+    let mesh = Mesh::start_with(1, &viewer.env(protocol)).await;
     let brand = shop::brand(&mesh, "Viewed").await;
     let item = shop::product(&mesh, brand, "Telescope", 10_000, 5).await;
     shop::charge(&mesh, "vera", 50_000).await;
