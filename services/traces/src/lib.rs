@@ -76,6 +76,12 @@ pub struct ShowArgs {
     /// How long to wait for the trace to arrive and stop growing.
     #[arg(long, env = "WAIT_SECS", default_value_t = 10)]
     pub wait_secs: u64,
+    /// How long a found trace must stay unchanged to be printed before
+    /// --wait-secs is over: more than the servers' batch delay
+    /// (OTEL_BSP_SCHEDULE_DELAY, 5000 ms unless set) to see every server's
+    /// spans.
+    #[arg(long, env = "SETTLE_MS", default_value_t = 1000)]
+    pub settle_ms: u64,
 }
 
 /// The viewer with its ports bound, not yet serving.

@@ -49,7 +49,11 @@ fn serve(runtime: &tokio::runtime::Runtime, args: &ServeArgs) -> anyhow::Result<
 async fn print(args: &ShowArgs) -> anyhow::Result<()> {
     let target = show::target(args.trace_id.as_deref(), args.saga_id.as_deref())?;
     let traces = Client::new(&args.from)
-        .wait_for(&target, Duration::from_secs(args.wait_secs))
+        .wait_for(
+            &target,
+            Duration::from_secs(args.wait_secs),
+            Duration::from_millis(args.settle_ms),
+        )
         .await?;
     print!("{}", show::text(&traces));
     Ok(())

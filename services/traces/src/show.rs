@@ -12,8 +12,6 @@ use crate::render;
 
 /// How often the viewer is asked again.
 const POLL: Duration = Duration::from_millis(250);
-/// How long a found trace must stay unchanged to count as complete.
-const SETTLE: Duration = Duration::from_secs(1);
 
 /// What to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,9 +91,15 @@ impl Client {
         }
     }
 
-    /// The traces of `target` once found and unchanged for a second, or as
-    /// they are when `wait` is over; an error if none came within `wait`.
-    pub async fn wait_for(&self, target: &Target, wait: Duration) -> Result<Vec<Trace>, ShowError> {
+    /// The traces of `target` once found and unchanged for `settle` (the
+    /// servers' exporters send in batches: at least their batch delay), or
+    /// as they are when `wait` is over; an error if none came within `wait`.
+    pub async fn wait_for(
+        &self,
+        target: &Target,
+        wait: Duration,
+        settle: Duration,
+    ) -> Result<Vec<Trace>, ShowError> {
         let deadline = Instant::now() + wait;
         // The span count last seen, and since when.
         let mut seen: Option<(usize, Instant)> = None;
@@ -106,7 +110,7 @@ impl Client {
                     let spans = traces.iter().map(|t| t.spans.len()).sum();
                     match seen {
                         Some((count, since)) if count == spans => {
-                            if since.elapsed() >= SETTLE {
+                            if since.elapsed() >= settle {
                                 return Ok(traces);
                             }
                         }

@@ -230,6 +230,8 @@ async fn one_order_is_one_tree(protocol: Protocol) {
         .wait_for(
             &Target::Trace(trace.trace_id.clone()),
             Duration::from_secs(10),
+            // Past the servers' batch delay (100 ms here).
+            Duration::from_millis(500),
         )
         .await
         .unwrap();
