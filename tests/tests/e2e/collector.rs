@@ -1,8 +1,9 @@
 //! OTLP collectors the tests run on loopback ports, keeping every span the
 //! mesh's servers export to them: over gRPC (plaintext, or TLS when given
-//! a server configuration; gzip accepted) or over HTTP (protobuf at
-//! `/v1/traces`, as the spec places it), and the trace context a test
-//! sends as the caller of an order.
+//! a server configuration; gzip accepted) or over HTTP (protobuf or JSON,
+//! gzip or not, at `/v1/traces` as the spec places it; decoded as the trace
+//! viewer does), and the trace context a test sends as the caller of an
+//! order.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use commerce_proto::order::v1::{Order, OrderState};
+use commerce_traces::otlp::decode_body;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -20,7 +22,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::codec::CompressionEncoding;
@@ -66,15 +67,23 @@ impl Received {
 #[derive(Debug, Default)]
 struct Inbox {
     spans: Vec<Received>,
-    /// The content encoding of each export request (`grpc-encoding` or
+    /// The content type and encoding of each export request
+    /// (`application/grpc` and its `grpc-encoding`, or `Content-Type` and
     /// `Content-Encoding`; `identity` when none).
-    encodings: Vec<String>,
+    formats: Vec<(String, String)>,
 }
 
 impl Inbox {
-    fn keep(&mut self, request: ExportTraceServiceRequest, encoding: Option<&str>) {
-        self.encodings
-            .push(encoding.unwrap_or("identity").to_owned());
+    fn keep(
+        &mut self,
+        request: ExportTraceServiceRequest,
+        content_type: &str,
+        encoding: Option<&str>,
+    ) {
+        self.formats.push((
+            content_type.to_owned(),
+            encoding.unwrap_or("identity").to_owned(),
+        ));
         for resource_spans in request.resource_spans {
             let service = resource_spans
                 .resource
@@ -114,34 +123,34 @@ impl TraceService for Sink {
             .get("grpc-encoding")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        self.0
-            .lock()
-            .unwrap()
-            .keep(request.into_inner(), encoding.as_deref());
+        self.0.lock().unwrap().keep(
+            request.into_inner(),
+            "application/grpc",
+            encoding.as_deref(),
+        );
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
-/// The OTLP/HTTP receiver: a protobuf `ExportTraceServiceRequest` in, an
-/// empty response out.
+/// The OTLP/HTTP receiver: an `ExportTraceServiceRequest` in (protobuf or
+/// JSON, gzip or not), an empty response out in the same encoding.
 async fn http_export(
     State(inbox): State<Arc<Mutex<Inbox>>>,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, [(header::HeaderName, &'static str); 1], Vec<u8>) {
-    let protobuf = [(header::CONTENT_TYPE, "application/x-protobuf")];
-    if headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()) != Some(b"application/x-protobuf") {
-        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, protobuf, Vec::new());
-    }
-    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
-        return (StatusCode::BAD_REQUEST, protobuf, Vec::new());
-    };
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
-    inbox.lock().unwrap().keep(request, encoding);
-    let response = ExportTraceServiceResponse::default().encode_to_vec();
-    (StatusCode::OK, protobuf, response)
+) -> Result<([(header::HeaderName, &'static str); 1], Vec<u8>), (StatusCode, String)> {
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let (content_type, encoding) = (text(header::CONTENT_TYPE), text(header::CONTENT_ENCODING));
+    let (request, answer_in) = decode_body(content_type, encoding, &body)
+        .map_err(|error| (StatusCode::BAD_REQUEST, error.to_string()))?;
+    inbox
+        .lock()
+        .unwrap()
+        .keep(request, answer_in.content_type(), encoding);
+    Ok((
+        [(header::CONTENT_TYPE, answer_in.content_type())],
+        answer_in.success(),
+    ))
 }
 
 impl Collector {
@@ -178,8 +187,8 @@ impl Collector {
         }
     }
 
-    /// A plaintext OTLP/HTTP collector taking protobuf at `/v1/traces`
-    /// (its endpoint is the base URL, as a server is given it).
+    /// A plaintext OTLP/HTTP collector taking protobuf or JSON at
+    /// `/v1/traces` (its endpoint is the base URL, as a server is given it).
     pub async fn http() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -207,9 +216,10 @@ impl Collector {
         ]
     }
 
-    /// The content encodings of the export requests received so far.
-    pub fn encodings(&self) -> Vec<String> {
-        self.inbox.lock().unwrap().encodings.clone()
+    /// The content type and encoding of each export request received so
+    /// far.
+    pub fn formats(&self) -> Vec<(String, String)> {
+        self.inbox.lock().unwrap().formats.clone()
     }
 
     /// The spans of `trace_id` once `complete` says they are all there;

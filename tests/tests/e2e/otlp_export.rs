@@ -1,7 +1,8 @@
 //! Span export beyond plaintext gRPC, as the standard OTLP exporter
 //! variables ask: every server process of a mesh exports the spans of an
 //! order to a collector the test runs, over OTLP/HTTP with protobuf, over
-//! gRPC compressed with gzip, and over gRPC with TLS to a collector whose
+//! OTLP/HTTP with JSON compressed with gzip, over gRPC compressed with
+//! gzip, and over gRPC with TLS to a collector whose
 //! certificate only the CA file of `OTEL_EXPORTER_OTLP_CERTIFICATE` vouches
 //! for and which asks for the client certificate of
 //! `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` / `_CLIENT_KEY`.
@@ -49,6 +50,19 @@ async fn an_order_exported(collector: &Collector, env: &[(&str, &str)]) -> Vec<R
     spans
 }
 
+/// Every export request `collector` received was of `content_type`, in
+/// `encoding`.
+fn assert_every_request_is(collector: &Collector, content_type: &str, encoding: &str) {
+    let formats = collector.formats();
+    assert!(
+        !formats.is_empty()
+            && formats
+                .iter()
+                .all(|(t, e)| (t.as_str(), e.as_str()) == (content_type, encoding)),
+        "every export request is {content_type} in {encoding}: {formats:?}"
+    );
+}
+
 #[tokio::test]
 async fn spans_go_over_http_with_protobuf() {
     // The generic endpoint is the collector's base URL: `/v1/traces` is
@@ -59,17 +73,28 @@ async fn spans_go_over_http_with_protobuf() {
         &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
     )
     .await;
+    assert_every_request_is(&collector, "application/x-protobuf", "identity");
+}
+
+#[tokio::test]
+async fn spans_go_over_http_with_json_compressed_with_gzip() {
+    let collector = Collector::http().await;
+    an_order_exported(
+        &collector,
+        &[
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ],
+    )
+    .await;
+    assert_every_request_is(&collector, "application/json", "gzip");
 }
 
 #[tokio::test]
 async fn spans_go_over_grpc_compressed_with_gzip() {
     let collector = Collector::start().await;
     an_order_exported(&collector, &[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]).await;
-    let encodings = collector.encodings();
-    assert!(
-        !encodings.is_empty() && encodings.iter().all(|e| e == "gzip"),
-        "every export request is gzip-compressed: {encodings:?}"
-    );
+    assert_every_request_is(&collector, "application/grpc", "gzip");
 }
 
 #[tokio::test]
