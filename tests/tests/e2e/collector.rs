@@ -2,15 +2,18 @@
 //! mesh's servers export to them: over gRPC (plaintext, or TLS when given
 //! a server configuration; gzip accepted) or over HTTP (protobuf or JSON,
 //! gzip or not, at `/v1/traces` as the spec places it; decoded as the trace
-//! viewer does), and the trace context a test sends as the caller of an
+//! viewer does; over mutual TLS when given certificates), and the trace
+//! context a test sends as the caller of an
 //! order.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
+use commerce_platform::tls::TlsFiles;
 use commerce_proto::order::v1::{Order, OrderState};
 use commerce_traces::otlp::decode_body;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -22,7 +25,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use tokio::net::TcpListener;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::ServerTlsConfig;
@@ -187,18 +192,25 @@ impl Collector {
         }
     }
 
-    /// A plaintext OTLP/HTTP collector taking protobuf or JSON at
-    /// `/v1/traces` (its endpoint is the base URL, as a server is given it).
-    pub async fn http() -> Self {
+    /// An OTLP/HTTP collector taking protobuf or JSON at `/v1/traces` (its
+    /// endpoint is the base URL, as a server is given it): plaintext, or
+    /// HTTPS serving `tls`'s certificate to clients with one of its CA.
+    pub async fn http(tls: Option<&TlsFiles>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://{}", listener.local_addr().unwrap());
         let inbox = Arc::new(Mutex::new(Inbox::default()));
         let app = axum::Router::new()
             .route("/v1/traces", axum::routing::post(http_export))
             .with_state(Arc::clone(&inbox));
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let task = match tls {
+            None => tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }),
+            Some(files) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(mutual_tls(files)));
+                let listener = TlsListener { listener, acceptor };
+                tokio::spawn(async move { axum::serve(listener, app).await.unwrap() })
+            }
+        };
         Self {
             endpoint,
             inbox,
@@ -259,6 +271,54 @@ impl Collector {
 impl Drop for Collector {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Serves `files`' certificate to clients presenting one of its CA.
+fn mutual_tls(files: &TlsFiles) -> rustls::ServerConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&files.ca).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let clients =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .unwrap();
+    let chain = CertificateDer::pem_file_iter(&files.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&files.key).unwrap();
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(clients)
+        .with_single_cert(chain, key)
+        .unwrap()
+}
+
+/// TLS over a TCP listener: a connection whose handshake fails is dropped.
+struct TlsListener {
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+        loop {
+            let (tcp, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
     }
 }
 

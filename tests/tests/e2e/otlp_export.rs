@@ -5,7 +5,8 @@
 //! gzip, and over gRPC with TLS to a collector whose
 //! certificate only the CA file of `OTEL_EXPORTER_OTLP_CERTIFICATE` vouches
 //! for and which asks for the client certificate of
-//! `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` / `_CLIENT_KEY`.
+//! `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` / `_CLIENT_KEY`, and over HTTPS
+//! to such a collector.
 
 use commerce_platform::tls::{TlsFiles, certs};
 
@@ -67,7 +68,7 @@ fn assert_every_request_is(collector: &Collector, content_type: &str, encoding: 
 async fn spans_go_over_http_with_protobuf() {
     // The generic endpoint is the collector's base URL: `/v1/traces` is
     // where the servers must send.
-    let collector = Collector::http().await;
+    let collector = Collector::http(None).await;
     an_order_exported(
         &collector,
         &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
@@ -78,7 +79,7 @@ async fn spans_go_over_http_with_protobuf() {
 
 #[tokio::test]
 async fn spans_go_over_http_with_json_compressed_with_gzip() {
-    let collector = Collector::http().await;
+    let collector = Collector::http(None).await;
     an_order_exported(
         &collector,
         &[
@@ -97,31 +98,47 @@ async fn spans_go_over_grpc_compressed_with_gzip() {
     assert_every_request_is(&collector, "application/grpc", "gzip");
 }
 
+/// The variables that make a server trust only the tests' CA and present
+/// a client certificate of it (the tests' certificates: files in the
+/// temporary directory, trusted by no system).
+fn tls_env() -> Vec<(&'static str, String)> {
+    let dir = certs::test_dir();
+    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+    vec![
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", path(certs::ca_path(dir))),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            path(certs::cert_path(dir, "bff")),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            path(certs::key_path(dir, "bff")),
+        ),
+    ]
+}
+
+/// The tests' certificate of a server (it names `127.0.0.1`), for a
+/// collector.
+fn collector_files() -> TlsFiles {
+    TlsFiles::in_dir(certs::test_dir(), "orchestrator")
+}
+
 #[tokio::test]
 async fn spans_go_over_grpc_with_tls_to_a_collector_trusted_by_its_ca_file() {
-    // The collector serves a certificate of the tests' CA (a file in the
-    // temporary directory, trusted by no system) and demands a client
-    // certificate of that CA.
-    let dir = certs::test_dir();
-    let collector_files = TlsFiles::in_dir(dir, "orchestrator");
-    let collector = Collector::grpc(Some(collector_files.server_config().unwrap())).await;
+    let collector = Collector::grpc(Some(collector_files().server_config().unwrap())).await;
     assert!(collector.endpoint.starts_with("https://"));
-    let ca = certs::ca_path(dir);
-    let client_cert = certs::cert_path(dir, "bff");
-    let client_key = certs::key_path(dir, "bff");
-    an_order_exported(
-        &collector,
-        &[
-            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.to_str().unwrap()),
-            (
-                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-                client_cert.to_str().unwrap(),
-            ),
-            (
-                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-                client_key.to_str().unwrap(),
-            ),
-        ],
-    )
-    .await;
+    let env = tls_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    an_order_exported(&collector, &env).await;
+}
+
+#[tokio::test]
+async fn spans_go_over_https_to_a_collector_trusted_by_its_ca_file() {
+    let collector = Collector::http(Some(&collector_files())).await;
+    assert!(collector.endpoint.starts_with("https://"));
+    let env = tls_env();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"));
+    an_order_exported(&collector, &env).await;
+    assert_every_request_is(&collector, "application/x-protobuf", "identity");
 }
