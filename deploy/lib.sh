@@ -31,7 +31,17 @@ declare -A SERVICE_BINARY=(
     [coupon]=coupon-service
     [orchestrator]=order-orchestrator
     [bff]=commerce-bff
+    [traces]=commerce-traces
+    [prometheus]=prometheus
 )
+# What up.sh runs beside the servers so that their traces and metrics can be
+# seen (README.md, "Seeing an order"): the trace viewer the servers export
+# their spans to, and Prometheus scraping them with the alert rules and the
+# saga console. Started before the servers, stopped after them.
+OBSERVERS=(traces prometheus)
+TRACES_ADDR="${TRACES_ADDR:-127.0.0.1:16686}"
+TRACES_OTLP_ADDR="${TRACES_OTLP_ADDR:-127.0.0.1:4317}"
+PROMETHEUS_ADDR="${PROMETHEUS_ADDR:-127.0.0.1:9090}"
 declare -A SERVICE_DATABASE=(
     [product]=commerce_product
     [point]=commerce_point

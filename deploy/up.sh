@@ -4,10 +4,12 @@
 # their pids and logs under .run/ (the product, point and coupon services
 # first, then the order orchestrator that calls them, then the BFF), waits
 # until each reports SERVING, seeds a small demo shop through grpcurl, places
-# a demo order through the orchestrator and prints a demo shopper's and an
-# operator's token for the BFF's REST API and console. Re-running restarts the
-# servers, seeds only what is missing and returns the same demo order. Stop
-# them with deploy/down.sh.
+# a demo order through the orchestrator, prints its trace, and prints a demo
+# shopper's and an operator's token for the BFF's REST API and console.
+# Beside the servers it runs the trace viewer they export their spans to and
+# Prometheus (when installed; setup.sh installs it) with the alert rules and
+# the saga console. Re-running restarts the servers, seeds only what is
+# missing and returns the same demo order. Stop them with deploy/down.sh.
 #
 # Environment:
 #   PRODUCT_ADDR, POINT_ADDR, COUPON_ADDR  listen addresses of the services (127.0.0.1:5005x)
@@ -16,6 +18,10 @@
 #   ORDER_METRICS_ADDR, PRODUCT_METRICS_ADDR, POINT_METRICS_ADDR, COUPON_METRICS_ADDR,
 #   BFF_METRICS_ADDR                       where each serves Prometheus metrics (127.0.0.1:9451-9454, :9480)
 #   JWT_SECRET_FILE                        the BFF's token secret (.run/jwt.secret, made once)
+#   OBSERVE=0                              start neither the trace viewer nor Prometheus
+#   TRACES_ADDR, TRACES_OTLP_ADDR          the trace viewer's web page and OTLP/gRPC port (127.0.0.1:16686, :4317)
+#   PROMETHEUS_ADDR                        Prometheus' web page (127.0.0.1:9090)
+#   OTEL_EXPORTER_OTLP_ENDPOINT            your own collector: the servers' spans go there, no viewer is started
 #   LOG_FORMAT                             human (default) or json
 #   COMMERCE_DB_PASSWORD                   as for setup.sh
 #   SKIP_SEED=1                            start the servers; seed nothing, place no order
@@ -58,10 +64,11 @@ for name in "${SERVICES[@]}"; do
     binaries+=("${SERVICE_BINARY[$name]}")
     packages+=(-p "${SERVICE_BINARY[$name]}")
 done
-log "building ${binaries[*]} (release)"
-run_cargo build --release --locked "${packages[@]}"
-# The operators' tool (`commerce-mesh events tail`, see README.md).
-run_cargo build --release --locked -p commerce-e2e --bin commerce-mesh
+log "building ${binaries[*]}, commerce-mesh and commerce-traces (release)"
+# One build, so the dependencies are compiled once for all of them:
+# commerce-mesh is the operators' tool (`events tail`, `certs`; see
+# README.md), commerce-traces the trace viewer ("Seeing an order").
+run_cargo build --release --locked --bins "${packages[@]}" -p commerce-e2e -p commerce-traces
 if [[ "${INSECURE_PLAINTEXT:-0}" != 1 ]]; then
     # The development CA and every identity's certificate, kept while valid.
     "$(target_dir)/release/commerce-mesh" certs "$TLS_DIR" | sed 's/^/    /'
@@ -167,6 +174,88 @@ wait_serving() {
 }
 
 stop_running
+
+# ----------------------------------------------------- traces and metrics --
+
+OBSERVE="${OBSERVE:-1}"
+TRACES_RUNNING=0
+PROMETHEUS_RUNNING=0
+
+# start_observer NAME COMMAND...: in the background, pid and log in .run/.
+start_observer() {
+    local name="$1" log
+    shift
+    log="$(log_file "$name")"
+    [[ -f "$log" ]] && mv -f "$log" "$log.prev"
+    nohup "$@" >"$log" 2>&1 </dev/null &
+    echo $! >"$(pid_file "$name")"
+    give_to_repo_owner "$RUN_DIR"
+    log "started $name (pid $!), log .run/$name.log"
+}
+
+# wait_http NAME URL: until URL answers 2xx, or die with the log.
+wait_http() {
+    local name="$1" url="$2" pid tries
+    pid="$(<"$(pid_file "$name")")"
+    for ((tries = 0; tries < HEALTH_TRIES; tries++)); do
+        kill -0 "$pid" 2>/dev/null || {
+            tail -n 20 "$(log_file "$name")" >&2 || true
+            die "$name exited during start-up (log above)"
+        }
+        python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+            "$url" 2>/dev/null && return 0
+        sleep 0.5
+    done
+    die "$name did not answer $url within $((HEALTH_TRIES / 2)) s (log: .run/$name.log)"
+}
+
+if [[ "$OBSERVE" != 1 ]]; then
+    log "OBSERVE=$OBSERVE: no trace viewer, no Prometheus"
+else
+    if [[ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]]; then
+        log "the servers export their spans to OTEL_EXPORTER_OTLP_ENDPOINT=$OTEL_EXPORTER_OTLP_ENDPOINT; no trace viewer started"
+    else
+        traces_binary="$(target_dir)/release/commerce-traces"
+        # A running viewer keeps the traces it holds (in memory) unless it
+        # was built anew since it started.
+        if service_pid traces >/dev/null && [[ ! "$traces_binary" -nt "$(pid_file traces)" ]]; then
+            log "the trace viewer is running; keeping it and its traces"
+        else
+            stop_service traces
+            for addr in "$TRACES_ADDR" "$TRACES_OTLP_ADDR"; do
+                addr_open "$addr" &&
+                    die "$addr (trace viewer) is taken by a process up.sh did not start; stop it, set TRACES_ADDR / TRACES_OTLP_ADDR, or OBSERVE=0"
+            done
+            start_observer traces "$traces_binary" serve \
+                --otlp-listen "$TRACES_OTLP_ADDR" --http-listen "$TRACES_ADDR"
+        fi
+        wait_http traces "http://$TRACES_ADDR/healthz"
+        # Every server started below exports its spans there, every
+        # second rather than the SDK's 5 s, so a trace shows at once.
+        export OTEL_EXPORTER_OTLP_ENDPOINT="http://$TRACES_OTLP_ADDR"
+        export OTEL_BSP_SCHEDULE_DELAY="${OTEL_BSP_SCHEDULE_DELAY:-1000}"
+        TRACES_RUNNING=1
+    fi
+    if prometheus_binary="$(find_prometheus)"; then
+        stop_service prometheus
+        addr_open "$PROMETHEUS_ADDR" &&
+            die "$PROMETHEUS_ADDR (Prometheus) is taken by a process up.sh did not start; stop it, set PROMETHEUS_ADDR, or OBSERVE=0"
+        # deploy/prometheus/prometheus.yml scrapes the default metrics ports.
+        start_observer prometheus "$prometheus_binary" \
+            --config.file="$REPO_ROOT/deploy/prometheus/prometheus.yml" \
+            --storage.tsdb.path="$RUN_DIR/prometheus" \
+            --web.listen-address="$PROMETHEUS_ADDR" \
+            --web.console.templates="$REPO_ROOT/deploy/prometheus/consoles" \
+            --web.console.libraries="$REPO_ROOT/deploy/prometheus/console_libraries"
+        wait_http prometheus "http://$PROMETHEUS_ADDR/-/ready"
+        PROMETHEUS_RUNNING=1
+    else
+        log "prometheus not found (deploy/setup.sh installs Debian's): metrics are served, not scraped"
+    fi
+fi
+
+# ---------------------------------------------------------------- servers --
+
 for name in "${PARTICIPANTS[@]}"; do
     start_service "$name"
 done
@@ -357,6 +446,25 @@ else
             log "its saga $SAGA_ID is $(json 'd["saga"]["state"]' <<<"$saga"); the step log (SagaAdminService/GetSaga):"
             show_saga_log <<<"$saga"
         fi
+        # Its trace, if the running viewer received it: an order an earlier
+        # run placed went to the viewer of that run (this one started at
+        # its pid file's time).
+        placed="$(json 'd.get("createdAt", "")' <<<"$order")"
+        if ((TRACES_RUNNING)) && python3 -c 'import datetime, sys
+placed = datetime.datetime.fromisoformat(sys.argv[1].replace("Z", "+00:00")).timestamp()
+sys.exit(0 if placed >= float(sys.argv[2]) else 1)' "$placed" "$(stat -c %Y "$(pid_file traces)")" 2>/dev/null; then
+            # The servers export in batches (every second, above): the
+            # trace is printed once no batch has added to it for 3 s.
+            if trace="$("$(target_dir)/release/commerce-traces" show --saga-id "$SAGA_ID" \
+                --from "http://$TRACES_ADDR" --wait-secs 20 --settle-ms 3000 2>&1)"; then
+                log "its trace, as the trace viewer received it from the four servers (http://$TRACES_ADDR/?saga_id=$SAGA_ID):"
+                sed 's/^/    /' <<<"$trace"
+            else
+                log "its trace did not reach the trace viewer: $trace"
+            fi
+        elif ((TRACES_RUNNING)); then
+            log "the demo order was placed by an earlier run, before this trace viewer started: to see a trace, place an order (README.md, \"Seeing an order\")"
+        fi
     fi
 fi
 
@@ -410,8 +518,16 @@ log "each server's Prometheus metrics (README.md, Metrics):"
 for name in "${SERVICES[@]}"; do
     printf '    %-12s http://%s/metrics\n' "$name" "${SERVICE_METRICS_ADDR[$name]}"
 done
-log "scrape them with the alert rules (then http://127.0.0.1:9090; the Grafana dashboard: deploy/grafana/saga-dashboard.json):"
-cat <<EOF
-    prometheus --config.file=deploy/prometheus/prometheus.yml --storage.tsdb.path=.run/prometheus --web.listen-address=127.0.0.1:9090
+if ((PROMETHEUS_RUNNING)); then
+    P="http://$PROMETHEUS_ADDR"
+    log "Prometheus scrapes them every 5 s (deploy/prometheus/prometheus.yml); in a browser:"
+    cat <<EOF
+    $P/consoles/saga.html   the saga dashboard: STUCK and unfinished sagas, outcomes, each step's p50/p99, the outbox, graphs
+    $P/alerts               the alert rules (deploy/prometheus/alerts.yml) and which fire
+    $P/graph                any query, e.g. sum by (kind, outcome) (rate(commerce_saga_finished_total[1m]))
 EOF
+fi
+if ((TRACES_RUNNING)); then
+    log "every server's spans go to the trace viewer: http://$TRACES_ADDR (one trace per order; search by saga id)"
+fi
 log "README.md has one for every RPC and route; logs: .run/{product,point,coupon,orchestrator,bff}.log; stop with: sudo bash deploy/down.sh"

@@ -10,19 +10,8 @@ use std::collections::HashMap;
 use commerce_proto::order::v1::OrderState;
 
 use crate::collector::{Collector, Received, caller, confirmed_in_a_trace, with_trace};
-use crate::harness::Mesh;
-use crate::shop;
-
-/// The forward steps of an order with a coupon, in order.
-const FORWARD: [&str; 4] = [
-    "reserve_stock",
-    "deduct_points",
-    "use_coupon",
-    "confirm_order",
-];
-
-/// The servers of the mesh, as they name themselves.
-const SERVERS: [&str; 4] = ["orchestrator", "product", "point", "coupon"];
+use crate::harness::{Mesh, SERVERS};
+use crate::shop::{self, FORWARD};
 
 /// Whether `span`'s parent chain (as far as it was received) reaches span
 /// `ancestor`.
