@@ -133,24 +133,47 @@ start_service() {
             --coupon-addr "http://${SERVICE_ADDR[coupon]}"
         )
     fi
-    log="$(log_file "$name")"
-    [[ -f "$log" ]] && mv -f "$log" "$log.prev"
     # ORCHESTRATOR_CRASH_AT is the tests' fault injection: never inherited.
-    env -u ORCHESTRATOR_CRASH_AT NO_COLOR=1 nohup "$binary" "${args[@]}" \
-        >"$log" 2>&1 </dev/null &
-    echo $! >"$(pid_file "$name")"
-    give_to_repo_owner "$RUN_DIR"
-    log "started $name (pid $!) on ${SERVICE_ADDR[$name]}, log .run/$name.log"
+    spawn "$name" env -u ORCHESTRATOR_CRASH_AT NO_COLOR=1 "$binary" "${args[@]}"
 }
 
+# spawn NAME COMMAND...: in the background with nohup, its log
+# .run/NAME.log (the previous one kept as .log.prev), its pid .run/NAME.pid.
+spawn() {
+    local name="$1" log
+    shift
+    log="$(log_file "$name")"
+    [[ -f "$log" ]] && mv -f "$log" "$log.prev"
+    nohup "$@" >"$log" 2>&1 </dev/null &
+    echo $! >"$(pid_file "$name")"
+    give_to_repo_owner "$RUN_DIR"
+    log "started $name (pid $!) on $(health_addr "$name"), log .run/$name.log"
+}
+
+# Where NAME answers its health check.
+health_addr() {
+    case "$1" in
+    traces) echo "$TRACES_ADDR" ;;
+    prometheus) echo "$PROMETHEUS_ADDR" ;;
+    *) echo "${SERVICE_ADDR[$1]}" ;;
+    esac
+}
+
+# NAME's health, in the words of the gRPC health check: the gRPC servers
+# are asked over gRPC, the BFF, the trace viewer and Prometheus over HTTP.
 health() {
-    if [[ "$1" == bff ]]; then
-        # Plain HTTP; reported in the words of the gRPC health check.
-        python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
-            "http://${SERVICE_ADDR[bff]}/healthz" 2>/dev/null && echo '"SERVING"'
+    local path
+    case "$1" in
+    bff | traces) path=/healthz ;;
+    prometheus) path=/-/ready ;;
+    *)
+        "$GRPCURL" "${GRPCURL_AUTH[@]}" -max-time 2 "${SERVICE_ADDR[$1]}" grpc.health.v1.Health/Check 2>/dev/null || true
         return 0
-    fi
-    "$GRPCURL" "${GRPCURL_AUTH[@]}" -max-time 2 "${SERVICE_ADDR[$1]}" grpc.health.v1.Health/Check 2>/dev/null || true
+        ;;
+    esac
+    python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+        "http://$(health_addr "$1")$path" 2>/dev/null && echo '"SERVING"'
+    return 0
 }
 
 wait_serving() {
@@ -164,7 +187,7 @@ wait_serving() {
             die "$name exited during start-up (log above, full log in .run/$name.log)"
         fi
         if [[ "$(health "$name")" == *'"SERVING"'* ]]; then
-            log "$name is SERVING on ${SERVICE_ADDR[$name]}"
+            log "$name is SERVING on $(health_addr "$name")"
             return 0
         fi
         sleep 0.5
@@ -180,34 +203,6 @@ stop_running
 OBSERVE="${OBSERVE:-1}"
 TRACES_RUNNING=0
 PROMETHEUS_RUNNING=0
-
-# start_observer NAME COMMAND...: in the background, pid and log in .run/.
-start_observer() {
-    local name="$1" log
-    shift
-    log="$(log_file "$name")"
-    [[ -f "$log" ]] && mv -f "$log" "$log.prev"
-    nohup "$@" >"$log" 2>&1 </dev/null &
-    echo $! >"$(pid_file "$name")"
-    give_to_repo_owner "$RUN_DIR"
-    log "started $name (pid $!), log .run/$name.log"
-}
-
-# wait_http NAME URL: until URL answers 2xx, or die with the log.
-wait_http() {
-    local name="$1" url="$2" pid tries
-    pid="$(<"$(pid_file "$name")")"
-    for ((tries = 0; tries < HEALTH_TRIES; tries++)); do
-        kill -0 "$pid" 2>/dev/null || {
-            tail -n 20 "$(log_file "$name")" >&2 || true
-            die "$name exited during start-up (log above)"
-        }
-        python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
-            "$url" 2>/dev/null && return 0
-        sleep 0.5
-    done
-    die "$name did not answer $url within $((HEALTH_TRIES / 2)) s (log: .run/$name.log)"
-}
 
 if [[ "$OBSERVE" != 1 ]]; then
     log "OBSERVE=$OBSERVE: no trace viewer, no Prometheus"
@@ -226,10 +221,10 @@ else
                 addr_open "$addr" &&
                     die "$addr (trace viewer) is taken by a process up.sh did not start; stop it, set TRACES_ADDR / TRACES_OTLP_ADDR, or OBSERVE=0"
             done
-            start_observer traces "$traces_binary" serve \
+            spawn traces "$traces_binary" serve \
                 --otlp-listen "$TRACES_OTLP_ADDR" --http-listen "$TRACES_ADDR"
         fi
-        wait_http traces "http://$TRACES_ADDR/healthz"
+        wait_serving traces
         # Every server started below exports its spans there, every
         # second rather than the SDK's 5 s, so a trace shows at once.
         export OTEL_EXPORTER_OTLP_ENDPOINT="http://$TRACES_OTLP_ADDR"
@@ -241,13 +236,13 @@ else
         addr_open "$PROMETHEUS_ADDR" &&
             die "$PROMETHEUS_ADDR (Prometheus) is taken by a process up.sh did not start; stop it, set PROMETHEUS_ADDR, or OBSERVE=0"
         # deploy/prometheus/prometheus.yml scrapes the default metrics ports.
-        start_observer prometheus "$prometheus_binary" \
+        spawn prometheus "$prometheus_binary" \
             --config.file="$REPO_ROOT/deploy/prometheus/prometheus.yml" \
             --storage.tsdb.path="$RUN_DIR/prometheus" \
             --web.listen-address="$PROMETHEUS_ADDR" \
             --web.console.templates="$REPO_ROOT/deploy/prometheus/consoles" \
             --web.console.libraries="$REPO_ROOT/deploy/prometheus/console_libraries"
-        wait_http prometheus "http://$PROMETHEUS_ADDR/-/ready"
+        wait_serving prometheus
         PROMETHEUS_RUNNING=1
     else
         log "prometheus not found (deploy/setup.sh installs Debian's): metrics are served, not scraped"

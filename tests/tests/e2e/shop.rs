@@ -137,6 +137,18 @@ pub async fn issue(mesh: &Mesh, template_id: i64, user: &str) -> i64 {
         .id
 }
 
+/// A shop for one order with a coupon, as the trace tests place it: a
+/// product of 10,000 KRW (5 in stock), 50,000 points for `user` and a coupon
+/// of 1,000 off (orders from 5,000) issued to them. Returns the product's
+/// and the coupon's ids.
+pub async fn item_and_coupon(mesh: &Mesh, user: &str) -> (i64, i64) {
+    let brand = brand(mesh, "Traced").await;
+    let item = product(mesh, brand, "Lantern", 10_000, 5).await;
+    charge(mesh, user, 50_000).await;
+    let template = fixed_template(mesh, 1_000, 5_000, 10, false).await;
+    (item, issue(mesh, template, user).await)
+}
+
 pub fn request(
     user: &str,
     lines: &[(i64, i64)],

@@ -144,11 +144,7 @@ async fn an_order_exported_over_otlp_http_json_is_one_tree_too() {
 async fn one_order_is_one_tree(protocol: Protocol) {
     let viewer = RunningViewer::start().await;
     let mesh = Mesh::start_with(1, &viewer.env(protocol)).await;
-    let brand = shop::brand(&mesh, "Viewed").await;
-    let item = shop::product(&mesh, brand, "Telescope", 10_000, 5).await;
-    shop::charge(&mesh, "vera", 50_000).await;
-    let template = shop::fixed_template(&mesh, 1_000, 5_000, 10, false).await;
-    let coupon_id = shop::issue(&mesh, template, "vera").await;
+    let (item, coupon_id) = shop::item_and_coupon(&mesh, "vera").await;
     let order = shop::place(&mesh, "vera", &[(item, 2)], Some(coupon_id)).await;
     assert_eq!(shop::state(&order), OrderState::Confirmed, "{order:?}");
     let saga_id = order.saga_id.clone();

@@ -73,11 +73,7 @@ fn has_steps_and_their_calls(spans: &[Received], names: &[&str]) -> bool {
 async fn one_order_is_one_trace_across_the_mesh() {
     let collector = Collector::start().await;
     let mesh = Mesh::start_with(1, &collector.env()).await;
-    let brand = shop::brand(&mesh, "Traced").await;
-    let item = shop::product(&mesh, brand, "Lantern", 10_000, 5).await;
-    shop::charge(&mesh, "tracy", 50_000).await;
-    let template = shop::fixed_template(&mesh, 1_000, 5_000, 10, false).await;
-    let coupon_id = shop::issue(&mesh, template, "tracy").await;
+    let (item, coupon_id) = shop::item_and_coupon(&mesh, "tracy").await;
 
     let (trace_id, caller_span, order) =
         confirmed_in_a_trace(&mesh, "tracy", &[(item, 2)], Some(coupon_id)).await;
@@ -197,11 +193,7 @@ async fn a_saga_resumed_after_a_crash_goes_on_in_its_trace() {
     let collector = Collector::start().await;
     let env = collector.env();
     let mut mesh = Mesh::start_with(1, &env).await;
-    let brand = shop::brand(&mesh, "Traced").await;
-    let item = shop::product(&mesh, brand, "Compass", 10_000, 5).await;
-    shop::charge(&mesh, "resumed", 50_000).await;
-    let template = shop::fixed_template(&mesh, 1_000, 5_000, 10, false).await;
-    let coupon_id = shop::issue(&mesh, template, "resumed").await;
+    let (item, coupon_id) = shop::item_and_coupon(&mesh, "resumed").await;
 
     // The orchestrator aborts right after deducting the points.
     let node = &mut mesh.orchestrators[0];
